@@ -1,0 +1,34 @@
+//! setgate's benchmarks. Each prints one JSON line per case; figures are ratios taken in one run.
+//!
+//! `setgate-bench proxy`      — setgate vs direct vs HAProxy (throughput, latency, setup rate, RSS)
+//! `setgate-bench federation` — setgate's federation vs RabbitMQ's federation plugin
+//! `setgate-bench vrrp`       — VRRP takeover times, setgate vs Keepalived
+
+mod federation;
+mod proxy;
+mod vrrp;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "setgate-bench",
+    about = "setgate's benchmarks: one JSON line per case"
+)]
+enum Bench {
+    /// Proxy: setgate tcp/set mode vs direct vs HAProxy.
+    Proxy(proxy::Args),
+    /// Federation: setgate vs the RabbitMQ federation plugin.
+    Federation(federation::Args),
+    /// VRRP takeover times: setgate vs Keepalived.
+    Vrrp(vrrp::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Bench::parse() {
+        Bench::Proxy(a) => proxy::run(a).await,
+        Bench::Federation(a) => federation::run(a).await,
+        Bench::Vrrp(a) => vrrp::run(a).await,
+    }
+}

@@ -1,0 +1,10 @@
+//! PLACEHOLDER: the proxy benchmark.
+
+/// Options.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Runs the benchmark.
+pub async fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("the proxy benchmark is not written yet")
+}

@@ -1,0 +1,10 @@
+//! PLACEHOLDER: the vrrp benchmark.
+
+/// Options.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Runs the benchmark.
+pub async fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("the vrrp benchmark is not written yet")
+}

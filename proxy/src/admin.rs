@@ -1,0 +1,234 @@
+//! The admin HTTP server: `/healthz`, `/readyz`, `/metrics`, the JSON API and the status page.
+//!
+//! Read endpoints are open (bind the admin address to a management network); every endpoint that
+//! changes something needs `Authorization: Bearer TOKEN` when `token_file` is set.
+
+use crate::pool::AdminState;
+use crate::runtime::Shared;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// A JSON document the binary adds to the API (federation links, VRRP state).
+pub type JsonFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// What the binary plugs into the admin server: the metrics renderer and extra JSON endpoints.
+/// This keeps `proxy` free of `federation` and `vrrp`: it serves their status without knowing them.
+#[derive(Clone, Default)]
+pub struct AdminExtensions {
+    /// Renders `/metrics` (Prometheus text).
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// `GET PATH` answers the function's JSON, e.g. `("/api/links", ...)`.
+    pub json: Vec<(String, JsonFn)>,
+}
+
+impl std::fmt::Debug for AdminExtensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminExtensions")
+            .field("metrics", &self.metrics.is_some())
+            .field(
+                "json",
+                &self.json.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Binds the admin address and serves it until setgate exits.
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    listen: &str,
+    ext: AdminExtensions,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    info!(%addr, "admin server listening");
+    let ext = Arc::new(ext);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (shared, ext) = (shared.clone(), ext.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let (shared, ext) = (shared.clone(), ext.clone());
+                    async move { Ok::<_, Infallible>(route(req, &shared, &ext).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body.into())))
+        .unwrap()
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .unwrap()
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
+    json_resp(status, &json!({ "error": msg.into() }))
+}
+
+async fn route(req: Request<Incoming>, shared: &Shared, ext: &AdminExtensions) -> Resp {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, [""]) => Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from_static(
+                crate::status_page::HTML.as_bytes(),
+            )))
+            .unwrap(),
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, ["readyz"]) => match shared.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        (&Method::GET, ["metrics"]) => match &ext.metrics {
+            Some(render) => Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(render())))
+                .unwrap(),
+            None => text(StatusCode::NOT_FOUND, "no metrics recorder installed\n"),
+        },
+        (&Method::GET, ["api", "pools"]) => {
+            json_resp(StatusCode::OK, &crate::status::pools(shared))
+        }
+        (&Method::GET, ["api", "listeners"]) => {
+            json_resp(StatusCode::OK, &crate::status::listeners(shared))
+        }
+        (&Method::GET, ["api", "sets"]) => json_resp(StatusCode::OK, &crate::status::sets(shared)),
+        (&Method::GET, ["api", "route"]) => {
+            let key = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "key")
+                .map(|(_, v)| v.into_owned());
+            match key {
+                Some(key) => match crate::status::route(shared, &key) {
+                    Some(v) => json_resp(StatusCode::OK, &v),
+                    None => error(StatusCode::NOT_FOUND, "no [routing] section in the config"),
+                },
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    "give the key to route: /api/route?key=USER",
+                ),
+            }
+        }
+        (&Method::POST, ["api", "pools", pool, "servers", server, "state"]) => {
+            let (pool, server) = (pool.to_string(), server.to_string());
+            if let Err(resp) = authorize(&req, shared) {
+                return resp;
+            }
+            set_state(req, shared, &pool, &server).await
+        }
+        (&Method::GET, _) => match ext.json.iter().find(|(p, _)| *p == path) {
+            Some((_, f)) => json_resp(StatusCode::OK, &f()),
+            None => error(StatusCode::NOT_FOUND, format!("no endpoint {path}")),
+        },
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} {path} is not supported", req.method()),
+        ),
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn authorize(req: &Request<Incoming>, shared: &Shared) -> Result<(), Resp> {
+    let snap = shared.snapshot();
+    let Some(token) = snap.token.as_deref() else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer TOKEN (see admin.token_file)",
+        );
+        resp.headers_mut()
+            .insert("www-authenticate", "Bearer".parse().unwrap());
+        Err(resp)
+    }
+}
+
+/// Compares without stopping at the first difference, so response time does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn set_state(req: Request<Incoming>, shared: &Shared, pool: &str, server: &str) -> Resp {
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+    };
+    // Accept {"state":"drain"} or a bare `drain`.
+    let wanted = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => o.get("state").and_then(|s| s.as_str()).map(str::to_owned),
+        Ok(Value::String(s)) => Some(s),
+        _ => Some(String::from_utf8_lossy(&body).trim().to_string()),
+    };
+    let state = match wanted.as_deref() {
+        Some("ready") => AdminState::Ready,
+        Some("drain") => AdminState::Drain,
+        Some("maint") => AdminState::Maint,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "state {:?} is not one of ready, drain, maint; send {{\"state\":\"drain\"}}",
+                    other.unwrap_or("")
+                ),
+            )
+        }
+    };
+    let Some(s) = shared.server_state(pool, server) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no server {server:?} in pool {pool:?}"),
+        );
+    };
+    s.set_admin(state);
+    info!(pool, server, ?state, "admin state changed through the API");
+    json_resp(
+        StatusCode::OK,
+        &json!({ "pool": pool, "server": server, "admin": state }),
+    )
+}

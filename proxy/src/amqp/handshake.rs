@@ -1,0 +1,113 @@
+//! The client side of a `set` listener's handshake: protocol header, our Connection.Start, the
+//! client's Connection.StartOk. That is as far as setgate goes; the rest is the broker's.
+
+use super::frame::{self, FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER};
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{connection, AMQPClass};
+use std::sync::LazyLock;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+static START: LazyLock<Vec<u8>> = LazyLock::new(frame::start_frame);
+
+/// What the client said: its StartOk, parsed and as raw bytes to forward unchanged.
+#[derive(Debug)]
+pub struct ClientHello {
+    /// The parsed Connection.StartOk.
+    pub start_ok: connection::StartOk,
+    /// The frame exactly as the client sent it.
+    pub raw: Vec<u8>,
+}
+
+/// A handshake that failed, and whether we had sent our Connection.Start (only then may we answer
+/// with Connection.Close).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct HandshakeError {
+    /// What went wrong.
+    pub error: FrameError,
+    /// True once Connection.Start was sent.
+    pub started: bool,
+}
+
+/// Runs the client handshake up to and including Connection.StartOk.
+pub async fn accept_client<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<ClientHello, HandshakeError> {
+    let not_started = |error| HandshakeError {
+        error,
+        started: false,
+    };
+    match frame::read_protocol_header(s).await {
+        Ok(()) => {}
+        Err(e @ FrameError::BadProtocolHeader(_)) => {
+            // As RabbitMQ does: tell the client which protocol we speak, then close.
+            let _ = s.write_all(PROTOCOL_HEADER).await;
+            return Err(not_started(e));
+        }
+        Err(e) => return Err(not_started(e)),
+    }
+    s.write_all(&START)
+        .await
+        .map_err(|e| not_started(e.into()))?;
+    let started = |error| HandshakeError {
+        error,
+        started: true,
+    };
+    let mut buf = Vec::new();
+    loop {
+        let f = frame::read_frame(s, &mut buf, HANDSHAKE_FRAME_MAX)
+            .await
+            .map_err(started)?;
+        match f {
+            // Heartbeats are not negotiated yet, but harmless.
+            AMQPFrame::Heartbeat => continue,
+            AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+            ) => {
+                return Ok(ClientHello { start_ok, raw: buf });
+            }
+            other => {
+                return Err(started(FrameError::Unexpected {
+                    expected: "Connection.StartOk",
+                    got: frame::describe(&other),
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn wrong_protocol_header_gets_ours_back() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let err = accept_client(&mut server).await.unwrap_err();
+        assert!(!err.started);
+        drop(server);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, PROTOCOL_HEADER);
+    }
+
+    #[tokio::test]
+    async fn wrong_method_after_start_is_refused() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(PROTOCOL_HEADER).await.unwrap();
+        // A Connection.Close instead of StartOk.
+        client
+            .write_all(&frame::close_frame(200, "bye"))
+            .await
+            .unwrap();
+        let err = accept_client(&mut server).await.unwrap_err();
+        assert!(err.started);
+        assert!(
+            err.to_string().contains("expected Connection.StartOk"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! `set` listeners: learn who the client is from its AMQP handshake, route it to its SET's pool
+//! (or the SET's failover, or the default pool), and hand the connection to that broker.
+//!
+//! setgate answers the protocol header with its own Connection.Start and reads the client's
+//! StartOk. It then connects to a broker, sends the protocol header, reads the broker's Start and
+//! forwards the client's StartOk byte for byte. From then on (Tune, Open, and everything after) the
+//! client and the broker talk directly, so authentication failures, confirms, heartbeats and
+//! blocked notifications are the broker's own.
+
+use crate::amqp::frame;
+use crate::amqp::handshake::{self, ClientHello};
+use crate::amqp::key::routing_key;
+use crate::conn::{handshake_failed, pump};
+use crate::pool::PickError;
+use crate::runtime::{ListenerRuntime, Shared, Snapshot};
+use crate::stream::Stream;
+use crate::upstream::{self, ClientInfo, Upstream};
+use metrics::{counter, histogram};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Reply code for "cannot serve you now, try again": CONNECTION_FORCED.
+const CONNECTION_FORCED: u16 = 320;
+/// Reply code for a broker that does not support the client's mechanism: NOT_IMPLEMENTED.
+const NOT_IMPLEMENTED: u16 = 540;
+
+pub(crate) async fn serve(
+    shared: &Shared,
+    snap: Arc<Snapshot>,
+    lst: &ListenerRuntime,
+    mut client: Stream,
+    info: ClientInfo,
+    deadline: Instant,
+) {
+    let listener = lst.cfg.name.as_str();
+    let started = Instant::now();
+    let hello = match tokio::time::timeout_at(deadline, handshake::accept_client(&mut client)).await
+    {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => {
+            info!(error = %e.error, "closing: AMQP handshake failed");
+            handshake_failed(listener, e.error.cause());
+            if e.started {
+                close_client(
+                    &mut client,
+                    e.error.reply_code(),
+                    &format!("setgate: {}", e.error),
+                )
+                .await;
+            }
+            return;
+        }
+        Err(_) => {
+            info!(timeout = ?lst.cfg.handshake_timeout, "closing: no Connection.StartOk before the handshake deadline");
+            handshake_failed(listener, "timeout");
+            // If we got as far as sending Start, the client can read why.
+            close_client(&mut client, CONNECTION_FORCED, "setgate: handshake timeout").await;
+            return;
+        }
+    };
+    let Some(router) = snap.router.clone() else {
+        warn!("closing: set listener without [routing]");
+        return;
+    };
+    let key = routing_key(&hello.start_ok, router.key_source());
+    let route = router.route(key.as_deref());
+    let set_label = route.set.unwrap_or("-").to_string();
+    let reason = route.reason.to_string();
+    tracing::Span::current().record("set", set_label.as_str());
+    debug!(key = key.as_deref().unwrap_or(""), set = %set_label, pool = route.pool, %reason, "routed");
+
+    // The route's pool first; when it has no usable server, the SET's failover.
+    let mut candidates = vec![(route.set, route.pool)];
+    if let Some(set) = route.set {
+        if let Some((fset, fpool)) = router.failover(set) {
+            candidates.push((Some(fset), fpool));
+        }
+    }
+    let mut outcome: Option<(Upstream, String)> = None;
+    let mut last_err = PickError::NoServer;
+    for (n, (set, pool_name)) in candidates.iter().enumerate() {
+        let Some(pool) = snap.pools.get(*pool_name).cloned() else {
+            continue;
+        };
+        if n > 0 {
+            info!(
+                set = route.set.unwrap_or("-"),
+                failover = set.unwrap_or("-"),
+                "SET has no healthy server; using its failover SET"
+            );
+            counter!("setgate_set_failovers_total", "set" => set_label.clone(), "to" => set.unwrap_or("-").to_string()).increment(1);
+        }
+        match upstream::connect(&pool, info, true).await {
+            Ok(up) => {
+                outcome = Some((up, pool.pool.cfg.name.clone()));
+                break;
+            }
+            Err(e) => last_err = e,
+        }
+    }
+    drop(snap);
+    let Some((mut up, pool_name)) = outcome else {
+        let failover = candidates.get(1).and_then(|(s, _)| *s);
+        let text = match (route.set, failover) {
+            (Some(set), Some(f)) => format!(
+                "setgate: no healthy server in SET {set} ({last_err}), nor in its failover SET {f}"
+            ),
+            (Some(set), None) => format!("setgate: no healthy server in SET {set} ({last_err})"),
+            (None, _) => format!(
+                "setgate: no healthy server in default pool {} ({last_err})",
+                route.pool
+            ),
+        };
+        warn!(set = %set_label, "closing: {text}");
+        handshake_failed(listener, "no_server");
+        close_client(&mut client, CONNECTION_FORCED, &text).await;
+        return;
+    };
+    if let Err(text) = check_mechanism(&hello, &up) {
+        warn!(server = %up.server, "closing: {text}");
+        handshake_failed(listener, "mechanism");
+        close_client(&mut client, NOT_IMPLEMENTED, &text).await;
+        return;
+    }
+    if let Err(e) = up.stream.write_all(&hello.raw).await {
+        warn!(server = %up.server, error = %e, "closing: broker connection failed while forwarding StartOk");
+        handshake_failed(listener, "upstream_io");
+        close_client(
+            &mut client,
+            CONNECTION_FORCED,
+            "setgate: broker connection failed during the handshake",
+        )
+        .await;
+        return;
+    }
+    counter!("setgate_set_connections_total", "set" => set_label, "reason" => reason).increment(1);
+    histogram!("setgate_handshake_duration_seconds", "listener" => listener.to_string())
+        .record(started.elapsed().as_secs_f64());
+    pump(shared, lst, &pool_name, client, up).await;
+}
+
+fn check_mechanism(hello: &ClientHello, up: &Upstream) -> Result<(), String> {
+    let mech = hello.start_ok.mechanism.as_str();
+    let offered = up
+        .broker_start
+        .as_ref()
+        .map(|s| s.mechanisms.to_string())
+        .unwrap_or_default();
+    if offered.split_whitespace().any(|m| m == mech) {
+        Ok(())
+    } else {
+        Err(format!(
+            "setgate: broker {} does not offer mechanism {mech} (it offers: {offered})",
+            up.server
+        ))
+    }
+}
+
+/// Sends Connection.Close and lingers briefly so it reaches the client: closing a socket with
+/// unread input sends a reset, which can destroy the Close before the client reads it.
+async fn close_client(client: &mut Stream, code: u16, text: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        client.write_all(&frame::close_frame(code, text)).await?;
+        client.flush().await?;
+        client.shutdown().await?;
+        let mut sink = [0u8; 512];
+        while client.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}

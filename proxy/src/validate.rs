@@ -1,0 +1,214 @@
+//! `setgate check` for the proxy's sections: every problem at once, each naming the field and what
+//! to do about it.
+
+use crate::addr::{split_host_port, ServerAddr};
+use crate::config::{CheckKind, ListenerMode, ProxyConfig};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+/// Every problem in `cfg`, as `field: what is wrong; what to do` lines. Empty when valid.
+pub fn validate(cfg: &ProxyConfig) -> Vec<String> {
+    let mut errs = Vec::new();
+    if let Some(admin) = &cfg.admin {
+        if let Err(e) = admin.listen.parse::<SocketAddr>() {
+            errs.push(format!(
+                "admin.listen: {:?} is not IP:PORT ({e}); e.g. \"127.0.0.1:9090\"",
+                admin.listen
+            ));
+        }
+        if let Some(path) = &admin.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(t) if t.trim().is_empty() => errs.push(format!(
+                    "admin.token_file: {} is empty; put the bearer token in it",
+                    path.display()
+                )),
+                Ok(_) => {}
+                Err(e) => errs.push(format!(
+                    "admin.token_file: cannot read {}: {e}",
+                    path.display()
+                )),
+            }
+        }
+    }
+    let pool_names = validate_pools(cfg, &mut errs);
+    validate_listeners(cfg, &pool_names, &mut errs);
+    if let Some(routing) = &cfg.routing {
+        match setgate_router::Router::new(routing) {
+            Ok(_) => {}
+            Err(problems) => errs.extend(problems.into_iter().map(|p| p.to_string())),
+        }
+        for pool in routing.referenced_pools() {
+            if !pool_names.contains(pool) {
+                errs.push(format!(
+                    "routing: pool {pool:?} is not defined; add a [[pool]] with name = {pool:?} or use one of {}",
+                    list(&pool_names)
+                ));
+            }
+        }
+    }
+    errs
+}
+
+fn list(names: &HashSet<&str>) -> String {
+    let mut v: Vec<&str> = names.iter().copied().collect();
+    v.sort_unstable();
+    if v.is_empty() {
+        "(no pools defined)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn validate_pools<'a>(cfg: &'a ProxyConfig, errs: &mut Vec<String>) -> HashSet<&'a str> {
+    let mut names = HashSet::new();
+    for (i, pool) in cfg.pools.iter().enumerate() {
+        let f = format!("pool[{i}]");
+        if pool.name.trim().is_empty() {
+            errs.push(format!("{f}.name: empty; give every pool a unique name"));
+        } else if !names.insert(pool.name.as_str()) {
+            errs.push(format!(
+                "{f}.name: pool {:?} is defined twice; pool names must be unique",
+                pool.name
+            ));
+        }
+        let f = format!("pool[{i}] ({})", pool.name);
+        if pool.servers.is_empty() {
+            errs.push(format!(
+                "{f}.servers: empty; list at least one server {{ name, addr }}"
+            ));
+        }
+        if !pool.servers.iter().any(|s| !s.backup) && !pool.servers.is_empty() {
+            errs.push(format!(
+                "{f}.servers: every server is a backup; mark at least one as primary"
+            ));
+        }
+        let mut server_names = HashSet::new();
+        for (j, s) in pool.servers.iter().enumerate() {
+            let sf = format!("{f}.servers[{j}]");
+            if s.name.trim().is_empty() {
+                errs.push(format!(
+                    "{sf}.name: empty; give every server a name unique in its pool"
+                ));
+            } else if !server_names.insert(s.name.as_str()) {
+                errs.push(format!(
+                    "{sf}.name: server {:?} appears twice in pool {:?}",
+                    s.name, pool.name
+                ));
+            }
+            if let Err(e) = ServerAddr::parse(&s.addr) {
+                errs.push(format!("{sf}.addr: {e}"));
+            }
+            if s.maxconn == Some(0) {
+                errs.push(format!(
+                    "{sf}.maxconn: 0 would refuse every connection; remove it or set >= 1"
+                ));
+            }
+            if s.check_port == Some(0) {
+                errs.push(format!("{sf}.check_port: 0 is not a port"));
+            }
+        }
+        let c = &pool.check;
+        if c.rise == 0 {
+            errs.push(format!(
+                "{f}.check.rise: 0; a server needs at least 1 good check to come up"
+            ));
+        }
+        if c.fall == 0 {
+            errs.push(format!(
+                "{f}.check.fall: 0; a server needs at least 1 failed check to go down"
+            ));
+        }
+        for (name, d) in [
+            ("inter", Some(c.inter)),
+            ("fastinter", c.fastinter),
+            ("downinter", c.downinter),
+            ("timeout", Some(c.timeout)),
+        ] {
+            if d == Some(std::time::Duration::ZERO) {
+                errs.push(format!(
+                    "{f}.check.{name}: 0s; use a positive duration such as \"2s\""
+                ));
+            }
+        }
+        if c.kind == CheckKind::Http && !c.path.starts_with('/') {
+            errs.push(format!("{f}.check.path: {:?} must start with '/'", c.path));
+        }
+        if let Some(auth) = &c.auth {
+            if !auth.expose().contains(':') {
+                errs.push(format!("{f}.check.auth: must be USER:PASSWORD"));
+            }
+        }
+        if pool.connect_timeout.is_zero() {
+            errs.push(format!(
+                "{f}.connect_timeout: 0s; use a positive duration such as \"2s\""
+            ));
+        }
+        if let Some(tls) = &pool.tls {
+            if let Err(e) = crate::tls::client_config(tls, &format!("{f}.tls")) {
+                errs.push(e.to_string());
+            }
+        }
+    }
+    names
+}
+
+fn validate_listeners(cfg: &ProxyConfig, pools: &HashSet<&str>, errs: &mut Vec<String>) {
+    let mut names = HashSet::new();
+    let mut binds = HashSet::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let f = format!("listener[{i}]");
+        if l.name.trim().is_empty() {
+            errs.push(format!(
+                "{f}.name: empty; give every listener a unique name"
+            ));
+        } else if !names.insert(l.name.as_str()) {
+            errs.push(format!("{f}.name: listener {:?} is defined twice", l.name));
+        }
+        let f = format!("listener[{i}] ({})", l.name);
+        match l.bind.parse::<SocketAddr>() {
+            Ok(a) => {
+                if !binds.insert(a) {
+                    errs.push(format!("{f}.bind: {a} is bound by another listener too"));
+                }
+            }
+            Err(_) => {
+                let hint = match split_host_port(&l.bind) {
+                    Ok(_) => "bind takes an IP address, not a host name".to_string(),
+                    Err(e) => e,
+                };
+                errs.push(format!("{f}.bind: {:?} is not IP:PORT: {hint}", l.bind));
+            }
+        }
+        match (l.mode, &l.pool) {
+            (ListenerMode::Tcp, None) => errs.push(format!(
+                "{f}.pool: mode = \"tcp\" needs a pool; add pool = \"NAME\""
+            )),
+            (ListenerMode::Tcp, Some(p)) if !pools.contains(p.as_str()) => errs.push(format!(
+                "{f}.pool: pool {p:?} is not defined; use one of {}",
+                list(pools)
+            )),
+            (ListenerMode::Set, Some(_)) => errs.push(format!(
+                "{f}.pool: mode = \"set\" routes by [routing]; remove pool, or use mode = \"tcp\""
+            )),
+            (ListenerMode::Set, None) if cfg.routing.is_none() => {
+                errs.push(format!("{f}.mode: \"set\" needs a [routing] section"))
+            }
+            _ => {}
+        }
+        if l.maxconn == 0 {
+            errs.push(format!(
+                "{f}.maxconn: 0 would refuse every connection; set >= 1"
+            ));
+        }
+        if l.handshake_timeout.is_zero() {
+            errs.push(format!(
+                "{f}.handshake_timeout: 0s; use a positive duration such as \"10s\""
+            ));
+        }
+        if let Some(tls) = &l.tls {
+            if let Err(e) = crate::tls::server_config(tls, &format!("{f}.tls")) {
+                errs.push(e.to_string());
+            }
+        }
+    }
+}

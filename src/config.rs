@@ -1,0 +1,169 @@
+//! setgate's config file: the sections of every crate in one TOML document, loaded and checked as
+//! a whole. Each crate validates its own sections; this module adds what crosses them.
+
+use serde::Deserialize;
+use setgate_federation::FederationConfig;
+use setgate_proxy::config::{AdminConfig, ListenerConfig, PoolConfig};
+use setgate_proxy::ProxyConfig;
+use setgate_router::RoutingConfig;
+use setgate_vrrp::VrrpConfig;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How long SIGTERM waits for open connections (and unconfirmed federated messages).
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// `[admin]`.
+    pub admin: Option<AdminConfig>,
+    /// `[[listener]]`.
+    #[serde(default)]
+    pub listener: Vec<ListenerConfig>,
+    /// `[[pool]]`.
+    #[serde(default)]
+    pub pool: Vec<PoolConfig>,
+    /// `[routing]`.
+    pub routing: Option<RoutingConfig>,
+    /// `[federation]` (`[[federation.upstream]]`, `[[federation.link]]`).
+    #[serde(default)]
+    pub federation: FederationConfig,
+    /// `[vrrp]`.
+    pub vrrp: Option<VrrpConfig>,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; every problem found is returned at once.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let errs = cfg.validate();
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Every problem in every section.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = setgate_proxy::validate::validate(&self.proxy());
+        errs.extend(self.federation.validate());
+        if let Some(v) = &self.vrrp {
+            errs.extend(v.validate());
+        }
+        if self.listener.is_empty() && self.federation.is_empty() && self.vrrp.is_none() {
+            errs.push("the file configures nothing to run: add a [[listener]], a [[federation.link]] or [vrrp]".into());
+        }
+        errs
+    }
+
+    /// The proxy's part, with listeners on a virtual IP marked for IP_FREEBIND.
+    pub fn proxy(&self) -> ProxyConfig {
+        let vips = self
+            .vrrp
+            .as_ref()
+            .map(|v| v.vip_addrs())
+            .unwrap_or_default();
+        let listeners = self
+            .listener
+            .iter()
+            .cloned()
+            .map(|mut l| {
+                if let Ok(addr) = l.bind.parse::<SocketAddr>() {
+                    l.freebind |= vips.contains(&addr.ip());
+                }
+                l
+            })
+            .collect();
+        ProxyConfig {
+            admin: self.admin.clone(),
+            listeners,
+            pools: self.pool.clone(),
+            routing: self.routing.clone(),
+        }
+    }
+
+    /// The short summary `setgate check` prints for a valid file. Never prints a secret.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str("  ");
+            out.push_str(&s);
+            out.push('\n');
+        };
+        if let Some(a) = &self.admin {
+            line(format!(
+                "admin: {}{}",
+                a.listen,
+                if a.token_file.is_some() {
+                    " (token required for changes)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        for l in &self.listener {
+            let target = match (&l.mode, &l.pool) {
+                (setgate_proxy::config::ListenerMode::Set, _) => {
+                    "set mode, routed by [routing]".to_string()
+                }
+                (_, Some(p)) => format!("tcp mode -> pool {p}"),
+                _ => "tcp mode".to_string(),
+            };
+            let tls = match &l.tls {
+                Some(t) if t.client_ca.is_some() => ", mutual TLS",
+                Some(_) => ", TLS",
+                None => "",
+            };
+            line(format!(
+                "listener {}: {} ({target}{tls}, maxconn {})",
+                l.name, l.bind, l.maxconn
+            ));
+        }
+        for p in &self.pool {
+            let backups = p.servers.iter().filter(|s| s.backup).count();
+            line(format!(
+                "pool {}: {} servers ({} backup), balance {}, {} check every {:?}, rise {} fall {}",
+                p.name,
+                p.servers.len(),
+                backups,
+                format!("{:?}", p.balance).to_lowercase(),
+                format!("{:?}", p.check.kind).to_lowercase(),
+                p.check.inter,
+                p.check.rise,
+                p.check.fall
+            ));
+        }
+        if let Some(r) = &self.routing {
+            if let Ok(router) = setgate_router::Router::new(r) {
+                line(format!(
+                    "routing: {} by {}, {} SETs, default pool {}, {} overrides, fingerprint {}",
+                    router.strategy(),
+                    router.key_source(),
+                    router.sets().len(),
+                    router.default_pool(),
+                    r.overrides.len(),
+                    router.fingerprint()
+                ));
+            }
+        }
+        if !self.federation.is_empty() {
+            line(format!("federation: {}", self.federation.summary()));
+        }
+        if let Some(v) = &self.vrrp {
+            line(format!("vrrp: {}", v.summary()));
+        }
+        line(format!("shutdown_grace: {:?}", self.shutdown_grace));
+        out
+    }
+}

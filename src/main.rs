@@ -1,0 +1,162 @@
+//! setgate: the network edge of a multi-datacenter RabbitMQ deployment.
+//!
+//! This file stays thin: parse arguments, then hand over to `check`, `route` or `run`.
+
+mod config;
+mod run;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use config::Config;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "setgate",
+    version,
+    about = "AMQP edge for multi-datacenter RabbitMQ: SET routing, health-checked pools, federation, VRRP"
+)]
+struct Cli {
+    /// Log format: human-readable text, or one JSON object per line for collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything the file configures (listeners, federation, vrrp, admin).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the file: print a summary, or every error found (exit 1).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print, per key, the SET, the reason (override/hash/bucket/default) and the pool.
+    Route {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print one JSON object per key instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// User ids (or client property values) to route.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Route { config, json, keys } => route(&config, json, &keys),
+        Command::Run { config } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(run::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("setgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Prints every error under the file's name; returns an error for `?`.
+pub(crate) fn report_errors(path: &Path, errs: &[String]) -> anyhow::Error {
+    eprintln!(
+        "{}: {} error{}",
+        path.display(),
+        errs.len(),
+        if errs.len() == 1 { "" } else { "s" }
+    );
+    for e in errs {
+        eprintln!("  - {e}");
+    }
+    anyhow::anyhow!(
+        "{} has {} error(s); nothing was started",
+        path.display(),
+        errs.len()
+    )
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!("{}: OK", path.display());
+            print!("{}", cfg.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            report_errors(path, &errs);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn route(path: &Path, json: bool, keys: &[String]) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            report_errors(path, &errs);
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(routing) = &cfg.routing else {
+        eprintln!(
+            "{}: has no [routing] section; nothing to route by",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let router = setgate_router::Router::new(routing).expect("validated by Config::load");
+    if !json {
+        println!("# fingerprint {}", router.fingerprint());
+        println!("{:<24} {:<16} {:<9} POOL", "KEY", "SET", "REASON");
+    }
+    for key in keys {
+        let r = router.route(Some(key));
+        if json {
+            let v = serde_json::json!({"key": key, "set": r.set, "reason": r.reason.as_str(), "pool": r.pool, "fingerprint": router.fingerprint()});
+            println!("{v}");
+        } else {
+            println!(
+                "{:<24} {:<16} {:<9} {}",
+                key,
+                r.set.unwrap_or("-"),
+                r.reason.as_str(),
+                r.pool
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
