@@ -1,10 +1,473 @@
-//! PLACEHOLDER: the proxy benchmark.
+//! The proxy benchmark: the same AMQP workloads directly to a broker, through setgate (`tcp` and
+//! `set` listeners) and through HAProxy (when installed), in one run on one machine.
+//!
+//! Cases (each path is measured `--runs` times, interleaved, and the median is reported):
+//! - `publish_confirms`: messages/s published with publisher confirms (a window of in-flight
+//!   publishes, like a real batch producer), transient 128-byte messages to a classic queue, so
+//!   the broker's disk does not drown out the proxy.
+//! - `end_to_end_latency`: one message at a time from a publisher to a consumer, each on its own
+//!   connection through the path; p50 and p99.
+//! - `connection_setup`: full AMQP connections opened and closed one after the other: rate and
+//!   p50 handshake time.
+//! - `idle_rss`: resident memory of the proxy per idle proxied TCP connection, with `--idle`
+//!   connections held open to a sink that accepts and stays silent (memory is the proxy's alone;
+//!   the broker is not involved).
 
-/// Options.
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use serde_json::json;
+use setgate_testkit::{amqp, free_port, Node, Setgate};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Options of `setgate-bench proxy`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Runs per case and path; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Messages per throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Publishes in flight (unconfirmed) at once.
+    #[arg(long, default_value_t = 500)]
+    window: usize,
+    /// Round trips per latency run.
+    #[arg(long, default_value_t = 2_000)]
+    round_trips: usize,
+    /// Connections per setup-rate run.
+    #[arg(long, default_value_t = 200)]
+    connections: usize,
+    /// Idle connections for the memory case.
+    #[arg(long, default_value_t = 5_000)]
+    idle: usize,
+    /// The setgate binary (default: next to this one, i.e. target/release/setgate).
+    #[arg(long)]
+    setgate: Option<PathBuf>,
+}
 
-/// Runs the benchmark.
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("the proxy benchmark is not written yet")
+struct Path {
+    name: &'static str,
+    port: u16,
+}
+
+/// Runs every case and prints one JSON line per case and path.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let bin = args.setgate.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("current exe")
+            .with_file_name("setgate")
+    });
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: run `cargo build --release` first (scripts/bench does)",
+        bin.display()
+    );
+    eprintln!("starting a RabbitMQ node...");
+    let node = Node::start().await?;
+    let sink = Sink::start().await?;
+    let (tcp, set, idle_port, admin) = (free_port(), free_port(), free_port(), free_port());
+    let cfg = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "tcp"
+bind = "127.0.0.1:{tcp}"
+pool = "rabbit"
+
+[[listener]]
+name = "set"
+bind = "127.0.0.1:{set}"
+mode = "set"
+
+[[listener]]
+name = "idle"
+bind = "127.0.0.1:{idle_port}"
+pool = "sink"
+
+[[pool]]
+name = "rabbit"
+check = {{ kind = "amqp", inter = "2s" }}
+servers = [{{ name = "n", addr = "{addr}" }}]
+
+[[pool]]
+name = "sink"
+check = {{ kind = "tcp", inter = "2s" }}
+servers = [{{ name = "sink", addr = "127.0.0.1:{sink}" }}]
+
+[routing]
+default = "rabbit"
+sets = []
+"#,
+        addr = node.amqp_addr(),
+        sink = sink.port,
+    );
+    let sg = Setgate::start(&bin, &cfg).await?;
+    sg.wait_ready().await?;
+    let haproxy = Haproxy::start(node.amqp_port, sink.port).await?;
+    let mut paths = vec![
+        Path {
+            name: "direct",
+            port: node.amqp_port,
+        },
+        Path {
+            name: "setgate-tcp",
+            port: tcp,
+        },
+        Path {
+            name: "setgate-set",
+            port: set,
+        },
+    ];
+    if let Some(h) = &haproxy {
+        paths.push(Path {
+            name: "haproxy",
+            port: h.amqp_port,
+        });
+    } else {
+        eprintln!("haproxy is not installed: measuring without it (apt-get install haproxy)");
+    }
+    let uri = |port: u16| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+
+    // Warm up every path (broker JIT, connection caches) before measuring.
+    for p in &paths {
+        publish_confirms(&uri(p.port), 2_000, args.window).await?;
+    }
+
+    let mut results: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
+    let mut record = |case: &str, path: &'static str, v: f64| match results
+        .iter_mut()
+        .find(|r| r.0 == case && r.1 == path)
+    {
+        Some(r) => r.2.push(v),
+        None => results.push((case.to_string(), path, vec![v])),
+    };
+    for run in 0..args.runs {
+        eprintln!("run {}/{}", run + 1, args.runs);
+        for p in &paths {
+            let rate = publish_confirms(&uri(p.port), args.messages, args.window).await?;
+            record("publish_confirms_msgs_per_s", p.name, rate);
+        }
+        for p in &paths {
+            let (p50, p99) = latency(&uri(p.port), args.round_trips).await?;
+            record("end_to_end_latency_p50_us", p.name, p50);
+            record("end_to_end_latency_p99_us", p.name, p99);
+        }
+        for p in &paths {
+            let (rate, p50) = setup(&uri(p.port), args.connections).await?;
+            record("connection_setup_per_s", p.name, rate);
+            record("handshake_p50_us", p.name, p50);
+        }
+    }
+    for (case, path, runs) in &results {
+        let direct = results
+            .iter()
+            .find(|r| r.0 == *case && r.1 == "direct")
+            .map(|r| median(&r.2));
+        let haproxy = results
+            .iter()
+            .find(|r| r.0 == *case && r.1 == "haproxy")
+            .map(|r| median(&r.2));
+        let m = median(runs);
+        let mut line = json!({
+            "bench": "proxy", "case": case, "path": path, "median": round(m), "runs": runs.iter().map(|v| round(*v)).collect::<Vec<_>>(),
+        });
+        if let Some(d) = direct {
+            line["ratio_to_direct"] = json!(round3(m / d));
+            if case.contains("latency") || case.contains("handshake") {
+                line["added_us_over_direct"] = json!(round(m - d));
+            }
+        }
+        if let Some(h) = haproxy {
+            line["ratio_to_haproxy"] = json!(round3(m / h));
+        }
+        println!("{line}");
+    }
+
+    // Memory: idle proxied connections through setgate and through HAProxy.
+    let mut rss_paths = vec![("setgate-tcp", sg.pid().context("setgate pid")?, idle_port)];
+    if let Some(h) = &haproxy {
+        rss_paths.push(("haproxy", h.pid(), h.sink_port));
+    }
+    for (name, pid, port) in rss_paths {
+        let per_conn = idle_rss(pid, port, args.idle, &sink).await?;
+        println!(
+            "{}",
+            json!({"bench": "proxy", "case": "idle_rss_bytes_per_connection", "path": name, "connections": args.idle,
+                   "median": round(per_conn), "target_bytes": 4096})
+        );
+    }
+    Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s[s.len() / 2]
+}
+fn round(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Publishes `n` messages keeping `window` unconfirmed; returns confirmed messages per second.
+async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<f64> {
+    let conn = amqp::connect(uri).await?;
+    let ch = amqp::confirm_channel(&conn).await?;
+    let q = "bench-throughput";
+    ch.queue_declare(
+        q.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_purge(q.into(), QueuePurgeOptions::default())
+        .await?;
+    let body = [b'x'; 128];
+    let mut inflight = VecDeque::with_capacity(window);
+    let start = Instant::now();
+    for _ in 0..n {
+        if inflight.len() >= window {
+            let c: lapin::PublisherConfirm = inflight.pop_front().unwrap();
+            anyhow::ensure!(c.await?.is_ack(), "nack");
+        }
+        let c = ch
+            .basic_publish(
+                "".into(),
+                q.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await?;
+        inflight.push_back(c);
+    }
+    for c in inflight {
+        anyhow::ensure!(c.await?.is_ack(), "nack");
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    ch.queue_purge(q.into(), QueuePurgeOptions::default())
+        .await?;
+    conn.close(200, "done".into()).await?;
+    Ok(rate)
+}
+
+/// One message at a time, publisher and consumer on separate connections; returns (p50, p99) µs.
+async fn latency(uri: &str, n: usize) -> anyhow::Result<(f64, f64)> {
+    let (pc, cc) = (amqp::connect(uri).await?, amqp::connect(uri).await?);
+    let (pch, cch) = (pc.create_channel().await?, cc.create_channel().await?);
+    let q = "bench-latency";
+    cch.queue_declare(
+        q.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    cch.queue_purge(q.into(), QueuePurgeOptions::default())
+        .await?;
+    let mut consumer = cch
+        .basic_consume(
+            q.into(),
+            "lat".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        pch.basic_publish(
+            "".into(),
+            q.into(),
+            BasicPublishOptions::default(),
+            b"ping",
+            BasicProperties::default(),
+        )
+        .await?;
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await?
+            .context("consumer ended")??;
+        drop(d);
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    pc.close(200, "done".into()).await?;
+    cc.close(200, "done".into()).await?;
+    Ok((samples[n / 2], samples[n * 99 / 100]))
+}
+
+/// Opens and closes `n` connections in turn; returns (connections/s, p50 handshake µs).
+async fn setup(uri: &str, n: usize) -> anyhow::Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let c = amqp::connect(uri).await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        c.close(200, "done".into()).await?;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok((rate, samples[n / 2]))
+}
+
+/// Resident set size of a process, in bytes.
+fn rss(pid: i32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024.0)
+}
+
+/// Opens `n` idle connections through `port` to the sink; returns the proxy's RSS growth per
+/// connection (median over three rounds of open, measure, close).
+async fn idle_rss(pid: i32, port: u16, n: usize, sink: &Sink) -> anyhow::Result<f64> {
+    let mut per = Vec::new();
+    for _ in 0..3 {
+        let before = rss(pid)?;
+        let base = sink.accepted();
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sink.accepted() < base + n {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {n} reached the sink",
+                sink.accepted() - base
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss(pid)?;
+        per.push((after - before) / n as f64);
+        drop(conns);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(median(&per))
+}
+
+/// A TCP server that accepts and holds connections without a word.
+struct Sink {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Sink {
+    async fn start() -> anyhow::Result<Sink> {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = l.local_addr()?.port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Hold it silently until the proxy closes it.
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while matches!(tokio::io::AsyncReadExt::read(&mut s, &mut buf).await, Ok(n) if n > 0)
+                    {
+                    }
+                });
+            }
+        });
+        Ok(Sink { port, accepted })
+    }
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// HAProxy 2.x in tcp mode in front of the same broker (and the sink), as people run it today.
+struct Haproxy {
+    child: std::process::Child,
+    amqp_port: u16,
+    sink_port: u16,
+}
+
+impl Haproxy {
+    async fn start(broker: u16, sink: u16) -> anyhow::Result<Option<Haproxy>> {
+        if std::process::Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let (amqp_port, sink_port) = (free_port(), free_port());
+        let dir = setgate_testkit::unique_dir("bench-haproxy");
+        let cfg = format!(
+            "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n\
+             frontend amqp\n  bind 127.0.0.1:{amqp_port}\n  default_backend rabbit\n\
+             backend rabbit\n  server n 127.0.0.1:{broker} check\n\
+             frontend idle\n  bind 127.0.0.1:{sink_port}\n  default_backend sink\n\
+             backend sink\n  server s 127.0.0.1:{sink}\n"
+        );
+        std::fs::write(dir.join("haproxy.cfg"), cfg)?;
+        let child = std::process::Command::new("haproxy")
+            .arg("-f")
+            .arg(dir.join("haproxy.cfg"))
+            .arg("-db")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", amqp_port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "haproxy did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Some(Haproxy {
+            child,
+            amqp_port,
+            sink_port,
+        }))
+    }
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

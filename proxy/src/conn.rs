@@ -41,6 +41,12 @@ pub(crate) async fn handle(
                 }
             }
             Ok(Ok(None)) => {}
+            Ok(Err(crate::proxy_proto::ProxyHeaderError::Io(e)))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                debug!("closed before sending a PROXY header");
+                return handshake_failed(&lst.cfg.name, "closed");
+            }
             Ok(Err(e)) => {
                 info!(error = %e, "closing: bad PROXY header");
                 return handshake_failed(&lst.cfg.name, "proxy_header");
@@ -89,7 +95,7 @@ async fn tcp_mode(
         return;
     };
     drop(snap);
-    match upstream::connect(&pool, client, false).await {
+    match upstream::connect(&pool, client, None).await {
         Ok(up) => pump(shared, lst, &pool.pool.cfg.name, stream, up).await,
         Err(e) => {
             warn!(pool = %pool.pool.cfg.name, error = %e, "closing: no server for this client");

@@ -243,6 +243,7 @@ impl Proxy {
         }
         *shared.bound.lock().unwrap() = bound;
         spawn_checkers(&shared, &snap, None);
+        publish_routing_info(None, &snap);
         Ok(Proxy { shared, admin_addr })
     }
 
@@ -318,6 +319,7 @@ impl Proxy {
         }
         drop(bound);
         spawn_checkers(&self.shared, &snapshot, Some(&old));
+        publish_routing_info(Some(&old), &snapshot);
         Ok(())
     }
 
@@ -343,6 +345,23 @@ impl Proxy {
             self.shared.closing.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait()).await;
         }
+    }
+}
+
+/// `setgate_routing_info{fingerprint}` = 1 for the routing table in use (0 for the one replaced), so
+/// a dashboard shows at a glance whether every edge routes the same way.
+fn publish_routing_info(old: Option<&Snapshot>, new: &Snapshot) {
+    let fp = |s: &Snapshot| s.router.as_ref().map(|r| r.fingerprint());
+    let (old_fp, new_fp) = (old.and_then(fp), fp(new));
+    if old_fp == new_fp {
+        return;
+    }
+    if let Some(f) = old_fp {
+        metrics::gauge!("setgate_routing_info", "fingerprint" => f).set(0.0);
+    }
+    if let Some(f) = new_fp {
+        info!(fingerprint = %f, "routing table in use");
+        metrics::gauge!("setgate_routing_info", "fingerprint" => f).set(1.0);
     }
 }
 

@@ -2,13 +2,13 @@
 //! (or the SET's failover, or the default pool), and hand the connection to that broker.
 //!
 //! setgate answers the protocol header with its own Connection.Start and reads the client's
-//! StartOk. It then connects to a broker, sends the protocol header, reads the broker's Start and
-//! forwards the client's StartOk byte for byte. From then on (Tune, Open, and everything after) the
+//! StartOk. It then connects to a broker and sends the protocol header followed by the client's
+//! StartOk, byte for byte, and reads (and drops) the broker's Start. From then on (Tune, Open, and everything after) the
 //! client and the broker talk directly, so authentication failures, confirms, heartbeats and
 //! blocked notifications are the broker's own.
 
 use crate::amqp::frame;
-use crate::amqp::handshake::{self, ClientHello};
+use crate::amqp::handshake;
 use crate::amqp::key::routing_key;
 use crate::conn::{handshake_failed, pump};
 use crate::pool::PickError;
@@ -24,8 +24,6 @@ use tracing::{debug, info, warn};
 
 /// Reply code for "cannot serve you now, try again": CONNECTION_FORCED.
 const CONNECTION_FORCED: u16 = 320;
-/// Reply code for a broker that does not support the client's mechanism: NOT_IMPLEMENTED.
-const NOT_IMPLEMENTED: u16 = 540;
 
 pub(crate) async fn serve(
     shared: &Shared,
@@ -41,7 +39,13 @@ pub(crate) async fn serve(
     {
         Ok(Ok(hello)) => hello,
         Ok(Err(e)) => {
-            info!(error = %e.error, "closing: AMQP handshake failed");
+            // A client that leaves before saying anything is a port check or a balancer probe:
+            // worth a counter, not a log line each.
+            if matches!(e.error, crate::amqp::frame::FrameError::Closed) && !e.started {
+                debug!("closed before the AMQP handshake");
+            } else {
+                info!(error = %e.error, "closing: AMQP handshake failed");
+            }
             handshake_failed(listener, e.error.cause());
             if e.started {
                 close_client(
@@ -50,6 +54,8 @@ pub(crate) async fn serve(
                     &format!("setgate: {}", e.error),
                 )
                 .await;
+            } else {
+                linger_close(&mut client).await;
             }
             return;
         }
@@ -93,7 +99,7 @@ pub(crate) async fn serve(
             );
             counter!("setgate_set_failovers_total", "set" => set_label.clone(), "to" => set.unwrap_or("-").to_string()).increment(1);
         }
-        match upstream::connect(&pool, info, true).await {
+        match upstream::connect(&pool, info, Some(&hello.raw)).await {
             Ok(up) => {
                 outcome = Some((up, pool.pool.cfg.name.clone()));
                 break;
@@ -102,7 +108,7 @@ pub(crate) async fn serve(
         }
     }
     drop(snap);
-    let Some((mut up, pool_name)) = outcome else {
+    let Some((up, pool_name)) = outcome else {
         let failover = candidates.get(1).and_then(|(s, _)| *s);
         let text = match (route.set, failover) {
             (Some(set), Some(f)) => format!(
@@ -119,51 +125,29 @@ pub(crate) async fn serve(
         close_client(&mut client, CONNECTION_FORCED, &text).await;
         return;
     };
-    if let Err(text) = check_mechanism(&hello, &up) {
-        warn!(server = %up.server, "closing: {text}");
-        handshake_failed(listener, "mechanism");
-        close_client(&mut client, NOT_IMPLEMENTED, &text).await;
-        return;
-    }
-    if let Err(e) = up.stream.write_all(&hello.raw).await {
-        warn!(server = %up.server, error = %e, "closing: broker connection failed while forwarding StartOk");
-        handshake_failed(listener, "upstream_io");
-        close_client(
-            &mut client,
-            CONNECTION_FORCED,
-            "setgate: broker connection failed during the handshake",
-        )
-        .await;
-        return;
-    }
     counter!("setgate_set_connections_total", "set" => set_label, "reason" => reason).increment(1);
     histogram!("setgate_handshake_duration_seconds", "listener" => listener.to_string())
         .record(started.elapsed().as_secs_f64());
     pump(shared, lst, &pool_name, client, up).await;
 }
 
-fn check_mechanism(hello: &ClientHello, up: &Upstream) -> Result<(), String> {
-    let mech = hello.start_ok.mechanism.as_str();
-    let offered = up
-        .broker_start
-        .as_ref()
-        .map(|s| s.mechanisms.to_string())
-        .unwrap_or_default();
-    if offered.split_whitespace().any(|m| m == mech) {
-        Ok(())
-    } else {
-        Err(format!(
-            "setgate: broker {} does not offer mechanism {mech} (it offers: {offered})",
-            up.server
-        ))
+/// Sends Connection.Close, then closes gracefully (see [`linger_close`]).
+async fn close_client(client: &mut Stream, code: u16, text: &str) {
+    let sent = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.write_all(&frame::close_frame(code, text)),
+    )
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        linger_close(client).await;
     }
 }
 
-/// Sends Connection.Close and lingers briefly so it reaches the client: closing a socket with
-/// unread input sends a reset, which can destroy the Close before the client reads it.
-async fn close_client(client: &mut Stream, code: u16, text: &str) {
+/// Closes our side and reads (and drops) what the client still sends, for at most a second:
+/// closing a socket with unread input sends a reset, which can destroy our last words (a Close, or
+/// the protocol header) before the client reads them.
+async fn linger_close(client: &mut Stream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        client.write_all(&frame::close_frame(code, text)).await?;
         client.flush().await?;
         client.shutdown().await?;
         let mut sink = [0u8; 512];

@@ -8,7 +8,6 @@ use crate::amqp::frame::{self, FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER}
 use crate::config::ClientTls;
 use crate::pool::{PickError, Pool, Slot};
 use crate::stream::{connect_tcp, Stream};
-use amq_protocol::protocol::connection;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,8 +66,6 @@ pub struct Upstream {
     pub slot: Slot,
     /// The server's name.
     pub server: String,
-    /// The broker's Connection.Start, when asked for.
-    pub broker_start: Option<connection::Start>,
 }
 
 /// Who the client is, for the PROXY header.
@@ -80,13 +77,17 @@ pub struct ClientInfo {
     pub destination: SocketAddr,
 }
 
-/// Connects to a server of `pool`, trying up to `retries` more servers on failure. With `greet`,
-/// also sends the AMQP protocol header and waits for the broker's Connection.Start, so a broker
-/// that accepts TCP but does not answer (stopped, overloaded) counts as a failed connect.
+/// Connects to a server of `pool`, trying up to `retries` more servers on failure.
+///
+/// With `greeting` (a `set` listener's client StartOk), also sends the AMQP protocol header and
+/// the greeting, and reads the broker's Connection.Start: a broker that accepts TCP but does not
+/// answer (stopped, overloaded) counts as a failed connect and the next server is tried. The
+/// StartOk goes out right behind the header instead of after the broker's Start: RabbitMQ reads
+/// it from its socket once it has sent Start, and the client saves a round trip to the broker.
 pub async fn connect(
     pool: &PoolRuntime,
     client: ClientInfo,
-    greet: bool,
+    greeting: Option<&[u8]>,
 ) -> Result<Upstream, PickError> {
     let mut tried = Vec::new();
     let attempts = pool.pool.cfg.retries as usize + 1;
@@ -106,15 +107,14 @@ pub async fn connect(
         let server = &pool.pool.servers[i];
         let attempt = tokio::time::timeout(
             pool.pool.cfg.connect_timeout,
-            connect_one(pool, &server.addr, client, greet),
+            connect_one(pool, &server.addr, client, greeting),
         );
         match attempt.await {
-            Ok(Ok((stream, broker_start))) => {
+            Ok(Ok(stream)) => {
                 return Ok(Upstream {
                     stream,
                     slot,
                     server: server.cfg.name.clone(),
-                    broker_start,
                 })
             }
             Ok(Err(e)) => {
@@ -135,8 +135,8 @@ async fn connect_one(
     pool: &PoolRuntime,
     addr: &ServerAddr,
     client: ClientInfo,
-    greet: bool,
-) -> Result<(Stream, Option<connection::Start>), FrameError> {
+    greeting: Option<&[u8]>,
+) -> Result<Stream, FrameError> {
     let mut tcp = connect_tcp(addr).await?;
     if pool.pool.cfg.send_proxy {
         // The PROXY header goes first on the wire, before any TLS.
@@ -150,14 +150,17 @@ async fn connect_one(
         Some(tls) => tls.connect(tcp, addr).await?,
         None => Stream::Tcp(tcp),
     };
-    if !greet {
-        return Ok((stream, None));
-    }
-    stream.write_all(PROTOCOL_HEADER).await?;
+    let Some(greeting) = greeting else {
+        return Ok(stream);
+    };
+    // One write, one segment: header and StartOk together.
+    stream
+        .write_all(&[&PROTOCOL_HEADER[..], greeting].concat())
+        .await?;
     let mut buf = Vec::new();
     let f = frame::read_frame(&mut stream, &mut buf, HANDSHAKE_FRAME_MAX).await?;
-    let start = frame::expect_start(&f)?.clone();
-    Ok((stream, Some(start)))
+    frame::expect_start(&f)?;
+    Ok(stream)
 }
 
 /// Shared handle to a pool runtime.

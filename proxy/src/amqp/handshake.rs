@@ -111,3 +111,67 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Feeds `bytes` to the handshake reader as a client would, then closes; the reader must end
+    /// (with a StartOk or an error) and never panic.
+    fn run(bytes: Vec<u8>) -> Result<(), TestCaseError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut client, mut server) = tokio::io::duplex(1 << 16);
+            let writer = tokio::spawn(async move {
+                let _ = client.write_all(&bytes).await;
+                let _ = client.shutdown().await;
+                // Keep reading what setgate answers so its writes never block.
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut client, &mut sink).await;
+            });
+            let r = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                accept_client(&mut server),
+            )
+            .await;
+            drop(server);
+            let _ = writer.await;
+            prop_assert!(
+                r.is_ok(),
+                "the handshake reader did not finish on closed input"
+            );
+            Ok(())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_or_hang(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            run(bytes)?;
+        }
+
+        #[test]
+        fn arbitrary_frames_after_a_valid_header_never_panic_or_hang(
+            frame_type in prop_oneof![Just(1u8), Just(2u8), Just(3u8), Just(8u8), any::<u8>()],
+            channel in prop_oneof![Just(0u16), any::<u16>()],
+            payload in proptest::collection::vec(any::<u8>(), 0..400),
+            declared in prop_oneof![Just(None), any::<u32>().prop_map(Some)],
+            end in prop_oneof![Just(0xCEu8), any::<u8>()],
+        ) {
+            let mut bytes = PROTOCOL_HEADER.to_vec();
+            bytes.push(frame_type);
+            bytes.extend_from_slice(&channel.to_be_bytes());
+            bytes.extend_from_slice(&declared.unwrap_or(payload.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&payload);
+            bytes.push(end);
+            run(bytes)?;
+        }
+    }
+}
