@@ -39,7 +39,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         Some(v) => {
             let vrrp = Vrrp::start(v.clone(), Arc::new(proxy.ready_probe()))
                 .await
-                .map_err(|e| anyhow::anyhow!("vrrp: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             *vrrp_status.lock().unwrap() = Some(vrrp.status_fn());
             Some(vrrp)
         }
@@ -53,7 +53,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut current = cfg;
     loop {
         tokio::select! {
-            _ = hup.recv() => current = reload(&path, current, &proxy, &federation).await,
+            _ = hup.recv() => current = reload(&path, current, &proxy, &federation, vrrp.as_ref()).await,
             _ = term.recv() => { info!("SIGTERM: draining"); break }
             _ = int.recv() => { info!("SIGINT: draining"); break }
         }
@@ -69,22 +69,18 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: re-read the file; swap it in if valid, otherwise log every error and keep the old one.
-async fn reload(path: &Path, current: Config, proxy: &Proxy, federation: &Federation) -> Config {
+///
+/// The parts that can refuse (VRRP: some settings need a restart; the proxy: a new listener that
+/// cannot bind) go first, so a refusal leaves everything as it was. Returns the config now running.
+async fn reload(
+    path: &Path,
+    current: Config,
+    proxy: &Proxy,
+    federation: &Federation,
+    vrrp: Option<&Vrrp>,
+) -> Config {
     info!(config = %path.display(), "SIGHUP: reloading");
-    let new = match Config::load(path) {
-        Ok(c) => c,
-        Err(errs) => {
-            for e in &errs {
-                error!("{e}");
-            }
-            warn!(
-                errors = errs.len(),
-                "reload refused: the config has errors; still running on the previous one"
-            );
-            return current;
-        }
-    };
-    if let Err(errs) = proxy.reload(new.proxy()) {
+    let refuse = |errs: Vec<String>, current: Config| {
         for e in &errs {
             error!("{e}");
         }
@@ -92,13 +88,36 @@ async fn reload(path: &Path, current: Config, proxy: &Proxy, federation: &Federa
             errors = errs.len(),
             "reload refused; still running on the previous config"
         );
-        return current;
+        current
+    };
+    let mut new = match Config::load(path) {
+        Ok(c) => c,
+        Err(errs) => return refuse(errs, current),
+    };
+    let vrrp_changed = new.vrrp != current.vrrp;
+    match (vrrp, &new.vrrp) {
+        (Some(v), Some(cfg)) if vrrp_changed => {
+            if let Err(errs) = v.reload(cfg.clone()) {
+                return refuse(errs, current);
+            }
+        }
+        (None, None) | (Some(_), Some(_)) => {}
+        _ => {
+            warn!("adding or removing the [vrrp] section takes effect at the next restart");
+            new.vrrp = current.vrrp.clone();
+        }
+    }
+    if let Err(errs) = proxy.reload(new.proxy()) {
+        if let (Some(v), Some(old)) = (vrrp, &current.vrrp) {
+            if vrrp_changed {
+                // Put VRRP back as it was: the reload as a whole did not happen.
+                let _ = v.reload(old.clone());
+            }
+        }
+        return refuse(errs, current);
     }
     if new.federation != current.federation {
         federation.reload(new.federation.clone()).await;
-    }
-    if new.vrrp != current.vrrp {
-        warn!("the [vrrp] section changed: VRRP keeps its running settings until setgate restarts");
     }
     info!("reloaded");
     new

@@ -5,6 +5,8 @@
 //! - `publish_confirms`: messages/s published with publisher confirms (a window of in-flight
 //!   publishes, like a real batch producer), transient 128-byte messages to a classic queue, so
 //!   the broker's disk does not drown out the proxy.
+//! - `consume_acks`: messages/s consumed from a pre-filled queue with a prefetch window and
+//!   manual acks (`multiple` every 100), as a busy worker does.
 //! - `end_to_end_latency`: one message at a time from a publisher to a consumer, each on its own
 //!   connection through the path; p50 and p99.
 //! - `connection_setup`: full AMQP connections opened and closed one after the other: rate and
@@ -158,6 +160,10 @@ sets = []
             record("publish_confirms_msgs_per_s", p.name, rate);
         }
         for p in &paths {
+            let rate = consume_acks(&uri(p.port), args.messages).await?;
+            record("consume_acks_msgs_per_s", p.name, rate);
+        }
+        for p in &paths {
             let (p50, p99) = latency(&uri(p.port), args.round_trips).await?;
             record("end_to_end_latency_p50_us", p.name, p50);
             record("end_to_end_latency_p99_us", p.name, p99);
@@ -259,6 +265,67 @@ async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<
     let rate = n as f64 / start.elapsed().as_secs_f64();
     ch.queue_purge(q.into(), QueuePurgeOptions::default())
         .await?;
+    conn.close(200, "done".into()).await?;
+    Ok(rate)
+}
+
+/// Fills a queue with `n` messages (not timed), then consumes them through `uri` with a
+/// prefetch of 1000 and an ack (`multiple`) every 100 messages; returns messages per second.
+async fn consume_acks(uri: &str, n: usize) -> anyhow::Result<f64> {
+    let conn = amqp::connect(uri).await?;
+    let ch = amqp::confirm_channel(&conn).await?;
+    let q = "bench-consume";
+    ch.queue_declare(
+        q.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_purge(q.into(), QueuePurgeOptions::default())
+        .await?;
+    let body = [b'x'; 128];
+    let mut inflight = VecDeque::new();
+    for _ in 0..n {
+        if inflight.len() >= 1000 {
+            let c: lapin::PublisherConfirm = inflight.pop_front().unwrap();
+            c.await?;
+        }
+        inflight.push_back(
+            ch.basic_publish(
+                "".into(),
+                q.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await?,
+        );
+    }
+    for c in inflight {
+        c.await?;
+    }
+    let cch = conn.create_channel().await?;
+    cch.basic_qos(1000, lapin::options::BasicQosOptions::default())
+        .await?;
+    let start = Instant::now();
+    let mut consumer = cch
+        .basic_consume(
+            q.into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for i in 1..=n {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await?
+            .context("consumer ended")??;
+        if i % 100 == 0 || i == n {
+            d.ack(lapin::options::BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
     conn.close(200, "done".into()).await?;
     Ok(rate)
 }

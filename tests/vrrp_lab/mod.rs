@@ -1,0 +1,292 @@
+//! The lab the VRRP tests run in: addresses, configs, namespaces with setgate, brokers and a
+//! client, and the probes the tests measure with.
+
+use serde_json::Value;
+use setgate_testkit::netns::{Lan, NetNs};
+use setgate_testkit::setgate::SetgateOptions;
+use setgate_testkit::{amqp, wait_until, Node, NodeOptions, Setgate};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// The setgate binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_setgate");
+/// The virtual IP, and the hosts' own addresses.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+pub const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+pub const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+pub const KA: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 13);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+/// Port of the setgate listener on the VIP.
+pub const AMQP_PORT: u16 = 5672;
+/// The advert interval of every test.
+pub const ADVERT: Duration = Duration::from_millis(100);
+
+/// Held by every test: they run one at a time (see the test file's header).
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Master_Down_Interval of a backup with `priority` and the master's advert interval.
+pub fn master_down(priority: u8, advert: Duration) -> Duration {
+    advert * 3 + skew(priority, advert)
+}
+
+/// Skew_Time of a backup with `priority` and the master's advert interval.
+pub fn skew(priority: u8, advert: Duration) -> Duration {
+    advert * (256 - u32::from(priority)) / 256
+}
+
+/// A setgate config: a `tcp` listener on the VIP to `broker` (or to a closed port with no broker),
+/// and `[vrrp]` with `extra` lines.
+pub fn config(priority: u8, broker: Option<SocketAddr>, extra: &str) -> String {
+    let server = broker.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
+    format!(
+        r#"
+shutdown_grace = "1s"
+
+[admin]
+listen = "127.0.0.1:9090"
+
+[[listener]]
+name = "amqp"
+bind = "{VIP}:{AMQP_PORT}"
+mode = "tcp"
+pool = "local"
+
+[[pool]]
+name = "local"
+check = {{ kind = "amqp", inter = "200ms", rise = 1, fall = 1, timeout = "500ms" }}
+servers = [{{ name = "broker", addr = "{server}" }}]
+
+[vrrp]
+interface = "eth0"
+vrid = 51
+priority = {priority}
+advert_int = "100ms"
+vip = ["{VIP}/24"]
+{extra}
+"#
+    )
+}
+
+/// `/api/vrrp` of the setgate running in `ns`.
+pub async fn vrrp_status(ns: &NetNs) -> anyhow::Result<Value> {
+    let r = ns
+        .http_get(SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)), "/api/vrrp")
+        .await?;
+    anyhow::ensure!(r.status == 200, "GET /api/vrrp: {} {}", r.status, r.body);
+    r.json()
+}
+
+/// Starts setgate in `ns` and waits until its VRRP instance reports a state.
+pub async fn start_setgate(ns: &NetNs, cfg: &str) -> anyhow::Result<Setgate> {
+    let opts = SetgateOptions {
+        netns: Some(ns.name().to_string()),
+        ..Default::default()
+    };
+    let sg = Setgate::start_with(BIN, cfg, opts).await?;
+    wait_vrrp_running(ns, &sg).await?;
+    Ok(sg)
+}
+
+/// Waits until the setgate in `ns` answers `/api/vrrp` with a running state.
+pub async fn wait_vrrp_running(ns: &NetNs, sg: &Setgate) -> anyhow::Result<()> {
+    wait_until("setgate's /api/vrrp", Duration::from_secs(20), || async {
+        let s = vrrp_status(ns).await.ok()?;
+        matches!(s["state"].as_str(), Some("BACKUP" | "MASTER")).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nsetgate log:\n{}", sg.log()))
+}
+
+/// Waits until `state` is reported by the setgate in `ns`.
+pub async fn wait_state(ns: &NetNs, state: &str, timeout: Duration) -> anyhow::Result<Value> {
+    wait_until(&format!("{} to be {state}", ns.name()), timeout, || async {
+        let s = vrrp_status(ns).await.ok()?;
+        (s["state"] == state).then_some(s)
+    })
+    .await
+}
+
+/// Waits until the VIP is on `holder` and on none of `others` (a master that steps down removes
+/// it; a killed one leaves it behind, so pass only live instances as `others`).
+pub async fn wait_holder(
+    holder: &NetNs,
+    others: &[&NetNs],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    holder.wait_addr(VIP, true, timeout).await?;
+    for o in others {
+        o.wait_addr(VIP, false, timeout).await?;
+    }
+    Ok(())
+}
+
+/// A real client in `client`: connects to the VIP, declares a queue, publishes with confirms.
+pub async fn client_round_trip(client: &NetNs, queue: &str) -> anyhow::Result<()> {
+    let queue = queue.to_string();
+    client
+        .run(move || async move {
+            let conn = amqp::connect(&format!("amqp://guest:guest@{VIP}:{AMQP_PORT}/%2f")).await?;
+            let ch = amqp::confirm_channel(&conn).await?;
+            ch.queue_declare(
+                queue.as_str().into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await?;
+            amqp::publish_confirmed(&ch, "", &queue, b"through the VIP").await?;
+            conn.close(200, "bye".into()).await?;
+            anyhow::Ok(())
+        })
+        .await?
+}
+
+/// The node named by `cluster_name` in the Connection.Start of whichever broker answers on the
+/// VIP: tells which setgate (each has its own broker) the VIP leads to.
+pub async fn broker_behind_vip(client: &NetNs, nodes: &[&Node]) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = client
+        .tcp_connect(SocketAddr::from((VIP, AMQP_PORT)))
+        .await?;
+    s.write_all(b"AMQP\x00\x00\x09\x01").await?;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && n < buf.len() {
+        let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf[n..]))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no broker name in the Connection.Start on the VIP within 5 s: {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                )
+            })??;
+        if got == 0 {
+            break;
+        }
+        n += got;
+        // cluster_name is "LOCAL@HOSTNAME", the node's own name with the real host name.
+        let seen = |node: &&&Node| {
+            let needle = format!("{}@", node.name.split('@').next().unwrap_or_default());
+            buf[..n]
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        };
+        if let Some(node) = nodes.iter().find(seen) {
+            return Ok(node.name.clone());
+        }
+    }
+    anyhow::bail!(
+        "no known broker's name in what the VIP answered: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    )
+}
+
+/// The MAC address of `eth0` in `ns`.
+pub fn mac_of(ns: &NetNs) -> anyhow::Result<String> {
+    let link = ns.ip(&["-o", "link", "show", "eth0"])?;
+    link.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no MAC in {link}"))
+}
+
+/// A broker inside `ns`, listening on `ip`.
+pub async fn broker(ns: &NetNs, ip: Ipv4Addr) -> anyhow::Result<Node> {
+    Node::start_with(NodeOptions {
+        management: false,
+        netns: Some(ns.name().to_string()),
+        ip: ip.to_string(),
+        ..Default::default()
+    })
+    .await
+}
+
+/// A private segment with one namespace per `(name, address)`.
+pub fn lan(tag: &str, hosts: &[(&str, Ipv4Addr)]) -> anyhow::Result<Lan> {
+    let mut lan = Lan::new(tag)?;
+    for (h, ip) in hosts {
+        lan.add_host(h, &format!("{ip}/24"))?;
+    }
+    Ok(lan)
+}
+
+/// Prints one measured takeover.
+pub fn report(case: &str, took: Duration, bound: Duration) {
+    println!(
+        "vrrp {case}: {} ms (bound {} ms)",
+        took.as_millis(),
+        bound.as_millis()
+    );
+}
+
+pub async fn wait_state_in_process(
+    vrrp: &setgate_vrrp::Vrrp,
+    want: setgate_vrrp::State,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vrrp.state() != want {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "still {:?}, not {want:?}, after 5 s",
+            vrrp.state()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Sends whole IPv4 datagrams (header included) out of `eth0` of the current namespace.
+pub fn send_raw(datagrams: &[Vec<u8>]) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 112) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let dev = b"eth0\0";
+    // SAFETY: setsockopt(2) with pointers to live values and their exact lengths.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_HDRINCL,
+            (&one as *const libc::c_int).cast(),
+            4,
+        ) == 0
+            && libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                dev.as_ptr().cast(),
+                5,
+            ) == 0
+    };
+    if !ok {
+        return Err(std::io::Error::last_os_error());
+    }
+    for d in datagrams {
+        // SAFETY: sockaddr_in is plain old data; all-zero is valid before we fill it in.
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as libc::sa_family_t;
+        to.sin_addr.s_addr = u32::from_ne_bytes([d[16], d[17], d[18], d[19]]);
+        // SAFETY: buffer and address are valid for the lengths given during the call.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                d.as_ptr().cast(),
+                d.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
