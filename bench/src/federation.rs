@@ -1,10 +1,212 @@
-//! PLACEHOLDER: the federation benchmark.
+//! Federation throughput and latency: setgate vs RabbitMQ's federation plugin, on the same two
+//! local brokers, against the rate at which the source alone accepts confirmed publishes.
+//!
+//! Cases, each run `--runs` times, interleaved; the median is reported:
+//! - `source`: confirmed persistent publishes into a durable queue on the source, alone.
+//! - `source-drained`: the same while a local consumer drains that queue with batched acks:
+//!   what the source sustains when its queue is also consumed, the ceiling of any queue-based
+//!   federation (a diagnostic, not a target).
+//! - `setgate`: the same publisher on the source while setgate federates the exchange
+//!   (on-confirm, persistent); the rate is taken by a consumer on a downstream queue, first
+//!   message to last.
+//! - `plugin`: the same with `rabbitmq_federation` on the downstream node (upstream + policy).
+//! - `setgate-paced`, `plugin-paced`: forwarding latency at a fixed rate below saturation.
+//!
+//! Latency is the downstream arrival time minus the publish time carried in a header.
+
+mod measure;
+mod setup;
+
+use measure::{median, publish, purge, ratio, through, Acks, Load, Measured};
+use serde_json::json;
+use setgate_testkit::fed::{declare_bound_queue, declare_exchange};
+use setgate_testkit::{Node, NodeOptions};
+use setup::{setgate_binary, start_plugin, start_setgate, Cpu};
+use std::path::PathBuf;
 
 /// Options.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Messages per throughput run.
+    #[arg(long, default_value_t = 50_000)]
+    pub messages: u64,
+    /// Runs per case (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 128)]
+    pub body_size: usize,
+    /// Unconfirmed publishes the publisher keeps in flight.
+    #[arg(long, default_value_t = 1000)]
+    pub window: usize,
+    /// prefetch_count of setgate's link and of the plugin's upstream.
+    #[arg(long, default_value_t = 1000)]
+    pub prefetch: u32,
+    /// Rate (msg/s) of the paced latency runs.
+    #[arg(long, default_value_t = 1000.0)]
+    pub paced_rate: f64,
+    /// Messages per paced latency run.
+    #[arg(long, default_value_t = 5000)]
+    pub paced_messages: u64,
+    /// The setgate binary (default: next to this benchmark; built if missing).
+    #[arg(long)]
+    pub setgate: Option<PathBuf>,
+    /// Skip the RabbitMQ federation plugin cases.
+    #[arg(long)]
+    pub skip_plugin: bool,
+}
+
+const SOURCE_X: &str = "bench.source";
+const SG_X: &str = "bench.setgate";
+const PLUGIN_X: &str = "bench.plugin";
 
 /// Runs the benchmark.
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("the federation benchmark is not written yet")
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let bin = setgate_binary(args.setgate.clone())?;
+    eprintln!("starting two RabbitMQ nodes (the downstream with rabbitmq_federation)...");
+    let with_plugin = NodeOptions {
+        plugins: vec!["rabbitmq_federation".into()],
+        ..Default::default()
+    };
+    let (src, dst) = tokio::join!(Node::start(), Node::start_with(with_plugin));
+    let (src, dst) = (src?, dst?);
+    let (su, du) = (src.amqp_uri(), dst.amqp_uri());
+    for x in [SOURCE_X, SG_X, PLUGIN_X] {
+        declare_exchange(&su, x, "topic").await?;
+        declare_exchange(&du, x, "topic").await?;
+    }
+    declare_bound_queue(&su, "bench.source.q", SOURCE_X).await?;
+    declare_bound_queue(&du, "bench.setgate.sink", SG_X).await?;
+    declare_bound_queue(&du, "bench.plugin.sink", PLUGIN_X).await?;
+    if !args.skip_plugin {
+        start_plugin(&src, &dst, PLUGIN_X, args.prefetch).await?;
+    }
+
+    let load = Load {
+        messages: args.messages,
+        body_size: args.body_size,
+        window: args.window,
+        rate: None,
+    };
+    let (mut source, mut drained, mut setgate, mut plugin) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=args.runs {
+        let cpu = Cpu::sample(None, &src, &dst);
+        let rate = publish(&su, SOURCE_X, load).await?;
+        eprintln!(
+            "run {run}: source {rate:.0} msg/s; cpu s {}",
+            cpu.since(None, &src, &dst)
+        );
+        source.push(rate);
+        purge(&su, "bench.source.q").await?;
+
+        let cpu = Cpu::sample(None, &src, &dst);
+        let m = through(&su, SOURCE_X, &su, "bench.source.q", load, Acks::Batched).await?;
+        eprintln!(
+            "run {run}: source-drained {:.0} msg/s; cpu s {}",
+            m.rate,
+            cpu.since(None, &src, &dst)
+        );
+        drained.push(m.rate);
+
+        let sg = start_setgate(&bin, &su, &du, SG_X, args.prefetch).await?;
+        let cpu = Cpu::sample(Some(&sg), &src, &dst);
+        let m = through(&su, SG_X, &du, "bench.setgate.sink", load, Acks::Auto).await?;
+        eprintln!(
+            "run {run}: setgate {} ; cpu s {}",
+            show(&m),
+            cpu.since(Some(&sg), &src, &dst)
+        );
+        setgate.push(m);
+        drop(sg);
+
+        if !args.skip_plugin {
+            let cpu = Cpu::sample(None, &src, &dst);
+            let m = through(&su, PLUGIN_X, &du, "bench.plugin.sink", load, Acks::Auto).await?;
+            eprintln!(
+                "run {run}: plugin {} ; cpu s {}",
+                show(&m),
+                cpu.since(None, &src, &dst)
+            );
+            plugin.push(m);
+        }
+    }
+
+    let paced = Load {
+        messages: args.paced_messages,
+        rate: Some(args.paced_rate),
+        ..load
+    };
+    let sg = start_setgate(&bin, &su, &du, SG_X, args.prefetch).await?;
+    let sg_paced = through(&su, SG_X, &du, "bench.setgate.sink", paced, Acks::Auto).await?;
+    drop(sg);
+    let plugin_paced = match args.skip_plugin {
+        true => None,
+        false => Some(through(&su, PLUGIN_X, &du, "bench.plugin.sink", paced, Acks::Auto).await?),
+    };
+
+    let source_med = median(source.clone());
+    let sg_med = median(setgate.iter().map(|m| m.rate).collect());
+    let plugin_med = (!plugin.is_empty()).then(|| median(plugin.iter().map(|m| m.rate).collect()));
+    let rounded = |v: &[f64]| v.iter().map(|r| r.round()).collect::<Vec<_>>();
+    let rates = |v: &[Measured]| v.iter().map(|m| m.rate.round()).collect::<Vec<_>>();
+    let common =
+        json!({"messages": args.messages, "body_size": args.body_size, "persistent": true});
+    line(
+        "source",
+        json!({"runs_msg_s": rounded(&source), "median_msg_s": source_med.round(), "load": common}),
+    );
+    line(
+        "source-drained",
+        json!({
+            "runs_msg_s": rounded(&drained), "median_msg_s": median(drained.clone()).round(),
+            "ratio_to_source": ratio(median(drained.clone()), source_med), "load": common,
+        }),
+    );
+    line(
+        "setgate",
+        json!({
+            "ack_mode": "on-confirm", "prefetch": args.prefetch,
+            "runs_msg_s": rates(&setgate), "median_msg_s": sg_med.round(),
+            "p50_ms": median(setgate.iter().map(|m| m.p50_ms).collect()),
+            "p99_ms": median(setgate.iter().map(|m| m.p99_ms).collect()),
+            "ratio_to_source": ratio(sg_med, source_med),
+            "ratio_to_source_drained": ratio(sg_med, median(drained.clone())),
+            "ratio_to_plugin": plugin_med.map(|p| ratio(sg_med, p)),
+            "load": common,
+        }),
+    );
+    if let Some(p) = plugin_med {
+        line(
+            "plugin",
+            json!({
+                "ack_mode": "on-confirm", "prefetch": args.prefetch,
+                "runs_msg_s": rates(&plugin), "median_msg_s": p.round(),
+                "p50_ms": median(plugin.iter().map(|m| m.p50_ms).collect()),
+                "p99_ms": median(plugin.iter().map(|m| m.p99_ms).collect()),
+                "ratio_to_source": ratio(p, source_med),
+                "load": common,
+            }),
+        );
+    }
+    let paced_json = |m: &Measured| json!({"rate_msg_s": args.paced_rate, "messages": args.paced_messages, "p50_ms": m.p50_ms, "p99_ms": m.p99_ms});
+    line("setgate-paced", paced_json(&sg_paced));
+    if let Some(m) = plugin_paced {
+        line("plugin-paced", paced_json(&m));
+    }
+    Ok(())
+}
+
+fn show(m: &Measured) -> String {
+    format!(
+        "{:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms",
+        m.rate, m.p50_ms, m.p99_ms
+    )
+}
+
+fn line(case: &str, result: serde_json::Value) {
+    println!(
+        "{}",
+        json!({"bench": "federation", "case": case, "result": result})
+    );
 }

@@ -1,60 +1,46 @@
-//! PLACEHOLDER — to be replaced by the federation implementation. Public API contract below.
+//! setgate's exchange federation: messages published to an exchange on one RabbitMQ cluster
+//! appear on the same exchange of another, at-least-once, from outside the brokers (no plugin).
+//!
+//! Each link runs one *flow* per (upstream, exchange): a durable queue
+//! `federation: X -> DOWNSTREAM` on the upstream, bound to X, consumed with manual acks and
+//! prefetch (single active consumer, so several setgate instances can run the same link);
+//! every message is republished to X downstream with an `x-received-from` entry, and
+//! acknowledged upstream only once the downstream confirmed it (`ack_mode = on-confirm`).
+//!
+//! Modules:
+//! - [`config`]: the `[federation]` config section and its defaults; `validate`: its checks.
+//! - [`uri`]: AMQP URIs whose passwords never reach logs, status or metrics.
+//! - `plan`: links resolved into flows; the reload diff.
+//! - `supervisor`: [`Federation`], the running links (start, status, reload, shutdown).
+//! - `flow`: one flow's connect / set up / forward / retry loop.
+//! - `connect`: ordered multi-URI connection and the broker's `cluster_name`.
+//! - `topology`: exchange checks, the upstream queue, bindings, consumer.
+//! - `forward`: the pipelined republish loop.
+//! - `tracker`: publish sequence -> delivery tag; which upstream acks a confirm allows.
+//! - `hops`: `x-received-from`, `max_hops` and cycle checks; republished properties.
+//! - `status`: what `GET /api/links` shows. `metrics`: the `setgate_federation_*` series.
+//! - [`error`]: why a flow attempt failed.
 
-use serde::Deserialize;
-use std::sync::Arc;
-use std::time::Duration;
+pub mod config;
+pub mod error;
+pub mod uri;
 
-/// `[federation]`: `[[federation.upstream]]` and `[[federation.link]]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FederationConfig {
-    /// Upstream clusters.
-    #[serde(default)]
-    pub upstream: Vec<toml_placeholder::Table>,
-    /// Links.
-    #[serde(default)]
-    pub link: Vec<toml_placeholder::Table>,
-}
+mod connect;
+mod flow;
+mod forward;
+mod hops;
+mod metrics;
+mod plan;
+mod status;
+mod supervisor;
+mod topology;
+mod tracker;
+mod validate;
 
-mod toml_placeholder {
-    /// Any table.
-    pub type Table = std::collections::BTreeMap<String, serde_json::Value>;
-}
-
-impl FederationConfig {
-    /// Every problem, as `field: what; what to do` lines.
-    pub fn validate(&self) -> Vec<String> {
-        Vec::new()
-    }
-    /// True when no link is configured.
-    pub fn is_empty(&self) -> bool {
-        self.link.is_empty()
-    }
-    /// One line for `setgate check`.
-    pub fn summary(&self) -> String {
-        format!(
-            "{} upstreams, {} links",
-            self.upstream.len(),
-            self.link.len()
-        )
-    }
-}
-
-/// The running links.
-#[derive(Debug)]
-pub struct Federation;
-
-impl Federation {
-    /// Starts every link.
-    pub fn start(_cfg: FederationConfig) -> Federation {
-        Federation
-    }
-    /// `GET /api/links`.
-    pub fn status_fn(&self) -> Arc<dyn Fn() -> serde_json::Value + Send + Sync> {
-        Arc::new(|| serde_json::json!({ "links": [] }))
-    }
-    /// Applies a new config.
-    pub async fn reload(&self, _cfg: FederationConfig) {}
-    /// Stops every link cleanly.
-    pub async fn shutdown(self, _grace: Duration) {}
-}
+pub use config::{
+    AckMode, DownstreamConfig, FederationConfig, LinkConfig, QueueType, UpstreamConfig,
+};
+pub use error::{LinkError, Side};
+pub use hops::RECEIVED_FROM;
+pub use supervisor::Federation;
+pub use uri::AmqpUri;

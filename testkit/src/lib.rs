@@ -14,6 +14,7 @@
 //! process is gone.
 
 pub mod amqp;
+pub mod fed;
 pub mod http;
 pub mod net;
 pub mod netns;

@@ -1,0 +1,116 @@
+//! Why a flow attempt failed. Every message names the cluster and the object, and says what to do
+//! where there is something to do; none contains a password.
+
+use std::fmt;
+
+/// Which side of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The cluster messages are taken from.
+    Upstream,
+    /// The cluster messages are published to.
+    Downstream,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Upstream => "upstream",
+            Side::Downstream => "downstream",
+        })
+    }
+}
+
+/// A failed or ended flow attempt; the flow retries after `reconnect_delay`.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No URI of a side could be connected.
+    #[error("cannot connect to {side} {cluster}: {tried}")]
+    Connect {
+        /// Which side.
+        side: Side,
+        /// The configured name of the cluster.
+        cluster: String,
+        /// Every URI tried (masked) with its error, in order.
+        tried: String,
+    },
+    /// The exchange does not exist on one side.
+    #[error("{side} exchange \"{exchange}\" does not exist on {cluster} (vhost {vhost}); declare it there")]
+    ExchangeMissing {
+        /// Which side.
+        side: Side,
+        /// Exchange name.
+        exchange: String,
+        /// Configured cluster name.
+        cluster: String,
+        /// Virtual host.
+        vhost: String,
+    },
+    /// The two exchanges route differently.
+    #[error(
+        "exchange \"{exchange}\" is of type {downstream_type} on downstream {downstream} but {upstream_type} on \
+         upstream {upstream}; federation needs the same type on both sides"
+    )]
+    ExchangeType {
+        /// Exchange name.
+        exchange: String,
+        /// Configured upstream name.
+        upstream: String,
+        /// Its type there.
+        upstream_type: String,
+        /// Configured downstream name.
+        downstream: String,
+        /// Its type there.
+        downstream_type: String,
+    },
+    /// A broker refused or failed an operation.
+    #[error("{what} on {side} {cluster}: {reason}")]
+    Broker {
+        /// What was attempted, e.g. `declaring queue "federation: x -> dc2"`.
+        what: String,
+        /// Which side.
+        side: Side,
+        /// Configured cluster name.
+        cluster: String,
+        /// The broker's or the client's explanation.
+        reason: String,
+    },
+    /// The upstream cancelled the consumer (queue deleted, or node shutting down).
+    #[error("upstream {cluster} cancelled the consumer of queue \"{queue}\" (queue deleted or node stopping)")]
+    ConsumerCancelled {
+        /// Configured upstream name.
+        cluster: String,
+        /// Queue name.
+        queue: String,
+    },
+}
+
+impl LinkError {
+    /// Wraps a lapin error with what was being done, where.
+    pub(crate) fn broker(
+        what: impl Into<String>,
+        side: Side,
+        cluster: &str,
+        err: &lapin::Error,
+    ) -> LinkError {
+        LinkError::Broker {
+            what: what.into(),
+            side,
+            cluster: cluster.to_string(),
+            reason: describe(err),
+        }
+    }
+}
+
+/// A lapin error as one readable sentence (the broker's reply text when there is one).
+pub(crate) fn describe(err: &lapin::Error) -> String {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(e) => e.get_message().to_string(),
+        lapin::ErrorKind::IOError(e) => format!("connection lost ({e})"),
+        lapin::ErrorKind::InvalidChannelState(..)
+        | lapin::ErrorKind::InvalidConnectionState(..) => {
+            format!("connection lost ({err})")
+        }
+        _ => err.to_string(),
+    }
+}

@@ -1,0 +1,384 @@
+//! The hot loop of a flow: take upstream deliveries, republish them downstream, acknowledge
+//! upstream according to `ack_mode`.
+//!
+//! Publishing never waits for a confirm: up to `prefetch_count` publishes are in flight. Ready
+//! deliveries are republished as one batch (one wake-up of lapin's I/O thread), confirms are
+//! taken in publish order, and the [`AckTracker`] turns the confirmed prefix into `multiple`
+//! acks, sent every quarter of the prefetch under load and at once when nothing is in flight.
+
+use crate::config::AckMode;
+use crate::error::{LinkError, Side};
+use crate::hops::{outgoing_properties, with_received_from, HopPolicy, Origin, Verdict};
+use crate::metrics::FlowMetrics;
+use crate::plan::FlowSpec;
+use crate::status::FlowStatus;
+use crate::tracker::{AckTracker, Outcome, Seq, UpstreamAck};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Confirmation, ConnectionStatus, Consumer, Event, PublisherConfirm};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How often the upstream queue depth is refreshed.
+const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Most deliveries republished in one go.
+const BATCH: usize = 256;
+/// Pause after a mandatory publish came back, so an unroutable message is not spun on.
+const RETURN_PAUSE: Duration = Duration::from_millis(500);
+
+/// A publish's confirm with its sequence number and publish time.
+type Confirmed = (Seq, Instant, lapin::Result<Confirmation>);
+
+/// Publishes awaiting their confirm, oldest first. Only the oldest is awaited: the tracker acks
+/// nothing past an unconfirmed publish anyway, and the broker confirms in order in practice,
+/// so this costs no latency and saves a task and an allocation per message.
+#[derive(Default)]
+struct Pending(VecDeque<(Seq, Instant, PublisherConfirm)>);
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn push(&mut self, seq: Seq, start: Instant, confirm: PublisherConfirm) {
+        self.0.push_back((seq, start, confirm));
+    }
+
+    /// The oldest publish's confirm. Cancel-safe: it is removed only once resolved.
+    async fn next(&mut self) -> Option<Confirmed> {
+        let front = self.0.front_mut()?;
+        let result = (&mut front.2).await;
+        let (seq, start, _) = self.0.pop_front()?;
+        Some((seq, start, result))
+    }
+}
+
+/// A connected, set-up flow.
+pub(crate) struct Forwarder {
+    pub spec: Arc<FlowSpec>,
+    pub status: Arc<FlowStatus>,
+    pub metrics: FlowMetrics,
+    /// A spare upstream channel for the periodic passive declare of the queue.
+    pub depth_channel: Channel,
+    pub up: Channel,
+    pub down: Channel,
+    pub consumer: Consumer,
+    pub origin: Origin,
+    pub policy: HopPolicy,
+}
+
+/// The connection events of both sides (kept apart from [`Forwarder`], which must be `Sync`).
+///
+/// lapin reports channel errors (a refused declare, say) on the same stream as connection
+/// errors; only an error that left the connection unusable ends the attempt.
+pub(crate) struct Events {
+    pub up: BoxStream<'static, Event>,
+    pub up_status: ConnectionStatus,
+    pub down: BoxStream<'static, Event>,
+    pub down_status: ConnectionStatus,
+}
+
+/// Per-run state of the loop.
+struct Run {
+    exchange: ShortString,
+    tracker: AckTracker,
+    confirms: Pending,
+    returned: bool,
+}
+
+impl Forwarder {
+    /// Forwards until an error (the flow reconnects) or a stop request (drains, then `Ok`).
+    pub async fn run(
+        mut self,
+        events: Events,
+        stop: &mut watch::Receiver<Option<Duration>>,
+    ) -> Result<(), LinkError> {
+        let Events {
+            up: mut up_events,
+            up_status,
+            down: mut down_events,
+            down_status,
+        } = events;
+        let mut run = Run {
+            exchange: self.spec.exchange.as_str().into(),
+            tracker: AckTracker::default(),
+            confirms: Pending::default(),
+            returned: false,
+        };
+        let mut depth_tick = tokio::time::interval(DEPTH_INTERVAL);
+        depth_tick.tick().await; // the first tick is immediate; the queue was just declared
+        let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                _ = crate::flow::stopped(stop) => {
+                    let grace = stop.borrow().unwrap_or_default();
+                    return self.drain(&mut run, grace).await;
+                }
+                ev = up_events.next() => lost(Side::Upstream, &self.spec.upstream.name, &up_status, ev)?,
+                ev = down_events.next() => lost(Side::Downstream, &self.spec.downstream.name, &down_status, ev)?,
+                Some(c) = run.confirms.next(), if !run.confirms.is_empty() => self.on_confirm(&mut run, c)?,
+                d = self.consumer.next() => {
+                    batch.push(self.delivery(d)?);
+                    // Take what else is already here: one wake-up of the I/O thread per batch.
+                    while batch.len() < BATCH {
+                        match self.consumer.next().now_or_never() {
+                            Some(d) => batch.push(self.delivery(d)?),
+                            None => break,
+                        }
+                    }
+                    self.forward(&mut run, &mut batch).await?;
+                }
+                _ = depth_tick.tick() => self.refresh_depth().await,
+            }
+            while let Some(Some(c)) = run.confirms.next().now_or_never() {
+                self.on_confirm(&mut run, c)?;
+            }
+            self.maybe_send_acks(&mut run).await?;
+        }
+    }
+
+    fn delivery(&self, d: Option<lapin::Result<Delivery>>) -> Result<Delivery, LinkError> {
+        match d {
+            Some(Ok(d)) => Ok(d),
+            Some(Err(e)) => Err(LinkError::broker(
+                "consuming",
+                Side::Upstream,
+                &self.spec.upstream.name,
+                &e,
+            )),
+            None => Err(LinkError::ConsumerCancelled {
+                cluster: self.spec.upstream.name.clone(),
+                queue: self.spec.queue_name(),
+            }),
+        }
+    }
+
+    /// Checks hops and republishes a batch of deliveries. All publishes of the batch are queued
+    /// before any is awaited, in delivery order (lapin queues a publish's frames and assigns its
+    /// confirm sequence number when the future is first polled, which `join_all` does in order).
+    async fn forward(&self, run: &mut Run, batch: &mut Vec<Delivery>) -> Result<(), LinkError> {
+        let counters = &self.status.counters;
+        let mode = self.spec.upstream.ack_mode;
+        let options = BasicPublishOptions {
+            mandatory: self.spec.mandatory,
+            immediate: false,
+        };
+        let mut publishes = Vec::with_capacity(batch.len());
+        let mut seqs = Vec::with_capacity(batch.len());
+        for d in batch.iter() {
+            if d.redelivered {
+                counters.redelivered.fetch_add(1, Relaxed);
+                self.metrics.redelivered.increment(1);
+            }
+            let seq = (mode != AckMode::NoAck).then(|| run.tracker.push(d.delivery_tag));
+            let verdict = self.policy.verdict(d.properties.headers().as_ref());
+            if verdict != Verdict::Forward {
+                counters.dropped.fetch_add(1, Relaxed);
+                match verdict {
+                    Verdict::MaxHops => self.metrics.dropped_max_hops.increment(1),
+                    _ => self.metrics.dropped_cycle.increment(1),
+                }
+                tracing::trace!(reason = verdict.reason(), "message not forwarded");
+                if let Some(seq) = seq {
+                    run.tracker.resolve(seq, Outcome::Done);
+                }
+                continue;
+            }
+            let headers =
+                with_received_from(d.properties.headers().as_ref(), &self.origin, d.redelivered);
+            let props =
+                outgoing_properties(&d.properties, headers, self.spec.upstream.trust_user_id);
+            seqs.push(seq);
+            publishes.push(self.down.basic_publish(
+                run.exchange.clone(),
+                d.routing_key.clone(),
+                options,
+                &d.data,
+                props,
+            ));
+        }
+        let start = Instant::now();
+        let results = futures_util::future::join_all(publishes).await;
+        batch.clear();
+        for (seq, result) in seqs.into_iter().zip(results) {
+            let confirm = result.map_err(|e| {
+                LinkError::broker(
+                    format!("publishing to exchange \"{}\"", self.spec.exchange),
+                    Side::Downstream,
+                    &self.spec.downstream.name,
+                    &e,
+                )
+            })?;
+            match (mode, seq) {
+                (AckMode::OnConfirm, Some(seq)) => run.confirms.push(seq, start, confirm),
+                (_, seq) => {
+                    drop(confirm);
+                    if let Some(seq) = seq {
+                        run.tracker.resolve(seq, Outcome::Done);
+                    }
+                    counters.forwarded.fetch_add(1, Relaxed);
+                    self.metrics.forwarded.increment(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_confirm(&self, run: &mut Run, (seq, start, result): Confirmed) -> Result<(), LinkError> {
+        let counters = &self.status.counters;
+        let outcome = match result {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+                self.metrics
+                    .confirm_latency
+                    .record(start.elapsed().as_secs_f64());
+                counters.forwarded.fetch_add(1, Relaxed);
+                self.metrics.forwarded.increment(1);
+                Outcome::Done
+            }
+            Ok(Confirmation::Ack(Some(_))) => {
+                counters.rejected.fetch_add(1, Relaxed);
+                self.metrics.returned.increment(1);
+                run.returned = true;
+                Outcome::Rejected
+            }
+            Ok(Confirmation::Nack(_)) => {
+                counters.rejected.fetch_add(1, Relaxed);
+                self.metrics.nacked.increment(1);
+                Outcome::Rejected
+            }
+            Err(e) => {
+                return Err(LinkError::broker(
+                    "waiting for a publish confirm",
+                    Side::Downstream,
+                    &self.spec.downstream.name,
+                    &e,
+                ))
+            }
+        };
+        run.tracker.resolve(seq, outcome);
+        Ok(())
+    }
+
+    /// Acks in batches of a quarter of the prefetch while publishes are in flight (fewer ack
+    /// frames for the upstream's channel and queue), and everything ready once none is.
+    async fn maybe_send_acks(&self, run: &mut Run) -> Result<(), LinkError> {
+        let batch = (self.spec.upstream.prefetch_count as usize / 4).max(1);
+        if run.tracker.ready() >= batch || run.confirms.is_empty() || run.returned {
+            self.send_acks(run).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_acks(&self, run: &mut Run) -> Result<(), LinkError> {
+        for ack in run.tracker.take_acks() {
+            let r = match ack {
+                UpstreamAck::Ack { tag, multiple } => {
+                    self.up.basic_ack(tag, BasicAckOptions { multiple }).await
+                }
+                UpstreamAck::Requeue { tag } => {
+                    self.up
+                        .basic_nack(
+                            tag,
+                            BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            },
+                        )
+                        .await
+                }
+            };
+            r.map_err(|e| {
+                LinkError::broker(
+                    "acknowledging deliveries",
+                    Side::Upstream,
+                    &self.spec.upstream.name,
+                    &e,
+                )
+            })?;
+        }
+        if std::mem::take(&mut run.returned) {
+            tokio::time::sleep(RETURN_PAUSE).await;
+        }
+        Ok(())
+    }
+
+    /// Stops consuming, waits up to `grace` for outstanding confirms, acks what was confirmed.
+    /// Everything else stays unacked and goes back to the upstream queue when the flow closes.
+    async fn drain(&mut self, run: &mut Run, grace: Duration) -> Result<(), LinkError> {
+        let tag = self.consumer.tag();
+        let _ = tokio::time::timeout(
+            grace,
+            self.up.basic_cancel(tag, BasicCancelOptions::default()),
+        )
+        .await;
+        let deadline = tokio::time::Instant::now() + grace;
+        while !run.confirms.is_empty() {
+            match tokio::time::timeout_at(deadline, run.confirms.next()).await {
+                Ok(Some(c)) => self.on_confirm(run, c)?,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        unconfirmed = run.tracker.unconfirmed(),
+                        "shutdown grace over; unconfirmed messages stay upstream"
+                    );
+                    break;
+                }
+            }
+        }
+        self.send_acks(run).await?;
+        tracing::info!(requeued = run.tracker.outstanding(), "flow drained");
+        Ok(())
+    }
+
+    async fn refresh_depth(&self) {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let ch = &self.depth_channel;
+        if let Ok(q) = ch
+            .queue_declare(
+                self.spec.queue_name().as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+        {
+            self.status
+                .counters
+                .queue_depth
+                .store(u64::from(q.message_count()), Relaxed);
+            self.metrics.queue_depth.set(f64::from(q.message_count()));
+        }
+    }
+}
+
+/// A connection event that ends the flow attempt.
+fn lost(
+    side: Side,
+    cluster: &str,
+    status: &ConnectionStatus,
+    ev: Option<Event>,
+) -> Result<(), LinkError> {
+    match ev {
+        Some(Event::Error(e)) if !status.connected() => {
+            Err(LinkError::broker("connection", side, cluster, &e))
+        }
+        Some(_) => Ok(()),
+        None => Err(LinkError::Broker {
+            what: "connection".into(),
+            side,
+            cluster: cluster.into(),
+            reason: "closed".into(),
+        }),
+    }
+}

@@ -1,0 +1,519 @@
+//! Federation test and benchmark helpers: a publisher that survives broker restarts and reports
+//! what was confirmed, a collector that consumes a queue across restarts, the tally of the two
+//! (published-and-confirmed vs received vs duplicates vs missing), and setgate config, status
+//! and metric helpers for federation links.
+//!
+//! Every message carries its id as `message_id` (and as the body); the routing key is
+//! `k{id % keys}` so order can be checked per key.
+
+use crate::amqp::{confirm_channel, connect};
+use crate::net::{free_port, wait_until};
+use crate::node::Node;
+use crate::setgate::Setgate;
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, ExchangeKind, PublisherConfirm};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Declares a durable exchange of `kind` ("topic", "fanout", ...).
+pub async fn declare_exchange(uri: &str, name: &str, kind: &str) -> anyhow::Result<()> {
+    let conn = connect(uri).await?;
+    let ch = conn.create_channel().await?;
+    let kind = match kind {
+        "topic" => ExchangeKind::Topic,
+        "fanout" => ExchangeKind::Fanout,
+        "direct" => ExchangeKind::Direct,
+        "headers" => ExchangeKind::Headers,
+        other => ExchangeKind::Custom(other.into()),
+    };
+    let opts = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(name.into(), kind, opts, FieldTable::default())
+        .await
+        .with_context(|| format!("declare exchange {name}"))?;
+    let _ = conn.close(200, "OK".into()).await;
+    Ok(())
+}
+
+/// Declares a durable queue bound to `exchange` with `#`.
+pub async fn declare_bound_queue(uri: &str, queue: &str, exchange: &str) -> anyhow::Result<()> {
+    let conn = connect(uri).await?;
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions::durable(),
+        FieldTable::default(),
+    )
+    .await
+    .with_context(|| format!("declare queue {queue}"))?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .with_context(|| format!("bind queue {queue} to {exchange}"))?;
+    let _ = conn.close(200, "OK".into()).await;
+    Ok(())
+}
+
+/// How [`publish`] publishes.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Exchange to publish to.
+    pub exchange: String,
+    /// Number of distinct routing keys (`k0`..).
+    pub keys: u64,
+    /// Messages per second, or as fast as confirms allow.
+    pub rate: Option<f64>,
+    /// Unconfirmed publishes in flight.
+    pub window: usize,
+    /// Give up when no connection could be made for this long.
+    pub patience: Duration,
+    /// Body size in bytes (at least the id's digits).
+    pub body_size: usize,
+}
+
+impl PublishOptions {
+    /// Defaults: 10 keys, unpaced, window 500, 60 s patience, small bodies.
+    pub fn new(exchange: &str) -> PublishOptions {
+        PublishOptions {
+            exchange: exchange.into(),
+            keys: 10,
+            rate: None,
+            window: 500,
+            patience: Duration::from_secs(60),
+            body_size: 0,
+        }
+    }
+}
+
+/// The properties every test message carries; `id` goes into `message_id` and a header.
+pub fn message_properties(id: u64) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("seq".into(), AMQPValue::LongLongInt(id as i64));
+    headers.insert(
+        "origin".into(),
+        AMQPValue::LongString(LongString::from(b"fedtest".to_vec())),
+    );
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(id.to_string().into())
+        .with_content_type("text/plain".into())
+        .with_correlation_id(format!("corr-{id}").into())
+        .with_app_id("fedtest".into())
+        .with_type("test.message".into())
+        .with_priority(1)
+        .with_timestamp(1_700_000_000 + id)
+        .with_user_id("guest".into())
+        .with_headers(headers)
+}
+
+/// Publishes persistent messages `ids` with pipelined confirms, reconnecting (and republishing
+/// what was not confirmed) when the broker goes away. Returns the ids the broker confirmed.
+pub async fn publish(
+    uri: &str,
+    ids: std::ops::Range<u64>,
+    opts: &PublishOptions,
+) -> anyhow::Result<BTreeSet<u64>> {
+    let mut todo: VecDeque<u64> = ids.collect();
+    let mut confirmed = BTreeSet::new();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut last_ok = Instant::now();
+    while !todo.is_empty() {
+        let conn = match connect(uri).await {
+            Ok(c) => c,
+            Err(e) => {
+                if last_ok.elapsed() > opts.patience {
+                    return Err(e.context("publisher gave up"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let ch = match confirm_channel(&conn).await {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        last_ok = Instant::now();
+        let mut inflight: VecDeque<(u64, PublisherConfirm)> = VecDeque::new();
+        let mut failed: Vec<u64> = Vec::new();
+        while let Some(&id) = todo.front() {
+            if let Some(rate) = opts.rate {
+                let due = start + Duration::from_secs_f64(sent as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let body = body(id, opts.body_size);
+            let rk = format!("k{}", id % opts.keys.max(1));
+            match ch
+                .basic_publish(
+                    opts.exchange.as_str().into(),
+                    rk.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    message_properties(id),
+                )
+                .await
+            {
+                Ok(c) => {
+                    todo.pop_front();
+                    sent += 1;
+                    inflight.push_back((id, c));
+                }
+                Err(_) => break,
+            }
+            while inflight.len() >= opts.window {
+                let (id, c) = inflight.pop_front().unwrap();
+                settle(id, c.await, &mut confirmed, &mut failed);
+            }
+        }
+        while let Some((id, c)) = inflight.pop_front() {
+            settle(id, c.await, &mut confirmed, &mut failed);
+        }
+        failed.sort_unstable();
+        for id in failed.into_iter().rev() {
+            todo.push_front(id);
+        }
+        let _ = conn.close(200, "OK".into()).await;
+    }
+    Ok(confirmed)
+}
+
+fn settle(
+    id: u64,
+    r: lapin::Result<lapin::Confirmation>,
+    confirmed: &mut BTreeSet<u64>,
+    failed: &mut Vec<u64>,
+) {
+    match r {
+        Ok(c) if c.is_ack() => {
+            confirmed.insert(id);
+        }
+        _ => failed.push(id),
+    }
+}
+
+/// The body of message `id`: its decimal id, padded with spaces to `size`.
+pub fn body(id: u64, size: usize) -> Vec<u8> {
+    let mut b = id.to_string().into_bytes();
+    if b.len() < size {
+        b.resize(size, b' ');
+    }
+    b
+}
+
+/// One message as the collector saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// From `message_id`.
+    pub id: u64,
+    /// The routing key it arrived with.
+    pub routing_key: String,
+    /// Its properties.
+    pub properties: BasicProperties,
+    /// The body.
+    pub body: Vec<u8>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// Consumes a queue in the background (reconnecting across broker restarts) and keeps every
+/// message it received, in arrival order.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Collector {
+    /// Starts consuming `queue` on `uri` (the queue must exist).
+    pub fn start(uri: &str, queue: &str) -> Collector {
+        let c = Collector {
+            received: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (uri, queue, me) = (uri.to_string(), queue.to_string(), c.clone());
+        tokio::spawn(async move {
+            while !me.stop.load(Ordering::Relaxed) {
+                if let Err(e) = me.consume_once(&uri, &queue).await {
+                    tracing::debug!(error = %e, "collector reconnecting");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        c
+    }
+
+    async fn consume_once(&self, uri: &str, queue: &str) -> anyhow::Result<()> {
+        let conn = connect(uri).await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(1000, BasicQosOptions::default()).await?;
+        let mut consumer = ch
+            .basic_consume(
+                queue.into(),
+                "collector".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        while let Some(d) = consumer.next().await {
+            let d = d?;
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|m| m.as_str().parse().ok())
+                .unwrap_or(u64::MAX);
+            self.received.lock().unwrap().push(Received {
+                id,
+                routing_key: d.routing_key.as_str().to_string(),
+                properties: d.properties.clone(),
+                body: d.data.clone(),
+                at: Instant::now(),
+            });
+            d.ack(BasicAckOptions::default()).await?;
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages received so far (with duplicates).
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// A copy of everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Distinct ids received so far.
+    pub fn ids(&self) -> BTreeSet<u64> {
+        self.received.lock().unwrap().iter().map(|r| r.id).collect()
+    }
+
+    /// Waits until every id of `want` arrived; returns the ids still missing after `timeout`.
+    pub async fn wait_for(&self, want: &BTreeSet<u64>, timeout: Duration) -> BTreeSet<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.ids();
+            let missing: BTreeSet<u64> = want.difference(&have).copied().collect();
+            if missing.is_empty() || Instant::now() >= deadline {
+                return missing;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops consuming (at the next message or reconnect).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Published-and-confirmed vs received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Ids the upstream confirmed.
+    pub confirmed: usize,
+    /// Messages received, duplicates included.
+    pub received: usize,
+    /// Received more than once (or received although only published unconfirmed, then again).
+    pub duplicates: usize,
+    /// Confirmed but never received.
+    pub missing: usize,
+}
+
+impl Tally {
+    /// Compares what was confirmed with what a collector received.
+    pub fn of(confirmed: &BTreeSet<u64>, received: &[Received]) -> Tally {
+        let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in received {
+            *seen.entry(r.id).or_default() += 1;
+        }
+        Tally {
+            confirmed: confirmed.len(),
+            received: received.len(),
+            duplicates: seen.values().map(|n| n - 1).sum(),
+            missing: confirmed.iter().filter(|id| !seen.contains_key(id)).count(),
+        }
+    }
+
+    /// Prints one line: `CASE: published-confirmed N, received N, duplicates N, missing N`.
+    pub fn print(&self, case: &str) {
+        println!(
+            "{case}: published-confirmed {}, received {}, duplicates {}, missing {}",
+            self.confirmed, self.received, self.duplicates, self.missing
+        );
+    }
+}
+
+// ---- setgate configs, status and metrics for federation tests ----
+
+/// A setgate config: an admin port on a free port, a 10 s shutdown grace, then `federation`.
+pub fn config(federation: &str) -> String {
+    format!(
+        "shutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n{federation}",
+        free_port()
+    )
+}
+
+/// `[[federation.upstream]]` with the given URIs, a 1 s reconnect delay and `extra` lines.
+pub fn upstream(name: &str, uris: &[String], extra: &str) -> String {
+    format!(
+        "[[federation.upstream]]\nname = \"{name}\"\nuris = {}\nreconnect_delay = \"1s\"\n{extra}\n",
+        toml_list(uris)
+    )
+}
+
+/// `[[federation.link]]` with a name, upstreams, a downstream and exchanges.
+pub fn link(
+    name: &str,
+    upstreams: &[&str],
+    downstream: &str,
+    uris: &[String],
+    exchanges: &[&str],
+) -> String {
+    format!(
+        "[[federation.link]]\nname = \"{name}\"\nupstreams = {}\ndownstream = {{ name = \"{downstream}\", uris = {} }}\nexchanges = {}\n\n",
+        toml_list(upstreams),
+        toml_list(uris),
+        toml_list(exchanges)
+    )
+}
+
+/// `["a", "b"]`.
+pub fn toml_list<S: AsRef<str>>(items: &[S]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{:?}", s.as_ref())).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The status of link `name` from `/api/links`.
+pub async fn link_status(sg: &Setgate, name: &str) -> anyhow::Result<serde_json::Value> {
+    let all = sg.get_json("/api/links").await?;
+    all["links"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == name).cloned())
+        .ok_or_else(|| anyhow::anyhow!("no link {name} in {all}"))
+}
+
+/// Waits until link `name` is running (every flow consumes).
+pub async fn wait_running(sg: &Setgate, name: &str) -> anyhow::Result<()> {
+    wait_until(
+        &format!("link {name} running"),
+        Duration::from_secs(60),
+        || async {
+            let s = link_status(sg, name).await.ok()?;
+            (s["state"] == "running").then_some(())
+        },
+    )
+    .await
+    .map_err(|e| e.context(format!("setgate log:\n{}", sg.log())))
+}
+
+/// Sum of the samples of metric `name` whose labels include all of `labels`.
+pub async fn metric(sg: &Setgate, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let body = sg.get("/metrics").await?.body;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum())
+}
+
+/// Declares `exchange` (topic) on every node and a durable queue bound to it on each `sinks`.
+pub async fn topology(
+    exchange: &str,
+    nodes: &[&Node],
+    sinks: &[(&Node, &str)],
+) -> anyhow::Result<()> {
+    for n in nodes {
+        declare_exchange(&n.amqp_uri(), exchange, "topic").await?;
+    }
+    for (n, q) in sinks {
+        declare_bound_queue(&n.amqp_uri(), q, exchange).await?;
+    }
+    Ok(())
+}
+
+/// A header of a received message.
+pub fn header<'a>(r: &'a Received, key: &str) -> Option<&'a AMQPValue> {
+    r.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key))
+}
+
+/// The `x-received-from` entries of a received message, each as text fields.
+pub fn received_from(r: &Received) -> Vec<BTreeMap<String, String>> {
+    match header(r, "x-received-from") {
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .filter_map(|e| e.as_field_table())
+            .map(|t| {
+                t.inner()
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            AMQPValue::LongString(s) => {
+                                String::from_utf8_lossy(s.as_bytes()).into_owned()
+                            }
+                            AMQPValue::Boolean(b) => b.to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        (k.as_str().to_string(), v)
+                    })
+                    .collect()
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Waits until `sink` received at least `n` messages.
+pub async fn wait_received(sink: &Collector, n: usize) -> anyhow::Result<()> {
+    wait_until(
+        &format!("{n} messages downstream"),
+        Duration::from_secs(60),
+        || async { (sink.count() >= n).then_some(()) },
+    )
+    .await
+}
+
+/// Waits until link `name` is in `state`; returns its status.
+pub async fn wait_state(
+    sg: &Setgate,
+    name: &str,
+    state: &str,
+) -> anyhow::Result<serde_json::Value> {
+    wait_until(
+        &format!("link {name} {state}"),
+        Duration::from_secs(60),
+        || async {
+            let s = link_status(sg, name).await.ok()?;
+            (s["state"] == state).then_some(s)
+        },
+    )
+    .await
+}
