@@ -133,9 +133,10 @@ impl Config {
         for p in &self.pool {
             let backups = p.servers.iter().filter(|s| s.backup).count();
             line(format!(
-                "pool {}: {} servers ({} backup), balance {}, {} check every {:?}, rise {} fall {}",
+                "pool {}: {} server{} ({} backup), balance {}, {} check every {:?}, rise {} fall {}",
                 p.name,
                 p.servers.len(),
+                if p.servers.len() == 1 { "" } else { "s" },
                 backups,
                 format!("{:?}", p.balance).to_lowercase(),
                 format!("{:?}", p.check.kind).to_lowercase(),

@@ -109,11 +109,16 @@ pub(crate) fn report_errors(path: &Path, errs: &[String]) -> anyhow::Error {
     )
 }
 
+/// Writes to stdout, ignoring a closed pipe (`setgate route ... | head` must not panic).
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
-            println!("{}: OK", path.display());
-            print!("{}", cfg.summary());
+            out(&format!("{}: OK\n{}", path.display(), cfg.summary()));
             ExitCode::SUCCESS
         }
         Err(errs) => {
@@ -139,18 +144,19 @@ fn route(path: &Path, json: bool, keys: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let router = setgate_router::Router::new(routing).expect("validated by Config::load");
+    let mut text = String::new();
     if !json {
-        println!("# fingerprint {}", router.fingerprint());
-        println!("{:<24} {:<16} {:<9} POOL", "KEY", "SET", "REASON");
+        text += &format!("# fingerprint {}\n", router.fingerprint());
+        text += &format!("{:<24} {:<16} {:<9} POOL\n", "KEY", "SET", "REASON");
     }
     for key in keys {
         let r = router.route(Some(key));
         if json {
             let v = serde_json::json!({"key": key, "set": r.set, "reason": r.reason.as_str(), "pool": r.pool, "fingerprint": router.fingerprint()});
-            println!("{v}");
+            text += &format!("{v}\n");
         } else {
-            println!(
-                "{:<24} {:<16} {:<9} {}",
+            text += &format!(
+                "{:<24} {:<16} {:<9} {}\n",
                 key,
                 r.set.unwrap_or("-"),
                 r.reason.as_str(),
@@ -158,5 +164,6 @@ fn route(path: &Path, json: bool, keys: &[String]) -> ExitCode {
             );
         }
     }
+    out(&text);
     ExitCode::SUCCESS
 }

@@ -28,6 +28,9 @@ pub struct NodeOptions {
     pub netns: Option<String>,
     /// Address the AMQP and management listeners bind.
     pub ip: String,
+    /// Fixed ports `(amqp, management, distribution)` instead of free ones (the demo's nodes are
+    /// named in `configs/`).
+    pub ports: Option<(u16, u16, u16)>,
 }
 
 impl Default for NodeOptions {
@@ -38,6 +41,7 @@ impl Default for NodeOptions {
             extra_config: String::new(),
             netns: None,
             ip: "127.0.0.1".into(),
+            ports: None,
         }
     }
 }
@@ -69,15 +73,23 @@ impl Node {
         prepare_home()?;
         let dir = crate::unique_dir("node");
         let id = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
+        let (amqp_port, mgmt_port, dist_port) = match opts.ports {
+            Some(p) => p,
+            None => (
+                crate::free_port(),
+                if opts.management {
+                    crate::free_port()
+                } else {
+                    0
+                },
+                crate::free_port(),
+            ),
+        };
         let mut node = Node {
             name: format!("{id}@localhost"),
-            amqp_port: crate::free_port(),
-            mgmt_port: if opts.management {
-                crate::free_port()
-            } else {
-                0
-            },
-            dist_port: crate::free_port(),
+            amqp_port,
+            mgmt_port,
+            dist_port,
             opts,
             dir,
             child: None,
