@@ -664,7 +664,7 @@ async fn hostile_handshakes_get_a_clean_close_and_never_a_stuck_task() -> anyhow
 #[tokio::test]
 async fn a_thousand_silent_clients_do_not_delay_a_good_one() -> anyhow::Result<()> {
     let _heavy = HEAVY.lock().await;
-    raise_fd_limit();
+    setgate_testkit::raise_fd_limit();
     let s = sets().await;
     let port = free_port();
     let sg = Setgate::start(
@@ -731,18 +731,4 @@ async fn a_thousand_silent_clients_do_not_delay_a_good_one() -> anyhow::Result<(
         "1000 silent clients slowed a good one from {before:?} to {during:?}"
     );
     Ok(())
-}
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }

@@ -325,48 +325,39 @@ async fn unicast_peers_elect_a_master_with_multicast_blocked() -> anyhow::Result
 /// The instance under test runs in this process, on a thread inside namespace `a`.
 #[tokio::test]
 async fn reload_changes_priority_live_and_refuses_what_needs_a_restart() -> anyhow::Result<()> {
-    use setgate_vrrp::{State, Vrrp, VrrpConfig};
     let _serial = SERIAL.lock().await;
     let lan = lan("sgv-rl", &[("a", A), ("b", B)])?;
     let (na, nb) = (lan.host("a"), lan.host("b"));
+    let sa = start_setgate(na, &config(150, None, "track = 0")).await?;
     let _sb = start_setgate(nb, &config(100, None, "track = 0")).await?;
-    let cfg: VrrpConfig = toml::from_str(&format!(
-        "interface = \"eth0\"\nvrid = 51\npriority = 150\nadvert_int = \"100ms\"\nvip = [\"{VIP}/24\"]\ntrack = 0"
-    ))?;
-    na.run(move || async move {
-        let vrrp = Vrrp::start(cfg.clone(), std::sync::Arc::new(|| true)).await?;
-        wait_state_in_process(&vrrp, State::Master).await?;
-        // Live: 150 -> 50, below the other instance's 100, which takes over.
-        vrrp.reload(VrrpConfig {
-            priority: 50,
-            ..cfg.clone()
-        })
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        wait_state_in_process(&vrrp, State::Backup).await?;
-        // Needs a restart: refused whole, with the reason; nothing changes.
-        let errs = vrrp
-            .reload(VrrpConfig {
-                vrid: 52,
-                priority: 200,
-                ..cfg.clone()
-            })
-            .unwrap_err();
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(
-            errs[0].starts_with("vrrp.vrid: changing it needs a restart"),
-            "{errs:?}"
-        );
-        assert_eq!((vrrp.status_fn())()["priority"]["configured"], 50);
-        // Live again: back to 150, and it preempts.
-        vrrp.reload(cfg).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        wait_state_in_process(&vrrp, State::Master).await?;
-        vrrp.shutdown().await;
-        anyhow::Ok(())
-    })
-    .await??;
-    // The graceful shutdown handed the VIP to the other instance.
-    nb.wait_addr(VIP, true, Duration::from_secs(2)).await?;
-    na.wait_addr(VIP, false, Duration::from_secs(1)).await?;
+    wait_state(na, "MASTER", Duration::from_secs(5)).await?;
+
+    // SIGHUP with priority 150 -> 50, below the other instance's 100: it takes over.
+    sa.reload(&config(50, None, "track = 0"))?;
+    wait_state(nb, "MASTER", Duration::from_secs(5)).await?;
+    wait_holder(nb, &[na], Duration::from_secs(2)).await?;
+    assert_eq!(vrrp_status(na).await?["priority"]["configured"], 50);
+
+    // A change that needs a restart is refused whole, with the reason; nothing changes.
+    sa.reload(&config(200, None, "track = 0").replace("vrid = 51", "vrid = 52"))?;
+    wait_until(
+        "the refusal to be logged",
+        Duration::from_secs(10),
+        || async {
+            sa.log()
+                .contains("vrrp.vrid: changing it needs a restart")
+                .then_some(())
+        },
+    )
+    .await?;
+    let status = vrrp_status(na).await?;
+    assert_eq!(status["priority"]["configured"], 50, "{status}");
+    assert_eq!(status["state"], "BACKUP", "{status}");
+
+    // Back to 150: it preempts again.
+    sa.reload(&config(150, None, "track = 0"))?;
+    wait_state(na, "MASTER", Duration::from_secs(5)).await?;
+    wait_holder(na, &[nb], Duration::from_secs(2)).await?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use measure::{median, publish, purge, ratio, through, Acks, Load, Measured};
 use serde_json::json;
 use setgate_testkit::fed::{declare_bound_queue, declare_exchange};
 use setgate_testkit::{Node, NodeOptions};
-use setup::{setgate_binary, start_plugin, start_setgate, Cpu};
+use setup::{start_plugin, start_setgate, Cpu};
 use std::path::PathBuf;
 
 /// Options.
@@ -62,7 +62,7 @@ const PLUGIN_X: &str = "bench.plugin";
 
 /// Runs the benchmark.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let bin = setgate_binary(args.setgate.clone())?;
+    let bin = crate::setgate_binary(args.setgate.clone())?;
     eprintln!("starting two RabbitMQ nodes (the downstream with rabbitmq_federation)...");
     let with_plugin = NodeOptions {
         plugins: vec!["rabbitmq_federation".into()],

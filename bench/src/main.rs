@@ -8,7 +8,9 @@ mod federation;
 mod proxy;
 mod vrrp;
 
+use anyhow::Context;
 use clap::Parser;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -31,4 +33,22 @@ async fn main() -> anyhow::Result<()> {
         Bench::Federation(a) => federation::run(a).await,
         Bench::Vrrp(a) => vrrp::run(a).await,
     }
+}
+
+/// The setgate binary to measure: `--setgate PATH`, or the one next to this program (scripts/bench
+/// builds both into target/release).
+pub(crate) fn setgate_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let bin = match given {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench binary has no directory")?
+            .join("setgate"),
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it with `cargo build --release -p setgate` (scripts/bench does), or pass --setgate PATH",
+        bin.display()
+    );
+    Ok(bin)
 }

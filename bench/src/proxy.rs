@@ -61,17 +61,8 @@ struct Path {
 
 /// Runs every case and prints one JSON line per case and path.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    raise_fd_limit();
-    let bin = args.setgate.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("current exe")
-            .with_file_name("setgate")
-    });
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found: run `cargo build --release` first (scripts/bench does)",
-        bin.display()
-    );
+    setgate_testkit::raise_fd_limit();
+    let bin = crate::setgate_binary(args.setgate.clone())?;
     eprintln!("starting a RabbitMQ node...");
     let node = Node::start().await?;
     let sink = Sink::start().await?;
@@ -227,22 +218,31 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-/// Publishes `n` messages keeping `window` unconfirmed; returns confirmed messages per second.
-async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<f64> {
+/// A fresh (purged) queue called `name` on a new connection, with a confirm channel.
+async fn fresh_queue(uri: &str, name: &str) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
     let conn = amqp::connect(uri).await?;
     let ch = amqp::confirm_channel(&conn).await?;
-    let q = "bench-throughput";
     ch.queue_declare(
-        q.into(),
+        name.into(),
         QueueDeclareOptions::default(),
         FieldTable::default(),
     )
     .await?;
-    ch.queue_purge(q.into(), QueuePurgeOptions::default())
+    ch.queue_purge(name.into(), QueuePurgeOptions::default())
         .await?;
+    Ok((conn, ch))
+}
+
+/// Publishes `n` 128-byte messages to `queue`, keeping `window` unconfirmed at most; fails on a
+/// nack.
+async fn publish_window(
+    ch: &lapin::Channel,
+    queue: &str,
+    n: usize,
+    window: usize,
+) -> anyhow::Result<()> {
     let body = [b'x'; 128];
     let mut inflight = VecDeque::with_capacity(window);
-    let start = Instant::now();
     for _ in 0..n {
         if inflight.len() >= window {
             let c: lapin::PublisherConfirm = inflight.pop_front().unwrap();
@@ -251,7 +251,7 @@ async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<
         let c = ch
             .basic_publish(
                 "".into(),
-                q.into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 &body,
                 BasicProperties::default(),
@@ -262,6 +262,15 @@ async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<
     for c in inflight {
         anyhow::ensure!(c.await?.is_ack(), "nack");
     }
+    Ok(())
+}
+
+/// Publishes `n` messages keeping `window` unconfirmed; returns confirmed messages per second.
+async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<f64> {
+    let q = "bench-throughput";
+    let (conn, ch) = fresh_queue(uri, q).await?;
+    let start = Instant::now();
+    publish_window(&ch, q, n, window).await?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     ch.queue_purge(q.into(), QueuePurgeOptions::default())
         .await?;
@@ -272,38 +281,9 @@ async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<
 /// Fills a queue with `n` messages (not timed), then consumes them through `uri` with a
 /// prefetch of 1000 and an ack (`multiple`) every 100 messages; returns messages per second.
 async fn consume_acks(uri: &str, n: usize) -> anyhow::Result<f64> {
-    let conn = amqp::connect(uri).await?;
-    let ch = amqp::confirm_channel(&conn).await?;
     let q = "bench-consume";
-    ch.queue_declare(
-        q.into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_purge(q.into(), QueuePurgeOptions::default())
-        .await?;
-    let body = [b'x'; 128];
-    let mut inflight = VecDeque::new();
-    for _ in 0..n {
-        if inflight.len() >= 1000 {
-            let c: lapin::PublisherConfirm = inflight.pop_front().unwrap();
-            c.await?;
-        }
-        inflight.push_back(
-            ch.basic_publish(
-                "".into(),
-                q.into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
-            )
-            .await?,
-        );
-    }
-    for c in inflight {
-        c.await?;
-    }
+    let (conn, ch) = fresh_queue(uri, q).await?;
+    publish_window(&ch, q, n, 1000).await?;
     let cch = conn.create_channel().await?;
     cch.basic_qos(1000, lapin::options::BasicQosOptions::default())
         .await?;
@@ -522,19 +502,5 @@ impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }

@@ -53,7 +53,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// Runs the benchmark.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
-    let bin = setgate_binary(args.setgate.clone())?;
+    let bin = crate::setgate_binary(args.setgate.clone())?;
     let mut lan = Lan::new("sgv-bench")?;
     lan.add_host("a", &format!("{A}/24"))?;
     lan.add_host("b", &format!("{B}/24"))?;
@@ -290,29 +290,4 @@ async fn start_setgate(bin: &PathBuf, ns: &NetNs, cfg: &str) -> anyhow::Result<S
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(sg)
-}
-
-/// The setgate binary: given, or built now (a no-op when up to date) next to this program.
-fn setgate_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("bench binary has no directory")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-p", "setgate", "--bin", "setgate"]);
-    // Into the target directory this program was built in, wherever CARGO_TARGET_DIR pointed.
-    if let Some(target) = dir.parent() {
-        cmd.arg("--target-dir").arg(target);
-    }
-    if dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    let bin = dir.join("setgate");
-    let status = cmd.status().context("run cargo build")?;
-    if !status.success() || !bin.exists() {
-        bail!("could not build {}; pass --setgate PATH", bin.display());
-    }
-    Ok(bin)
 }

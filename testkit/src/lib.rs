@@ -22,7 +22,7 @@ pub mod node;
 pub mod pki;
 pub mod setgate;
 
-pub use net::{free_port, wait_until};
+pub use net::{free_port, raise_fd_limit, wait_until};
 pub use node::{Cluster, Node, NodeOptions};
 pub use setgate::Setgate;
 

@@ -91,7 +91,7 @@ impl Setgate {
             .args(&self.opts.args)
             .env(
                 "RUST_LOG",
-                std::env::var("SETGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("SETGATE_TEST_LOG").unwrap_or_else(|_| "info,lapin=off".into()),
             )
             .envs(self.opts.env.iter().cloned())
             .stdin(Stdio::null())

@@ -220,22 +220,6 @@ pub fn report(case: &str, took: Duration, bound: Duration) {
     );
 }
 
-pub async fn wait_state_in_process(
-    vrrp: &setgate_vrrp::Vrrp,
-    want: setgate_vrrp::State,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while vrrp.state() != want {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "still {:?}, not {want:?}, after 5 s",
-            vrrp.state()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
-}
-
 /// Sends whole IPv4 datagrams (header included) out of `eth0` of the current namespace.
 pub fn send_raw(datagrams: &[Vec<u8>]) -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1,39 +1,14 @@
 //! What the cases run against: the setgate binary with a link, the federation plugin with an
 //! upstream and a policy, and CPU accounting of each process.
 
-use anyhow::{bail, Context};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::json;
 use setgate_testkit::amqp::connect;
 use setgate_testkit::{free_port, wait_until, Node, Setgate};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// The setgate binary: given, or next to this program (built with cargo if missing).
-pub fn setgate_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("the bench binary has no directory")?;
-    let bin = dir.join("setgate");
-    if !bin.exists() {
-        eprintln!("building setgate...");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-p", "setgate", "--bin", "setgate"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().context("run cargo build")?;
-        if !status.success() || !bin.exists() {
-            bail!("could not build {}; pass --setgate PATH", bin.display());
-        }
-    }
-    Ok(bin)
-}
 
 /// Starts setgate with one on-confirm link `src -> dst` for `exchange`; waits until it runs.
 pub async fn start_setgate(
