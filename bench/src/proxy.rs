@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Runs per case and path; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Messages per throughput run.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     messages: usize,
     /// Publishes in flight (unconfirmed) at once.
     #[arg(long, default_value_t = 500)]
@@ -52,6 +52,15 @@ pub struct Args {
     /// The setgate binary (default: next to this one, i.e. target/release/setgate).
     #[arg(long)]
     setgate: Option<PathBuf>,
+    /// Environment for the setgate process, e.g. `TOKIO_WORKER_THREADS=1` (repeatable).
+    #[arg(long = "setgate-env", value_parser = parse_env)]
+    setgate_env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 struct Path {
@@ -104,7 +113,11 @@ sets = []
         addr = node.amqp_addr(),
         sink = sink.port,
     );
-    let sg = Setgate::start(&bin, &cfg).await?;
+    let opts = setgate_testkit::setgate::SetgateOptions {
+        env: args.setgate_env.clone(),
+        ..Default::default()
+    };
+    let sg = Setgate::start_with(&bin, &cfg, opts).await?;
     sg.wait_ready().await?;
     let haproxy = Haproxy::start(node.amqp_port, sink.port).await?;
     let mut paths = vec![
@@ -146,6 +159,8 @@ sets = []
     };
     for run in 0..args.runs {
         eprintln!("run {}/{}", run + 1, args.runs);
+        // Each run starts with another path, so no path is always measured first or last.
+        paths.rotate_left(1);
         for p in &paths {
             let rate = publish_confirms(&uri(p.port), args.messages, args.window).await?;
             record("publish_confirms_msgs_per_s", p.name, rate);
