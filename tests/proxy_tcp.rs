@@ -757,3 +757,163 @@ servers = [{{ name = "a", addr = "{a}" }}, {{ name = "b", addr = "{b}" }}]
     node.kill9();
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_to_the_brokers_and_server_maxconn() -> anyhow::Result<()> {
+    // A broker that speaks amqps on a second port, with a certificate from the test PKI.
+    let dir = setgate_testkit::unique_dir("broker-pki");
+    let pki = Pki::generate(&dir)?;
+    let tls_port = free_port();
+    let node = Node::start_with(setgate_testkit::NodeOptions {
+        extra_config: format!(
+            "listeners.ssl.default = {tls_port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+            pki.ca.display(),
+            pki.server_cert.display(),
+            pki.server_key.display()
+        ),
+        ..Default::default()
+    })
+    .await?;
+    let (port, small) = (free_port(), free_port());
+    let cfg = format!(
+        r#"
+[admin]
+listen = "{admin}"
+
+[[listener]]
+name = "amqp"
+bind = "127.0.0.1:{port}"
+pool = "amqps"
+
+[[listener]]
+name = "small"
+bind = "127.0.0.1:{small}"
+pool = "two-slots"
+
+[[pool]]
+name = "amqps"
+check = {{ kind = "amqp", inter = "500ms" }}
+tls = {{ ca = "{ca}", server_name = "localhost" }}
+servers = [{{ name = "n", addr = "127.0.0.1:{tls_port}" }}]
+
+[[pool]]
+name = "two-slots"
+servers = [{{ name = "n", addr = "{plain}", maxconn = 2 }}]
+"#,
+        admin = admin_addr(),
+        ca = pki.ca.display(),
+        plain = node.amqp_addr(),
+    );
+    let sg = Setgate::start(BIN, &cfg).await?;
+    sg.wait_ready().await?;
+    // The amqp health check itself runs over TLS: the pool is up only if TLS works.
+    wait_health(&sg, "amqps", "n", true, Duration::from_secs(10)).await?;
+    let conn = amqp::connect(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await?;
+    round_trip(&conn, "over-amqps", 20).await?;
+    let ssl = node
+        .ctl(&["list_connections", "ssl", "--silent", "--no-table-headers"])
+        .await?;
+    assert!(
+        ssl.lines().any(|l| l.trim() == "true"),
+        "the broker must see a TLS connection: {ssl:?}"
+    );
+
+    // Server maxconn: two connections fit, the third is closed at once.
+    let _a = amqp::connect(&format!("amqp://guest:guest@127.0.0.1:{small}/%2f")).await?;
+    let _b = amqp::connect(&format!("amqp://guest:guest@127.0.0.1:{small}/%2f")).await?;
+    let start = Instant::now();
+    let third = amqp::connect(&format!("amqp://guest:guest@127.0.0.1:{small}/%2f")).await;
+    assert!(
+        third.is_err(),
+        "a server at its maxconn must not take a third connection"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "refusal took {:?}",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_drains_then_closes_and_logs_json() -> anyhow::Result<()> {
+    let nodes = shared_nodes().await;
+    let port = free_port();
+    let cfg = format!(
+        r#"
+shutdown_grace = "3s"
+
+[admin]
+listen = "{admin}"
+
+[[listener]]
+name = "amqp"
+bind = "127.0.0.1:{port}"
+pool = "p"
+
+[[pool]]
+name = "p"
+servers = {servers}
+"#,
+        admin = admin_addr(),
+        servers = servers(&[&nodes[0]]),
+    );
+    let opts = setgate_testkit::setgate::SetgateOptions {
+        args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    };
+    let mut sg = Setgate::start_with(BIN, &cfg, opts).await?;
+    sg.wait_ready().await?;
+    let open = amqp::connect(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await?;
+    let ch = amqp::confirm_channel(&open).await?;
+
+    sg.sigterm();
+    // Not ready any more, and no new connections...
+    wait_until(
+        "readyz to say shutting down",
+        Duration::from_secs(5),
+        || async {
+            let r = sg.get("/readyz").await.ok()?;
+            (r.status == 503).then_some(())
+        },
+    )
+    .await?;
+    wait_until("the listener to close", Duration::from_secs(5), || async {
+        TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await?;
+    // ...while the open connection keeps working during the grace period...
+    amqp::publish_confirmed(&ch, "", "nowhere", b"during the drain").await?;
+    // ...and is closed when the grace is over; then the process exits on its own.
+    let start = Instant::now();
+    let code = sg.wait_exit(Duration::from_secs(15)).await?;
+    println!(
+        "setgate exited {:?} after SIGTERM (+{:?} after the checks above)",
+        code,
+        start.elapsed()
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        !open.status().connected()
+            || amqp::publish_confirmed(&ch, "", "nowhere", b"x")
+                .await
+                .is_err()
+    );
+
+    // Every log line is one JSON object with a level and a message.
+    let log = sg.log();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not JSON: {line}: {e}"))?;
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        lines += 1;
+    }
+    assert!(log.contains("shutdown grace is over"), "{log}");
+    assert!(lines >= 4, "{log}");
+    Ok(())
+}
