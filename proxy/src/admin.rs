@@ -147,7 +147,13 @@ async fn route(req: Request<Incoming>, shared: &Shared, ext: &AdminExtensions) -
             }
         }
         (&Method::POST, ["api", "pools", pool, "servers", server, "state"]) => {
-            let (pool, server) = (pool.to_string(), server.to_string());
+            // Names arrive percent-encoded (the status page uses encodeURIComponent).
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let (pool, server) = (decode(pool), decode(server));
             if let Err(resp) = authorize(&req, shared) {
                 return resp;
             }

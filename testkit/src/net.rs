@@ -4,15 +4,35 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768-60999 by default),
+/// so no outgoing connection ever takes one as its source port, and no `bind(0)` elsewhere picks
+/// one at random.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A TCP port on 127.0.0.1 that is free now and that this process has not handed out before.
 ///
-/// The kernel hands out ephemeral ports in sequence, so a port just released is not handed out again
-/// soon; good enough for tests that bind it right away.
+/// `bind(0)` would be simpler, but the kernel picks those ports at random from the ephemeral range
+/// and forgets them once the probe closes: a broker that takes ten seconds to bind its port can
+/// find it taken by a listener another test bound meanwhile. Here each process walks its own
+/// sequence (starting at an offset from its pid) and never repeats a port, and the range is one
+/// the kernel does not use for outgoing connections.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 101) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = PORTS.start + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?} on 127.0.0.1");
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
