@@ -453,20 +453,7 @@ async fn wait_set_health(sg: &Setgate, set: &str, healthy: bool) -> anyhow::Resu
 #[tokio::test]
 async fn wrong_password_reaches_the_client_as_the_brokers_refusal() -> anyhow::Result<()> {
     let s = sets().await;
-    let port = free_port();
-    let sg = Setgate::start(
-        BIN,
-        &set_config(
-            &admin_addr(),
-            port,
-            &s.nodes[0],
-            &s.nodes[1],
-            &s.nodes[2],
-            "",
-        ),
-    )
-    .await?;
-    sg.wait_ready().await?;
+    let (_sg, port) = shared_edge(s, "").await?;
     let start = Instant::now();
     let err = amqp::connect(&format!("amqp://user-001:wrong@127.0.0.1:{port}/%2f"))
         .await
@@ -484,6 +471,22 @@ async fn wrong_password_reaches_the_client_as_the_brokers_refusal() -> anyhow::R
     Ok(())
 }
 
+/// setgate with a `set` listener over the shared SETs; returns it with the listener's port.
+async fn shared_edge(s: &Sets, routing_extra: &str) -> anyhow::Result<(Setgate, u16)> {
+    let port = free_port();
+    let cfg = set_config(
+        &admin_addr(),
+        port,
+        &s.nodes[0],
+        &s.nodes[1],
+        &s.nodes[2],
+        routing_extra,
+    );
+    let sg = Setgate::start(BIN, &cfg).await?;
+    sg.wait_ready().await?;
+    Ok((sg, port))
+}
+
 fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
@@ -491,20 +494,7 @@ fn clients_dir() -> PathBuf {
 #[tokio::test]
 async fn pika_and_amqplib_work_through_the_set_listener() -> anyhow::Result<()> {
     let s = sets().await;
-    let port = free_port();
-    let sg = Setgate::start(
-        BIN,
-        &set_config(
-            &admin_addr(),
-            port,
-            &s.nodes[0],
-            &s.nodes[1],
-            &s.nodes[2],
-            "",
-        ),
-    )
-    .await?;
-    sg.wait_ready().await?;
+    let (_sg, port) = shared_edge(s, "").await?;
     let node_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/clients/node_modules");
     for (i, (program, script)) in [("python3", "pika_client.py"), ("node", "amqplib_client.js")]
         .iter()
@@ -543,20 +533,7 @@ async fn read_to_close(s: &mut TcpStream, within: Duration) -> anyhow::Result<Ve
 #[tokio::test]
 async fn hostile_handshakes_get_a_clean_close_and_never_a_stuck_task() -> anyhow::Result<()> {
     let s = sets().await;
-    let port = free_port();
-    let sg = Setgate::start(
-        BIN,
-        &set_config(
-            &admin_addr(),
-            port,
-            &s.nodes[0],
-            &s.nodes[1],
-            &s.nodes[2],
-            "",
-        ),
-    )
-    .await?;
-    sg.wait_ready().await?;
+    let (sg, port) = shared_edge(s, "").await?;
     let header = b"AMQP\x00\x00\x09\x01";
     let start_len = {
         let mut c = TcpStream::connect(("127.0.0.1", port)).await?;
@@ -666,20 +643,7 @@ async fn a_thousand_silent_clients_do_not_delay_a_good_one() -> anyhow::Result<(
     let _heavy = HEAVY.lock().await;
     setgate_testkit::raise_fd_limit();
     let s = sets().await;
-    let port = free_port();
-    let sg = Setgate::start(
-        BIN,
-        &set_config(
-            &admin_addr(),
-            port,
-            &s.nodes[0],
-            &s.nodes[1],
-            &s.nodes[2],
-            "",
-        ),
-    )
-    .await?;
-    sg.wait_ready().await?;
+    let (sg, port) = shared_edge(s, "").await?;
     let uri = format!("amqp://user-020:pw@127.0.0.1:{port}/%2f");
     async fn median_connect(uri: &str) -> anyhow::Result<Duration> {
         let mut times = Vec::new();
