@@ -246,7 +246,9 @@ async fn connected(
         metrics: metrics.clone(),
         depth_channel,
         up: queue.channel,
+        up_status: up.conn.status().clone(),
         down: down_channel,
+        down_status: down.conn.status().clone(),
         consumer: queue.consumer,
         origin: Origin {
             uri: up.uri.without_credentials().into(),
@@ -262,9 +264,7 @@ async fn connected(
     };
     let events = Events {
         up: up_events,
-        up_status: up.conn.status().clone(),
         down: down_events,
-        down_status: down.conn.status().clone(),
     };
     forwarder.run(events, stop).await
 }

@@ -33,6 +33,8 @@ const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 const BATCH: usize = 256;
 /// Pause after a mandatory publish came back, so an unroutable message is not spun on.
 const RETURN_PAUSE: Duration = Duration::from_millis(500);
+/// How often an operation in progress checks that its connection is still open.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 /// A publish's confirm with its sequence number and publish time.
 type Confirmed = (Seq, Instant, lapin::Result<Confirmation>);
@@ -69,7 +71,9 @@ pub(crate) struct Forwarder {
     /// A spare upstream channel for the periodic passive declare of the queue.
     pub depth_channel: Channel,
     pub up: Channel,
+    pub up_status: ConnectionStatus,
     pub down: Channel,
+    pub down_status: ConnectionStatus,
     pub consumer: Consumer,
     pub origin: Origin,
     pub policy: HopPolicy,
@@ -81,9 +85,7 @@ pub(crate) struct Forwarder {
 /// errors; only an error that left the connection unusable ends the attempt.
 pub(crate) struct Events {
     pub up: BoxStream<'static, Event>,
-    pub up_status: ConnectionStatus,
     pub down: BoxStream<'static, Event>,
-    pub down_status: ConnectionStatus,
 }
 
 /// Per-run state of the loop.
@@ -103,9 +105,7 @@ impl Forwarder {
     ) -> Result<(), LinkError> {
         let Events {
             up: mut up_events,
-            up_status,
             down: mut down_events,
-            down_status,
         } = events;
         let mut run = Run {
             exchange: self.spec.exchange.as_str().into(),
@@ -123,8 +123,8 @@ impl Forwarder {
                     let grace = stop.borrow().unwrap_or_default();
                     return self.drain(&mut run, grace).await;
                 }
-                ev = up_events.next() => lost(Side::Upstream, &self.spec.upstream.name, &up_status, ev)?,
-                ev = down_events.next() => lost(Side::Downstream, &self.spec.downstream.name, &down_status, ev)?,
+                ev = up_events.next() => lost(Side::Upstream, &self.spec.upstream.name, &self.up_status, ev)?,
+                ev = down_events.next() => lost(Side::Downstream, &self.spec.downstream.name, &self.down_status, ev)?,
                 Some(c) = run.confirms.next(), if !run.confirms.is_empty() => self.on_confirm(&mut run, c)?,
                 d = self.consumer.next() => {
                     batch.push(self.delivery(d)?);
@@ -207,7 +207,14 @@ impl Forwarder {
             ));
         }
         let start = Instant::now();
-        let results = futures_util::future::join_all(publishes).await;
+        let results = while_open(
+            Side::Downstream,
+            &self.spec.downstream.name,
+            &self.down_status,
+            "publishing",
+            futures_util::future::join_all(publishes),
+        )
+        .await?;
         batch.clear();
         for (seq, result) in seqs.into_iter().zip(results) {
             let confirm = result.map_err(|e| {
@@ -280,22 +287,23 @@ impl Forwarder {
 
     async fn send_acks(&self, run: &mut Run) -> Result<(), LinkError> {
         for ack in run.tracker.take_acks() {
-            let r = match ack {
-                UpstreamAck::Ack { tag, multiple } => {
-                    self.up.basic_ack(tag, BasicAckOptions { multiple }).await
-                }
-                UpstreamAck::Requeue { tag } => {
-                    self.up
-                        .basic_nack(
-                            tag,
-                            BasicNackOptions {
-                                multiple: false,
-                                requeue: true,
-                            },
-                        )
-                        .await
+            let sent = async {
+                match ack {
+                    UpstreamAck::Ack { tag, multiple } => {
+                        self.up.basic_ack(tag, BasicAckOptions { multiple }).await
+                    }
+                    UpstreamAck::Requeue { tag } => {
+                        let requeue = BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        };
+                        self.up.basic_nack(tag, requeue).await
+                    }
                 }
             };
+            let name = &self.spec.upstream.name;
+            let r =
+                while_open(Side::Upstream, name, &self.up_status, "acknowledging", sent).await?;
             r.map_err(|e| {
                 LinkError::broker(
                     "acknowledging deliveries",
@@ -344,20 +352,58 @@ impl Forwarder {
             passive: true,
             ..Default::default()
         };
-        let ch = &self.depth_channel;
-        if let Ok(q) = ch
-            .queue_declare(
-                self.spec.queue_name().as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await
+        let queue = self.spec.queue_name();
+        let declare =
+            self.depth_channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default());
+        let name = &self.spec.upstream.name;
+        // A lost connection is the event stream's to report; here it only ends the wait.
+        if let Ok(Ok(q)) = while_open(
+            Side::Upstream,
+            name,
+            &self.up_status,
+            "reading the queue depth",
+            declare,
+        )
+        .await
         {
             self.status
                 .counters
                 .queue_depth
                 .store(u64::from(q.message_count()), Relaxed);
             self.metrics.queue_depth.set(f64::from(q.message_count()));
+        }
+    }
+}
+
+/// Awaits `op`, an operation on the connection behind `status`, giving up (with an error that
+/// names `what`) once that connection is no longer open.
+///
+/// The run loop hears of a lost connection from the event streams, but only between
+/// operations. lapin settles an operation's future when its connection fails, yet a flow that
+/// stalls here would stall silently, unacked messages and all, so the wait is bounded by the
+/// connection's own state too: the edge must not depend on that guarantee holding in every race.
+async fn while_open<T>(
+    side: Side,
+    cluster: &str,
+    status: &ConnectionStatus,
+    what: &str,
+    op: impl std::future::Future<Output = T>,
+) -> Result<T, LinkError> {
+    tokio::pin!(op);
+    loop {
+        match tokio::time::timeout(LIVENESS_CHECK, &mut op).await {
+            Ok(v) => return Ok(v),
+            Err(_) if !status.connected() => {
+                tracing::warn!(%side, cluster, what, "connection lost while an operation was in progress");
+                return Err(LinkError::Broker {
+                    what: what.into(),
+                    side,
+                    cluster: cluster.into(),
+                    reason: "connection lost while waiting for it".into(),
+                });
+            }
+            Err(_) => {}
         }
     }
 }
@@ -380,5 +426,47 @@ fn lost(
             cluster: cluster.into(),
             reason: "closed".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status that was never connected reads as a lost connection.
+    fn lost_status() -> ConnectionStatus {
+        let status = ConnectionStatus::default();
+        assert!(!status.connected());
+        status
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_on_a_lost_connection_ends_within_a_liveness_check() {
+        let start = tokio::time::Instant::now();
+        let r = while_open(
+            Side::Downstream,
+            "dc2",
+            &lost_status(),
+            "publishing",
+            std::future::pending::<()>(),
+        )
+        .await;
+        let err = r.expect_err("a pending operation on a lost connection must end");
+        assert_eq!(start.elapsed(), LIVENESS_CHECK);
+        let text = err.to_string();
+        assert!(
+            text.contains("publishing") && text.contains("downstream dc2"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_operation_is_returned_whatever_the_status() {
+        let slow = async {
+            tokio::time::sleep(LIVENESS_CHECK / 2).await;
+            7
+        };
+        let r = while_open(Side::Upstream, "dc1", &lost_status(), "acknowledging", slow).await;
+        assert_eq!(r.ok(), Some(7));
     }
 }

@@ -507,13 +507,29 @@ pub async fn wait_state(
     name: &str,
     state: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    wait_until(
+    let last = std::sync::Mutex::new(serde_json::Value::Null);
+    let found = wait_until(
         &format!("link {name} {state}"),
         Duration::from_secs(60),
         || async {
             let s = link_status(sg, name).await.ok()?;
-            (s["state"] == state).then_some(s)
+            if s["state"] == state {
+                return Some(s);
+            }
+            *last.lock().unwrap() = s;
+            None
         },
     )
-    .await
+    .await;
+    // On a timeout, say what the link showed instead and what setgate logged.
+    found.map_err(|e| {
+        let log = sg.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        e.context(format!(
+            "last status of link {name}: {}\n---- setgate log (last 40 lines) ----\n{}",
+            last.lock().unwrap(),
+            tail.join("\n")
+        ))
+    })
 }
