@@ -17,11 +17,13 @@
 //! (implementation, case, interval), with the median, and for setgate the ratio to Keepalived's
 //! median in the same run.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::json;
-use setgate_testkit::netns::{Keepalived, Lan, NetNs};
-use setgate_testkit::setgate::SetgateOptions;
-use setgate_testkit::{Node, NodeOptions, Setgate};
+use setgate_testkit::netns::{Keepalived, NetNs};
+use setgate_testkit::vrrp_lab::{
+    broker, lan, master_down, setgate_config, skew, start_setgate, A, B, VIP,
+};
+use setgate_testkit::Node;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -44,9 +46,7 @@ pub struct Args {
     pub skip_keepalived: bool,
 }
 
-const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
-const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
-const SG_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// Keepalived's VIP (VRID 52); setgate's is the lab's `VIP` (VRID 51).
 const KA_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -54,9 +54,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     let bin = crate::setgate_binary(args.setgate.clone())?;
-    let mut lan = Lan::new("sgv-bench")?;
-    lan.add_host("a", &format!("{A}/24"))?;
-    lan.add_host("b", &format!("{B}/24"))?;
+    let lan = lan("sgv-bench", &[("a", A), ("b", B)])?;
     let (na, nb) = (lan.host("a"), lan.host("b"));
     eprintln!("starting a RabbitMQ broker in each namespace...");
     let (mut broker_a, broker_b) = tokio::try_join!(broker(na, A), broker(nb, B))?;
@@ -64,10 +62,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for &adv in &args.advert_ms {
         let advert = Duration::from_millis(adv);
         eprintln!("advert interval {adv} ms: starting setgate and Keepalived pairs...");
-        let mut sa =
-            start_setgate(&bin, na, &setgate_config(150, advert, broker_a.amqp_addr())).await?;
-        let _sb =
-            start_setgate(&bin, nb, &setgate_config(100, advert, broker_b.amqp_addr())).await?;
+        let config = |priority, broker: &Node| {
+            setgate_config(priority, advert, Some(broker.amqp_addr()), "")
+        };
+        let mut sa = start_setgate(&bin, na, &config(150, &broker_a)).await?;
+        let _sb = start_setgate(&bin, nb, &config(100, &broker_b)).await?;
         let mut keepalived = if args.skip_keepalived {
             None
         } else {
@@ -83,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         for _ in 0..args.runs {
             let t0 = Instant::now();
             sa.kill9();
-            sg.push(took(nb, SG_VIP, t0).await?);
+            sg.push(took(nb, VIP, t0).await?);
             sa.restart().await?;
             settle(na, nb, &keepalived).await?;
             if let Some((k1, _)) = keepalived.as_mut() {
@@ -101,7 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         for _ in 0..args.runs {
             let t0 = Instant::now();
             sa.sigterm();
-            sg.push(took(nb, SG_VIP, t0).await?);
+            sg.push(took(nb, VIP, t0).await?);
             sa.wait_exit(Duration::from_secs(10)).await?;
             sa.restart().await?;
             settle(na, nb, &keepalived).await?;
@@ -122,11 +121,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let t0 = Instant::now();
             broker_a.kill9();
             if keepalived.is_some() {
-                let (s, k) = tokio::try_join!(took(nb, SG_VIP, t0), took(nb, KA_VIP, t0))?;
+                let (s, k) = tokio::try_join!(took(nb, VIP, t0), took(nb, KA_VIP, t0))?;
                 sg.push(s);
                 ka.push(k);
             } else {
-                sg.push(took(nb, SG_VIP, t0).await?);
+                sg.push(took(nb, VIP, t0).await?);
             }
             broker_a.restart().await?;
             settle(na, nb, &keepalived).await?;
@@ -134,14 +133,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         print_case("track", advert, master_down(100, advert), &sg, &ka);
     }
     Ok(())
-}
-
-fn master_down(priority: u8, advert: Duration) -> Duration {
-    advert * 3 + skew(priority, advert)
-}
-
-fn skew(priority: u8, advert: Duration) -> Duration {
-    advert * (256 - u32::from(priority)) / 256
 }
 
 /// Time from `t0` until `vip` is in `ns`.
@@ -156,7 +147,7 @@ async fn settle(
     nb: &NetNs,
     keepalived: &Option<(Keepalived, Keepalived)>,
 ) -> anyhow::Result<()> {
-    let mut vips = vec![SG_VIP];
+    let mut vips = vec![VIP];
     if keepalived.is_some() {
         vips.push(KA_VIP);
     }
@@ -210,46 +201,6 @@ fn print_case(case: &str, advert: Duration, expected: Duration, sg: &[f64], ka: 
     println!("{s}");
 }
 
-async fn broker(ns: &NetNs, ip: Ipv4Addr) -> anyhow::Result<Node> {
-    Node::start_with(NodeOptions {
-        management: false,
-        netns: Some(ns.name().to_string()),
-        ip: ip.to_string(),
-        ..Default::default()
-    })
-    .await
-}
-
-fn setgate_config(priority: u8, advert: Duration, broker: SocketAddr) -> String {
-    format!(
-        r#"
-shutdown_grace = "1s"
-
-[admin]
-listen = "127.0.0.1:9090"
-
-[[listener]]
-name = "amqp"
-bind = "{SG_VIP}:5672"
-mode = "tcp"
-pool = "local"
-
-[[pool]]
-name = "local"
-check = {{ kind = "amqp", inter = "200ms", rise = 1, fall = 1, timeout = "500ms" }}
-servers = [{{ name = "broker", addr = "{broker}" }}]
-
-[vrrp]
-interface = "eth0"
-vrid = 51
-priority = {priority}
-advert_int = "{}ms"
-vip = ["{SG_VIP}/24"]
-"#,
-        advert.as_millis()
-    )
-}
-
 /// Keepalived's pair for VRID 52, with a `vrrp_script` that probes the local broker's port (its
 /// shortest interval, 1 s) and drops the priority by 100 when it fails.
 fn keepalived_config(priority: u8, advert: Duration, broker: SocketAddr) -> String {
@@ -266,28 +217,4 @@ fn keepalived_config(priority: u8, advert: Duration, broker: SocketAddr) -> Stri
         "  track_script {\n    chk_broker\n  }\n  virtual_ipaddress {",
         1,
     )
-}
-
-async fn start_setgate(bin: &PathBuf, ns: &NetNs, cfg: &str) -> anyhow::Result<Setgate> {
-    let opts = SetgateOptions {
-        netns: Some(ns.name().to_string()),
-        ..Default::default()
-    };
-    let sg = Setgate::start_with(bin, cfg, opts).await?;
-    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, 9090));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        ns.http_get(admin, "/api/vrrp").await.map(|r| r.status),
-        Ok(200)
-    ) {
-        if Instant::now() > deadline {
-            bail!(
-                "setgate in {} did not answer /api/vrrp:\n{}",
-                ns.name(),
-                sg.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(sg)
 }

@@ -7,6 +7,7 @@
 //! - [`node`]: start, stop, kill -9, SIGSTOP and restart RabbitMQ nodes; join three into a cluster.
 //! - [`setgate`]: run the setgate binary with a config, wait until it is ready, reload, stop, kill.
 //! - [`http`]: a tiny HTTP/1.1 client for the management API and the admin API.
+//! - [`netns`], [`vrrp_lab`]: network namespaces, Keepalived, and the VRRP lab built on them.
 //! - [`net`]: free ports and "wait until" helpers (tests wait on readiness, never on sleeps).
 //!
 //! Nodes and setgate processes are cleaned up when their handle drops, and — for nodes shared through
@@ -21,6 +22,7 @@ pub mod netns;
 pub mod node;
 pub mod pki;
 pub mod setgate;
+pub mod vrrp_lab;
 
 pub use net::{free_port, raise_fd_limit, wait_until};
 pub use node::{Cluster, Node, NodeOptions};

@@ -2,99 +2,35 @@
 //! client, and the probes the tests measure with.
 
 use serde_json::Value;
-use setgate_testkit::netns::{Lan, NetNs};
-use setgate_testkit::setgate::SetgateOptions;
-use setgate_testkit::{amqp, wait_until, Node, NodeOptions, Setgate};
+use setgate_testkit::netns::NetNs;
+use setgate_testkit::vrrp_lab;
+pub use setgate_testkit::vrrp_lab::{
+    broker, lan, master_down, setgate_config, skew, vrrp_status, wait_vrrp_running, A, AMQP_PORT,
+    B, VIP,
+};
+use setgate_testkit::{amqp, wait_until, Node, Setgate};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// The setgate binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_setgate");
-/// The virtual IP, and the hosts' own addresses.
-pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
-pub const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
-pub const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+/// The Keepalived host's and the client's addresses (the VIP and hosts `a`, `b` are the lab's).
 pub const KA: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 13);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
-/// Port of the setgate listener on the VIP.
-pub const AMQP_PORT: u16 = 5672;
 /// The advert interval of every test.
 pub const ADVERT: Duration = Duration::from_millis(100);
 
 /// Held by every test: they run one at a time (see the test file's header).
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Master_Down_Interval of a backup with `priority` and the master's advert interval.
-pub fn master_down(priority: u8, advert: Duration) -> Duration {
-    advert * 3 + skew(priority, advert)
-}
-
-/// Skew_Time of a backup with `priority` and the master's advert interval.
-pub fn skew(priority: u8, advert: Duration) -> Duration {
-    advert * (256 - u32::from(priority)) / 256
-}
-
-/// A setgate config: a `tcp` listener on the VIP to `broker` (or to a closed port with no broker),
-/// and `[vrrp]` with `extra` lines.
+/// A setgate config for the tests: advert 100 ms, `extra` lines in `[vrrp]`.
 pub fn config(priority: u8, broker: Option<SocketAddr>, extra: &str) -> String {
-    let server = broker.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
-    format!(
-        r#"
-shutdown_grace = "1s"
-
-[admin]
-listen = "127.0.0.1:9090"
-
-[[listener]]
-name = "amqp"
-bind = "{VIP}:{AMQP_PORT}"
-mode = "tcp"
-pool = "local"
-
-[[pool]]
-name = "local"
-check = {{ kind = "amqp", inter = "200ms", rise = 1, fall = 1, timeout = "500ms" }}
-servers = [{{ name = "broker", addr = "{server}" }}]
-
-[vrrp]
-interface = "eth0"
-vrid = 51
-priority = {priority}
-advert_int = "100ms"
-vip = ["{VIP}/24"]
-{extra}
-"#
-    )
+    setgate_config(priority, ADVERT, broker, extra)
 }
 
-/// `/api/vrrp` of the setgate running in `ns`.
-pub async fn vrrp_status(ns: &NetNs) -> anyhow::Result<Value> {
-    let r = ns
-        .http_get(SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)), "/api/vrrp")
-        .await?;
-    anyhow::ensure!(r.status == 200, "GET /api/vrrp: {} {}", r.status, r.body);
-    r.json()
-}
-
-/// Starts setgate in `ns` and waits until its VRRP instance reports a state.
+/// Starts the setgate under test in `ns` and waits until its VRRP instance reports a state.
 pub async fn start_setgate(ns: &NetNs, cfg: &str) -> anyhow::Result<Setgate> {
-    let opts = SetgateOptions {
-        netns: Some(ns.name().to_string()),
-        ..Default::default()
-    };
-    let sg = Setgate::start_with(BIN, cfg, opts).await?;
-    wait_vrrp_running(ns, &sg).await?;
-    Ok(sg)
-}
-
-/// Waits until the setgate in `ns` answers `/api/vrrp` with a running state.
-pub async fn wait_vrrp_running(ns: &NetNs, sg: &Setgate) -> anyhow::Result<()> {
-    wait_until("setgate's /api/vrrp", Duration::from_secs(20), || async {
-        let s = vrrp_status(ns).await.ok()?;
-        matches!(s["state"].as_str(), Some("BACKUP" | "MASTER")).then_some(())
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nsetgate log:\n{}", sg.log()))
+    vrrp_lab::start_setgate(BIN, ns, cfg).await
 }
 
 /// Waits until `state` is reported by the setgate in `ns`.
@@ -189,26 +125,6 @@ pub fn mac_of(ns: &NetNs) -> anyhow::Result<String> {
         .nth(1)
         .map(str::to_string)
         .ok_or_else(|| anyhow::anyhow!("no MAC in {link}"))
-}
-
-/// A broker inside `ns`, listening on `ip`.
-pub async fn broker(ns: &NetNs, ip: Ipv4Addr) -> anyhow::Result<Node> {
-    Node::start_with(NodeOptions {
-        management: false,
-        netns: Some(ns.name().to_string()),
-        ip: ip.to_string(),
-        ..Default::default()
-    })
-    .await
-}
-
-/// A private segment with one namespace per `(name, address)`.
-pub fn lan(tag: &str, hosts: &[(&str, Ipv4Addr)]) -> anyhow::Result<Lan> {
-    let mut lan = Lan::new(tag)?;
-    for (h, ip) in hosts {
-        lan.add_host(h, &format!("{ip}/24"))?;
-    }
-    Ok(lan)
 }
 
 /// Prints one measured takeover.
