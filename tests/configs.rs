@@ -11,6 +11,15 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `setgate check --config path`.
+fn check(path: impl AsRef<Path>) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path.as_ref())
+        .output()
+        .expect("run setgate check")
+}
+
 fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -29,11 +38,7 @@ fn every_example_config_passes_check_and_broken_ones_fail_with_their_own_message
     let mut checked = 0;
     for path in files {
         {
-            let out = std::process::Command::new(BIN)
-                .args(["check", "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = check(&path);
             assert!(
                 out.status.success(),
                 "{} fails check:\n{}{}",
@@ -72,11 +77,7 @@ fn every_example_config_passes_check_and_broken_ones_fail_with_their_own_message
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = dir.join(format!("broken-{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
@@ -95,11 +96,7 @@ fn every_example_config_passes_check_and_broken_ones_fail_with_their_own_message
         format!("{base_listener}maxconn = 0\n{base_pool}check = {{ rise = 0, fall = 0 }}\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("3 errors"), "{stderr}");
 }
@@ -114,11 +111,7 @@ fn check_never_prints_a_secret() {
          check = { kind = \"http\", auth = \"monitor:hunter2\", rise = 0 }\nservers = [{ name = \"a\", addr = \"127.0.0.1:5672\", check_port = 15672 }]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -144,11 +137,7 @@ fn docker_compose_is_valid_and_mounts_only_checked_configs() {
         "expected the dc1 and dc2 setgate configs in {text}"
     );
     for m in mounted {
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(root().join(m))
-            .output()
-            .unwrap();
+        let out = check(root().join(m));
         assert!(
             out.status.success(),
             "{m}: {}",
