@@ -175,17 +175,7 @@ async fn publish_and_consume(conn: &lapin::Connection, queue: &str) -> anyhow::R
 async fn three_hundred_users_land_on_the_broker_setgate_route_names() -> anyhow::Result<()> {
     let _heavy = HEAVY.lock().await;
     let s = sets().await;
-    let port = free_port();
-    let cfg = set_config(
-        &admin_addr(),
-        port,
-        &s.nodes[0],
-        &s.nodes[1],
-        &s.nodes[2],
-        "overrides = { \"user-007\" = \"center\" }",
-    );
-    let sg = Setgate::start(BIN, &cfg).await?;
-    sg.wait_ready().await?;
+    let (sg, port) = shared_edge(s, "overrides = { \"user-007\" = \"center\" }").await?;
     let keys: Vec<String> = (0..USERS).map(user).collect();
     let routes = route_cli(&sg.config_path(), &keys);
     let per_set: BTreeMap<&str, usize> =
@@ -267,7 +257,7 @@ async fn an_override_moves_exactly_that_user_and_keys_of_no_set_go_to_the_defaul
     let s = sets().await;
     let port = free_port();
     let admin = admin_addr();
-    let cfg = set_config(&admin, port, &s.nodes[0], &s.nodes[1], &s.nodes[2], "");
+    let cfg = shared_config(s, &admin, port, "");
     let sg = Setgate::start(BIN, &cfg).await?;
     sg.wait_ready().await?;
     let keys: Vec<String> = (0..USERS).map(user).collect();
@@ -278,12 +268,10 @@ async fn an_override_moves_exactly_that_user_and_keys_of_no_set_go_to_the_defaul
         .unwrap()
         .clone();
 
-    let cfg2 = set_config(
+    let cfg2 = shared_config(
+        s,
         &admin,
         port,
-        &s.nodes[0],
-        &s.nodes[1],
-        &s.nodes[2],
         &format!("overrides = {{ \"{moved}\" = \"set-b\" }}"),
     );
     sg.reload(&cfg2)?;
@@ -305,17 +293,7 @@ async fn an_override_moves_exactly_that_user_and_keys_of_no_set_go_to_the_defaul
     drop(conn);
 
     // Routing by a client property: a client that sends none maps to no SET -> the center.
-    let port2 = free_port();
-    let cfg3 = set_config(
-        &admin_addr(),
-        port2,
-        &s.nodes[0],
-        &s.nodes[1],
-        &s.nodes[2],
-        "key = \"client_property:user_id\"",
-    );
-    let sg2 = Setgate::start(BIN, &cfg3).await?;
-    sg2.wait_ready().await?;
+    let (sg2, port2) = shared_edge(s, "key = \"client_property:user_id\"").await?;
     let props = |id: &str| {
         ConnectionProperties::default().with_client_property("user_id".into(), LongString::from(id))
     };
@@ -471,18 +449,16 @@ async fn wrong_password_reaches_the_client_as_the_brokers_refusal() -> anyhow::R
     Ok(())
 }
 
+/// The config of a `set` listener on `port` over the shared SETs.
+fn shared_config(s: &Sets, admin: &str, port: u16, routing_extra: &str) -> String {
+    let n = &s.nodes;
+    set_config(admin, port, &n[0], &n[1], &n[2], routing_extra)
+}
+
 /// setgate with a `set` listener over the shared SETs; returns it with the listener's port.
 async fn shared_edge(s: &Sets, routing_extra: &str) -> anyhow::Result<(Setgate, u16)> {
     let port = free_port();
-    let cfg = set_config(
-        &admin_addr(),
-        port,
-        &s.nodes[0],
-        &s.nodes[1],
-        &s.nodes[2],
-        routing_extra,
-    );
-    let sg = Setgate::start(BIN, &cfg).await?;
+    let sg = Setgate::start(BIN, &shared_config(s, &admin_addr(), port, routing_extra)).await?;
     sg.wait_ready().await?;
     Ok((sg, port))
 }
