@@ -42,5 +42,6 @@ pub use config::{
 };
 pub use error::{LinkError, Side};
 pub use hops::RECEIVED_FROM;
+pub use plan::{diff_config as diff, Change as LinkChange};
 pub use supervisor::Federation;
 pub use uri::AmqpUri;
