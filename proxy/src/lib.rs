@@ -10,7 +10,7 @@
 //! - [`listener`] and [`listener_stats`]: bound sockets, accept loops, `maxconn`.
 //! - `conn`: one connection: PROXY header, TLS, then `tcp` mode or `set_mode`; `session`: the
 //!   splice that both end in.
-//! - [`amqp`]: the AMQP frames setgate speaks itself (Start, StartOk, Close) and the routing key.
+//! - [`amqp`]: the AMQP frames setgate speaks itself (via `setgate-amqp`) and the routing key.
 //! - [`upstream`] and [`pool`]: picking a server (`balance`, backups, `maxconn`) and connecting
 //!   with retries.
 //! - [`splice`]: copying bytes both ways without holding buffers while idle.
