@@ -14,6 +14,9 @@ use tracing::{info, warn};
 
 /// Runs until SIGTERM/SIGINT; returns an error only when start-up fails.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    // The recorder comes first: building the snapshot registers the listener and server series,
+    // and a series registered before it would count into nothing.
+    let metrics = install_metrics()?;
     let Loaded {
         cfg,
         proxy: snapshot,
@@ -21,7 +24,6 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         .await
         .map_err(|errs| crate::report_errors(&path, &errs))?;
     raise_fd_limit();
-    let metrics = install_metrics()?;
 
     let proxy = Proxy::start(snapshot)
         .await

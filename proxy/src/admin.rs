@@ -54,7 +54,8 @@ pub(crate) async fn bind(listen: &str) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Serves the admin API on `listener` until shutdown starts.
+/// Serves the admin API on `listener` until the shutdown is over (during the drain `/readyz`
+/// answers 503, which is what a balancer in front needs to see).
 pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>, ext: AdminExtensions) {
     let ext = Arc::new(ext);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
@@ -62,7 +63,7 @@ pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>, ext: AdminExtens
         loop {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => p.expect("never closed"),
-                _ = shared.stopping.cancelled() => return,
+                _ = shared.closing.cancelled() => return,
             };
             let tcp = tokio::select! {
                 r = listener.accept() => match r {
@@ -73,7 +74,7 @@ pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>, ext: AdminExtens
                         continue;
                     }
                 },
-                _ = shared.stopping.cancelled() => return,
+                _ = shared.closing.cancelled() => return,
             };
             let (shared, ext) = (shared.clone(), ext.clone());
             tokio::spawn(async move {
