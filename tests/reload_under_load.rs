@@ -109,13 +109,17 @@ async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Res
     let readyz_failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let readyz_checks = Arc::new(AtomicUsize::new(0));
     let readyz = {
-        let (stop, failures, checks) = (stop.clone(), readyz_failures.clone(), readyz_checks.clone());
+        let (stop, failures, checks) =
+            (stop.clone(), readyz_failures.clone(), readyz_checks.clone());
         let admin = sg.admin;
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match setgate_testkit::http::get(admin, "/readyz").await {
                     Ok(r) if r.status == 200 => {}
-                    Ok(r) => failures.lock().unwrap().push(format!("{} {}", r.status, r.body)),
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}", r.status, r.body)),
                     Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
                 }
                 checks.fetch_add(1, Ordering::Relaxed);
@@ -144,9 +148,11 @@ async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Res
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\nsetgate log:\n{}", sg.log()))?;
         let before = ok.load(Ordering::Relaxed);
-        wait_until("clients to connect after the reload", Duration::from_secs(30), || async {
-            (ok.load(Ordering::Relaxed) >= before + 20).then_some(())
-        })
+        wait_until(
+            "clients to connect after the reload",
+            Duration::from_secs(30),
+            || async { (ok.load(Ordering::Relaxed) >= before + 20).then_some(()) },
+        )
         .await?;
     }
     let reload_time = started.elapsed();
@@ -166,7 +172,11 @@ async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Res
         readyz_checks.load(Ordering::Relaxed),
         readyz_failures.len()
     );
-    assert!(errors.is_empty(), "client errors: {:?}", &errors[..errors.len().min(10)]);
+    assert!(
+        errors.is_empty(),
+        "client errors: {:?}",
+        &errors[..errors.len().min(10)]
+    );
     assert!(readyz_failures.is_empty(), "/readyz: {readyz_failures:?}");
     let refused = sg
         .metric("setgate_config_reloads_total{result=\"refused\"}")
@@ -176,7 +186,10 @@ async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Res
     // After an even number of reloads config A is in use: one listener, named `amqp`, on its
     // port, accepting; the link of config B is gone.
     let listeners = sg.get_json("/api/listeners").await?;
-    let listeners = listeners["listeners"].as_array().cloned().unwrap_or_default();
+    let listeners = listeners["listeners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(listeners.len(), 1, "{listeners:?}");
     assert_eq!(listeners[0]["name"], "amqp");
     assert_eq!(listeners[0]["addr"], format!("127.0.0.1:{port}"));
