@@ -59,7 +59,8 @@ fn start_ok(user: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn a_client_is_answered_within_handshake_timeout_when_no_broker_answers() -> anyhow::Result<()> {
+async fn a_client_is_answered_within_handshake_timeout_when_no_broker_answers() -> anyhow::Result<()>
+{
     let (a, _ta) = tarpit().await?;
     let (b, _tb) = tarpit().await?;
     let port = free_port();
@@ -141,11 +142,15 @@ default = "center"
         "the client got {} bytes from a server marked down",
         answer.len()
     );
-    wait_until("the close to be logged", Duration::from_secs(10), || async {
-        sg.log()
-            .contains("server was marked down while connecting")
-            .then_some(())
-    })
+    wait_until(
+        "the close to be logged",
+        Duration::from_secs(10),
+        || async {
+            sg.log()
+                .contains("server was marked down while connecting")
+                .then_some(())
+        },
+    )
     .await?;
     Ok(())
 }
@@ -225,5 +230,50 @@ async fn the_admin_server_answers_beside_idle_connections_and_closes_them() -> a
         assert!(closed.is_ok(), "an idle admin connection was held open");
     }
     println!("idle admin connections closed after {:?}", began.elapsed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn at_maxconn_the_listener_stops_accepting_instead_of_dropping() -> anyhow::Result<()> {
+    let node = Node::start().await?;
+    let port = free_port();
+    let config = format!(
+        "[admin]\nlisten = \"{}\"\n\n[[listener]]\nname = \"small\"\nbind = \"127.0.0.1:{port}\"\npool = \"center\"\nmaxconn = 5\n\n[[pool]]\nname = \"center\"\nservers = [{{ name = \"c1\", addr = \"{}\" }}]\n",
+        admin(),
+        node.amqp_addr()
+    );
+    let sg = Setgate::start(BIN, &config).await?;
+    sg.wait_ready().await?;
+    // Five clients that got as far as the broker's Connection.Start.
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(PROTOCOL_HEADER).await?;
+        let mut buf = Vec::new();
+        frame::read_frame(&mut s, &mut buf, HANDSHAKE_FRAME_MAX).await?;
+        open.push(s);
+    }
+    // The sixth waits in the accept queue: neither served nor closed.
+    let mut sixth = TcpStream::connect(("127.0.0.1", port)).await?;
+    sixth.write_all(PROTOCOL_HEADER).await?;
+    let mut buf = [0u8; 64];
+    let waited = tokio::time::timeout(Duration::from_secs(1), sixth.read(&mut buf)).await;
+    assert!(
+        waited.is_err(),
+        "over maxconn the client must wait, not be answered or closed: {waited:?}"
+    );
+    // One ends: the sixth is served.
+    drop(open.pop());
+    let mut got = Vec::new();
+    let f = tokio::time::timeout(
+        Duration::from_secs(10),
+        frame::read_frame(&mut sixth, &mut got, HANDSHAKE_FRAME_MAX),
+    )
+    .await??;
+    frame::expect_start(&f)?;
+    let paused = sg
+        .metric("setgate_listener_maxconn_reached_total{listener=\"small\"}")
+        .await?;
+    assert!(paused >= Some(1.0), "{paused:?}");
     Ok(())
 }
