@@ -277,3 +277,75 @@ async fn at_maxconn_the_listener_stops_accepting_instead_of_dropping() -> anyhow
     assert!(paused >= Some(1.0), "{paused:?}");
     Ok(())
 }
+
+/// A reload that adds a listener while clients already knock on its port: the new listener must
+/// serve from then on. (Before the fix a connection accepted before the new snapshot was stored
+/// ended the listener's accept loop, and the port stayed dead until a restart.)
+#[tokio::test]
+async fn a_listener_added_by_a_reload_serves_even_when_clients_knock_during_the_reload(
+) -> anyhow::Result<()> {
+    // The pool's "broker" greets every connection at once, so what is measured is the listener.
+    let greeter = TcpListener::bind("127.0.0.1:0").await?;
+    let greeter_addr = greeter.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = greeter.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"hello").await;
+            });
+        }
+    });
+    let (main_port, extra_port) = (free_port(), free_port());
+    let config = |extra: bool| {
+        let mut c = format!(
+            "[admin]\nlisten = \"{{admin}}\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{main_port}\"\npool = \"center\"\n\n[[pool]]\nname = \"center\"\nservers = [{{ name = \"c1\", addr = \"{}\" }}]\n",
+            greeter_addr
+        );
+        if extra {
+            c += &format!("\n[[listener]]\nname = \"extra\"\nbind = \"127.0.0.1:{extra_port}\"\npool = \"center\"\n");
+        }
+        c
+    };
+    let admin = admin();
+    let sg = Setgate::start(BIN, &config(false).replace("{admin}", &admin)).await?;
+    sg.wait_ready().await?;
+    let knocking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let knockers: Vec<_> = (0..16)
+        .map(|_| {
+            let knocking = knocking.clone();
+            tokio::spawn(async move {
+                while knocking.load(std::sync::atomic::Ordering::Relaxed) {
+                    match TcpStream::connect(("127.0.0.1", extra_port)).await {
+                        Err(_) => tokio::task::yield_now().await,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    for round in 1..=20 {
+        let extra = round % 2 == 1;
+        sg.reload(&config(extra).replace("{admin}", &admin))?;
+        wait_until("the reload", Duration::from_secs(20), || async {
+            let done = sg.log().matches(" reloaded").count();
+            (done >= round).then_some(())
+        })
+        .await?;
+        if extra {
+            let mut s = tokio::time::timeout(
+                Duration::from_secs(5),
+                TcpStream::connect(("127.0.0.1", extra_port)),
+            )
+            .await??;
+            let mut hello = [0u8; 5];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hello))
+                .await
+                .map_err(|_| anyhow::anyhow!("round {round}: the new listener does not serve"))??;
+            assert_eq!(&hello, b"hello");
+        }
+    }
+    knocking.store(false, std::sync::atomic::Ordering::Relaxed);
+    for k in knockers {
+        k.await?;
+    }
+    Ok(())
+}
