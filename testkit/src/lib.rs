@@ -9,6 +9,7 @@
 //! - [`http`]: a tiny HTTP/1.1 client for the management API and the admin API.
 //! - [`netns`], [`vrrp_lab`]: network namespaces, Keepalived, and the VRRP lab built on them.
 //! - [`net`]: free ports and "wait until" helpers (tests wait on readiness, never on sleeps).
+//! - [`wan`]: a delayed, lossy link (delay line + iptables random drops) for WAN tests.
 //!
 //! Nodes and setgate processes are cleaned up when their handle drops, and — for nodes shared through
 //! a `static` by all tests of one test binary — by a watchdog that kills the node once the test
@@ -23,6 +24,7 @@ pub mod node;
 pub mod pki;
 pub mod setgate;
 pub mod vrrp_lab;
+pub mod wan;
 
 pub use net::{free_port, raise_fd_limit, wait_until};
 pub use node::{Cluster, Node, NodeOptions};
