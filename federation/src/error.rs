@@ -126,10 +126,12 @@ impl LinkError {
             return LinkError::Silent {
                 side,
                 cluster: cluster.to_string(),
-                what: format!(
-                    "{}: nothing received for two heartbeat intervals",
-                    what.into()
-                ),
+                what: match what.into() {
+                    w if w == "connection" => {
+                        "nothing received for two heartbeat intervals".to_string()
+                    }
+                    w => format!("nothing received for two heartbeat intervals ({w})"),
+                },
             };
         }
         LinkError::Broker {
