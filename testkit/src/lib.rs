@@ -8,6 +8,7 @@
 //! - [`setgate`]: run the setgate binary with a config, wait until it is ready, reload, stop, kill.
 //! - [`http`]: a tiny HTTP/1.1 client for the management API and the admin API.
 //! - [`netns`], [`vrrp_lab`]: network namespaces, Keepalived, and the VRRP lab built on them.
+//! - [`netfault`]: blackhole a port with iptables (packets dropped both ways, no reset).
 //! - [`net`]: free ports and "wait until" helpers (tests wait on readiness, never on sleeps).
 //! - [`wan`]: a delayed, lossy link (delay line + iptables random drops) for WAN tests.
 //!
@@ -19,6 +20,7 @@ pub mod amqp;
 pub mod fed;
 pub mod http;
 pub mod net;
+pub mod netfault;
 pub mod netns;
 pub mod node;
 pub mod pki;
