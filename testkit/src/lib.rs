@@ -10,6 +10,7 @@
 //! - [`netns`], [`vrrp_lab`]: network namespaces, Keepalived, and the VRRP lab built on them.
 //! - [`netfault`]: blackhole a port with iptables (packets dropped both ways, no reset).
 //! - [`net`]: free ports and "wait until" helpers (tests wait on readiness, never on sleeps).
+//! - [`chaos`]: the chaos run (two datacenters, random real faults, the books kept).
 //! - [`wan`]: a delayed, lossy link (delay line + iptables random drops) for WAN tests.
 //!
 //! Nodes and setgate processes are cleaned up when their handle drops, and — for nodes shared through
@@ -17,6 +18,7 @@
 //! process is gone.
 
 pub mod amqp;
+pub mod chaos;
 pub mod fed;
 pub mod http;
 pub mod net;
