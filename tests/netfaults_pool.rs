@@ -21,7 +21,10 @@ const CLIENT_LIMIT: Duration = Duration::from_millis(1500);
 async fn health(sg: &Setgate, server: &str) -> Option<String> {
     let v = sg.get_json("/api/pools").await.ok()?;
     let pool = v["pools"].as_array()?.iter().find(|p| p["name"] == "p")?;
-    let s = pool["servers"].as_array()?.iter().find(|s| s["name"] == server)?;
+    let s = pool["servers"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == server)?;
     Some(s["health"].as_str()?.to_string())
 }
 
