@@ -89,14 +89,7 @@ async fn run(
         ) {
             compare_types = true;
         }
-        // A peer that went silent is knocked on again at once: the connect sends one SYN a
-        // second until it answers, which a vanished host does not feel, and the flow resumes
-        // within a second of the path coming back instead of up to reconnect_delay later.
-        let delay = if err.peer_silent() {
-            Duration::ZERO
-        } else {
-            spec.upstream.reconnect_delay
-        };
+        let delay = retry_delay(&spec, &err);
         tracing::warn!(error = %err, retry_in = ?delay, "federation link attempt failed; retrying");
         status.set_reconnecting(err.to_string(), SystemTime::now() + delay);
         tokio::select! {
@@ -108,6 +101,19 @@ async fn run(
     }
     status.set_stopped();
     tracing::info!("federation link stopped");
+}
+
+/// How long to wait before the next attempt after `err`.
+///
+/// A peer that went silent is knocked on again at once: the connect sends one SYN a second
+/// until it answers, which a vanished host does not feel, and the flow resumes within a second
+/// of the path coming back instead of up to `reconnect_delay` later.
+fn retry_delay(spec: &FlowSpec, err: &LinkError) -> Duration {
+    if err.peer_silent() {
+        Duration::ZERO
+    } else {
+        spec.upstream.reconnect_delay
+    }
 }
 
 /// One attempt: connect both sides, set up, forward until an error or a stop.
@@ -150,6 +156,12 @@ async fn attempt(
         _ = stopped(stop) => return Ok(()),
     };
     let result = connected(spec, status, metrics, stop, &up, &down, compare_types).await;
+    if let Err(e) = &result {
+        // Say so before closing: closing a side that went silent waits out CLOSE_TIMEOUT.
+        metrics.running.set(0.0);
+        let next = SystemTime::now() + retry_delay(spec, e);
+        status.set_reconnecting(e.to_string(), next);
+    }
     metrics.connected_uri("upstream", up.uri.masked(), false);
     metrics.connected_uri("downstream", down.uri.masked(), false);
     // Upstream first: from here on it requeues whatever was not acknowledged.
