@@ -27,7 +27,7 @@ async fn three_minutes_of_random_faults_lose_nothing() -> anyhow::Result<()> {
         "too little traffic to prove anything: {report:?}"
     );
     assert!(
-        report.longest_silent_stall_s <= 1.0,
+        report.longest_silent_stall_s <= 2.0,
         "the link said running without moving while messages waited for {:.1}s",
         report.longest_silent_stall_s
     );

@@ -53,7 +53,10 @@ pub(crate) const CONFIRM_DEADLINE: Duration = Duration::from_secs(15);
 /// How long the upstream may take to answer the periodic queue-depth request.
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the watchdog and the activity shown in the status are updated.
-const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// A running flow that has moved nothing for this long while work waits says so in its
+/// activity (`waiting: ...`): a link that reports `running` is moving messages or names why not.
+pub(crate) const STALL_NAMED_AFTER: Duration = Duration::from_secs(1);
 /// How often an operation in progress checks that its connection is still open.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
@@ -132,6 +135,9 @@ struct Run {
     paused_until: Option<tokio::time::Instant>,
     /// When a delivery last arrived, for the activity shown in the status.
     last_delivery: Instant,
+    /// When the upstream queue depth was last read: a depth read before the last delivery may be
+    /// stale, so it never makes the status claim that messages wait.
+    depth_at: Instant,
     /// Consumers on the upstream queue at the last look (others: single active consumer).
     consumers: u32,
     activity: Activity,
@@ -157,6 +163,7 @@ impl Forwarder {
             backoff: Duration::ZERO,
             paused_until: None,
             last_delivery: Instant::now(),
+            depth_at: Instant::now(),
             consumers: 1,
             activity: Activity::Starting,
         };
@@ -433,6 +440,27 @@ impl Forwarder {
             run.activity
         } else if blocked {
             Activity::Blocked
+        } else if let Some(waited) = run
+            .confirms
+            .oldest()
+            .map(|o| o.elapsed())
+            .filter(|w| *w >= STALL_NAMED_AFTER)
+        {
+            Activity::AwaitingConfirms {
+                publishes: run.confirms.len(),
+                secs: waited.as_secs(),
+            }
+        } else if ready > 0
+            && ready != u64::MAX
+            && run.depth_at > run.last_delivery
+            && run.consumers <= 1
+            && run.tracker.outstanding() == 0
+            && starved >= STALL_NAMED_AFTER
+        {
+            Activity::AwaitingDeliveries {
+                ready,
+                secs: starved.as_secs(),
+            }
         } else if !run.confirms.is_empty() || run.last_delivery.elapsed() < 2 * WATCH_INTERVAL {
             Activity::Forwarding
         } else if run.consumers > 1 {
@@ -518,6 +546,7 @@ impl Forwarder {
                 .store(u64::from(q.message_count()), Relaxed);
             self.metrics.queue_depth.set(f64::from(q.message_count()));
             run.consumers = q.consumer_count();
+            run.depth_at = Instant::now();
         }
         Ok(())
     }
@@ -545,6 +574,17 @@ enum Activity {
         reason: &'static str,
         pause: Duration,
     },
+    /// Publishes sent, none confirmed for a while: the downstream is slow or gone (the watchdog
+    /// and the heartbeat decide which).
+    AwaitingConfirms {
+        publishes: usize,
+        secs: u64,
+    },
+    /// Messages ready upstream, nothing in flight, none delivered for a while.
+    AwaitingDeliveries {
+        ready: u64,
+        secs: u64,
+    },
 }
 
 impl Activity {
@@ -558,6 +598,12 @@ impl Activity {
             }
             Activity::Blocked => {
                 "waiting: the downstream blocked publishing (resource alarm)".into()
+            }
+            Activity::AwaitingConfirms { publishes, secs } => {
+                format!("waiting: {publishes} publishes unconfirmed by the downstream for {secs}s")
+            }
+            Activity::AwaitingDeliveries { ready, secs } => {
+                format!("waiting: {ready} messages ready upstream, none delivered for {secs}s")
             }
             Activity::BackingOff { reason, pause } => format!(
                 "backing off {}ms: the downstream {} publishes; requeued upstream",
@@ -681,6 +727,17 @@ mod tests {
             .describe()
             .contains("single active consumer"));
         assert!(Activity::Blocked.describe().contains("resource alarm"));
+        let stuck = Activity::AwaitingConfirms {
+            publishes: 120,
+            secs: 3,
+        };
+        assert_eq!(
+            stuck.describe(),
+            "waiting: 120 publishes unconfirmed by the downstream for 3s"
+        );
+        assert!(Activity::AwaitingDeliveries { ready: 5, secs: 2 }
+            .describe()
+            .starts_with("waiting: 5 messages ready upstream"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,9 +8,11 @@
 //! the link drains, every queue is read out, and the report compares what the brokers confirmed
 //! with what arrived: lost must be 0 (duplicates are allowed: at-least-once).
 //!
-//! The link is watched all along: a flow that says `running` with messages waiting upstream and
-//! nothing forwarded, while it names no reason (its `activity`), is a *silent stall*; the longest
-//! one is reported.
+//! The link is watched all along (every 0.5 s): a flow that says `running` with messages waiting
+//! upstream and nothing forwarded, while it names no reason (its `activity` starts with
+//! `waiting` or `backing off`), is in a *silent stall*; the longest one is reported. A flow names
+//! why within 1.5 s of moving nothing, so with the poll a stall up to 2 s is that bound, and
+//! anything longer is a link that says `running` and moves nothing.
 
 use crate::fed::Collector;
 use crate::netfault::Blackhole;
@@ -381,6 +383,10 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     // read everything out.
     sg.wait_ready().await?;
     let end_usage = steady(&sg).await?;
+    // The watch ends while traffic still flows: once the publishers stop, the link is idle for
+    // real, and its queue depth (read every 5 s) may lag behind.
+    watch_stop.store(true, Ordering::Relaxed);
+    let stall = watcher.await?;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;
@@ -392,8 +398,6 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         (f["state"] == "running" && f["queue_depth"] == 0).then_some(())
     })
     .await?;
-    watch_stop.store(true, Ordering::Relaxed);
-    let stall = watcher.await?;
 
     let sets: Vec<Collector> = nodes[..3]
         .iter()
