@@ -114,7 +114,7 @@ impl Drop for Blackhole {
 }
 
 /// `iptables -w ACTION OUTPUT SPEC...` (`-w`: wait for the xtables lock other tests may hold).
-fn iptables(action: &str, spec: &[String]) -> anyhow::Result<()> {
+pub(crate) fn iptables(action: &str, spec: &[String]) -> anyhow::Result<()> {
     let out = Command::new("iptables")
         .args(["-w", action, "OUTPUT"])
         .args(spec)

@@ -7,10 +7,9 @@
 //! client-side port in both directions (the `statistic` match), so TCP really loses segments and
 //! retransmits them. The rules carry a comment naming this link and are removed on drop.
 
-use anyhow::{bail, Context};
+use crate::netfault::iptables;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,7 +53,6 @@ impl WanLink {
             let port = addr.port().to_string();
             for dir in ["--dport", "--sport"] {
                 let rule: Vec<String> = [
-                    "OUTPUT",
                     "-p",
                     "tcp",
                     dir,
@@ -90,22 +88,6 @@ impl Drop for WanLink {
         }
         self.relay.abort();
     }
-}
-
-fn iptables(op: &str, rule: &[String]) -> anyhow::Result<()> {
-    let out = Command::new("iptables")
-        .arg(op)
-        .args(rule)
-        .output()
-        .context("run iptables (the test command installs it)")?;
-    if !out.status.success() {
-        bail!(
-            "iptables {op} {} failed: {}",
-            rule.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read.
