@@ -6,6 +6,7 @@
 //!
 //! - [`node`]: start, stop, kill -9, SIGSTOP and restart RabbitMQ nodes; join three into a cluster.
 //! - [`setgate`]: run the setgate binary with a config, wait until it is ready, reload, stop, kill.
+//! - [`config`]: typed builders for the config files tests and benchmarks run setgate with.
 //! - [`http`]: a tiny HTTP/1.1 client for the management API and the admin API.
 //! - [`netns`], [`vrrp_lab`]: network namespaces, Keepalived, and the VRRP lab built on them.
 //! - [`net`]: free ports and "wait until" helpers (tests wait on readiness, never on sleeps).
@@ -15,6 +16,7 @@
 //! process is gone.
 
 pub mod amqp;
+pub mod config;
 pub mod fed;
 pub mod http;
 pub mod net;
