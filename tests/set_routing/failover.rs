@@ -1,10 +1,7 @@
 //! A dead SET: its users fail over to its standby SET, are refused by name when both are down,
 //! and go home when it is back.
 
-use crate::common::BIN;
-use crate::{publish_and_consume, route_cli, set_config, sets, user};
-use setgate_testkit::{amqp, wait_until, Node, Setgate};
-use std::time::{Duration, Instant};
+use super::*;
 
 #[tokio::test]
 async fn a_dead_set_fails_over_to_its_standby_and_comes_home_when_back() -> anyhow::Result<()> {
@@ -23,7 +20,7 @@ async fn a_dead_set_fails_over_to_its_standby_and_comes_home_when_back() -> anyh
         .find(|k| routes[*k].1 == "set-a")
         .unwrap()
         .clone();
-    let uri = format!("amqp://{a_user}:pw@127.0.0.1:{port}/%2f");
+    let uri = uri(&a_user, port);
 
     let home = amqp::connect(&uri).await?;
     assert!(a.connection_users().await?.contains(&a_user));

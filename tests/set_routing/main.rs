@@ -9,18 +9,21 @@ mod common;
 
 mod clients;
 mod failover;
-mod hostile;
 mod routing;
 
+// What every module uses; each starts with `use super::*`.
 use common::BIN;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, LongString};
+use lapin::ConnectionProperties;
 use setgate_testkit::config::{Check, Config, Listener, Pool, Routing};
-use setgate_testkit::{amqp, Node, Setgate};
+use setgate_testkit::{amqp, wait_until, Node, Setgate};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
 /// Three brokers: set-a, set-b and the center, shared by the tests that do not kill them, with
@@ -39,6 +42,11 @@ const USERS: usize = 300;
 
 fn user(i: usize) -> String {
     format!("user-{i:03}")
+}
+
+/// `amqp://USER:pw@127.0.0.1:PORT/%2f`.
+fn uri(user: &str, port: u16) -> String {
+    format!("amqp://{user}:pw@127.0.0.1:{port}/%2f")
 }
 
 async fn sets() -> &'static Sets {

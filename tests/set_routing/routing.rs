@@ -1,16 +1,7 @@
 //! Where connections go: by user name, by override, by client property, and to the default pool;
 //! `setgate route`, the admin API and the brokers agree.
 
-use crate::common::BIN;
-use crate::{
-    node_of, publish_and_consume, route_cli, routing, sets, shared_config, shared_edge, user,
-    HEAVY, USERS,
-};
-use lapin::types::LongString;
-use lapin::ConnectionProperties;
-use setgate_testkit::{amqp, wait_until, Node, Setgate};
-use std::collections::BTreeMap;
-use std::time::Duration;
+use super::*;
 
 #[tokio::test]
 async fn three_hundred_users_land_on_the_broker_setgate_route_names() -> anyhow::Result<()> {
@@ -40,7 +31,7 @@ async fn three_hundred_users_land_on_the_broker_setgate_route_names() -> anyhow:
     let mut conns = Vec::new();
     for chunk in keys.chunks(50) {
         let batch = futures_util::future::join_all(chunk.iter().map(|u| async move {
-            let conn = amqp::connect(&format!("amqp://{u}:pw@127.0.0.1:{port}/%2f")).await?;
+            let conn = amqp::connect(&uri(u, port)).await?;
             publish_and_consume(&conn, &format!("q-{u}")).await?;
             anyhow::Ok(conn)
         }))
@@ -123,7 +114,7 @@ async fn an_override_moves_exactly_that_user_and_keys_of_no_set_go_to_the_defaul
         },
     )
     .await?;
-    let conn = amqp::connect(&format!("amqp://{moved}:pw@127.0.0.1:{port}/%2f")).await?;
+    let conn = amqp::connect(&uri(&moved, port)).await?;
     assert!(s.nodes[1].connection_users().await?.contains(&moved));
     assert!(!s.nodes[0].connection_users().await?.contains(&moved));
     drop(conn);
@@ -137,13 +128,7 @@ async fn an_override_moves_exactly_that_user_and_keys_of_no_set_go_to_the_defaul
     let mut conns = Vec::new();
     for k in &keys[..20] {
         // Every one logs in as the same broker user: only the property can tell them apart.
-        conns.push(
-            amqp::connect_with(
-                &format!("amqp://user-299:pw@127.0.0.1:{port2}/%2f"),
-                props(k),
-            )
-            .await?,
-        );
+        conns.push(amqp::connect_with(&uri("user-299", port2), props(k)).await?);
     }
     for (k, (_, pool, _)) in &routes {
         let node = node_of(s, pool);
@@ -153,7 +138,7 @@ async fn an_override_moves_exactly_that_user_and_keys_of_no_set_go_to_the_defaul
             "{k} should be on {pool}; that broker has {ids:?}"
         );
     }
-    let _anonymous = amqp::connect(&format!("amqp://user-298:pw@127.0.0.1:{port2}/%2f")).await?;
+    let _anonymous = amqp::connect(&uri("user-298", port2)).await?;
     assert!(
         s.nodes[2]
             .connection_users()
