@@ -1,8 +1,6 @@
 //! Spreading connections: roundrobin, leastconn, and draining a server through the admin API.
 
-use crate::common::{add_user, shared_nodes, uri, wait_connections, BIN};
-use setgate_testkit::config::{Config, Listener, Pool};
-use setgate_testkit::{amqp, Node, Setgate};
+use super::*;
 
 #[tokio::test]
 async fn roundrobin_spreads_evenly_and_leastconn_fills_the_emptiest() -> anyhow::Result<()> {

@@ -1,13 +1,7 @@
 //! Clients a proxy must survive or serve specially: idle and garbage connections next to a good
 //! one, a listener's maxconn, and PROXY protocol headers in and out.
 
-use crate::common::{shared_nodes, BIN};
-use crate::{guest, round_trip};
-use setgate_testkit::config::{Config, Listener, Pool};
-use setgate_testkit::{amqp, free_port, wait_until, Node, NodeOptions, Setgate};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use super::*;
 
 #[tokio::test]
 async fn idle_and_garbage_clients_never_block_a_good_one() -> anyhow::Result<()> {

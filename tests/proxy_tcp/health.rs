@@ -2,15 +2,7 @@
 //! nothing; a stopped broker that only the amqp and http checks notice; closing sessions of a
 //! server marked down.
 
-use crate::common::BIN;
-use crate::{guest, wait_health};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use setgate_testkit::config::{Check, Config, Listener, Pool, Server};
-use setgate_testkit::{amqp, wait_until, Cluster, Node, Setgate};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use super::*;
 
 #[tokio::test]
 async fn failover_in_a_real_cluster_then_backup_then_nothing() -> anyhow::Result<()> {

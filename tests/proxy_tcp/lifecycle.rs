@@ -1,12 +1,6 @@
 //! A running setgate changing state: reload on SIGHUP, drain and exit on SIGTERM.
 
-use crate::common::{add_user, shared_nodes, uri, wait_connections, BIN};
-use crate::guest;
-use setgate_testkit::config::{Config, Listener, Pool};
-use setgate_testkit::setgate::SetgateOptions;
-use setgate_testkit::{amqp, wait_until, Node, Setgate};
-use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use super::*;
 
 #[tokio::test]
 async fn reload_moves_new_connections_and_keeps_open_ones() -> anyhow::Result<()> {

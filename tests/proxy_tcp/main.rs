@@ -13,11 +13,17 @@ mod health;
 mod lifecycle;
 mod tls;
 
+// What every module uses; each starts with `use super::*`.
+use common::{add_user, shared_nodes, uri, wait_connections, BIN};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use setgate_testkit::{amqp, wait_until, Setgate};
+use setgate_testkit::config::{Check, Config, Listener, Pool, Server};
+use setgate_testkit::setgate::SetgateOptions;
+use setgate_testkit::{amqp, free_port, pki::Pki, wait_until, Cluster, Node, NodeOptions, Setgate};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Declares a queue, publishes `n` messages with confirms, consumes and acks them all.
 async fn round_trip(conn: &lapin::Connection, queue: &str, n: usize) -> anyhow::Result<()> {

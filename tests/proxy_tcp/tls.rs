@@ -1,10 +1,6 @@
 //! TLS on both sides: clients to setgate (plain, TLS, mutual TLS) and setgate to the brokers.
 
-use crate::common::{shared_nodes, BIN};
-use crate::{guest, round_trip, wait_health};
-use setgate_testkit::config::{Check, Config, Listener, Pool, Server};
-use setgate_testkit::{amqp, free_port, pki::Pki, Node, NodeOptions, Setgate};
-use std::time::{Duration, Instant};
+use super::*;
 
 #[tokio::test]
 async fn lapin_works_over_tcp_tls_and_mutual_tls() -> anyhow::Result<()> {
