@@ -1,16 +1,7 @@
 //! No loss when something fails: the downstream, the upstream or setgate killed, a broker
 //! stopped, setgate stopped by SIGTERM, a dead first URI, the active one of two instances killed.
 
-use crate::{
-    assert_no_loss, config, fresh_pair, one_link, permit, publish_in_background, shared, BIN,
-};
-use setgate_testkit::config::{Link, Upstream};
-use setgate_testkit::fed::{
-    link_status, metric, publish, topology, wait_received, wait_running, wait_state, Collector,
-    PublishOptions,
-};
-use setgate_testkit::{free_port, wait_until, Setgate};
-use std::time::Duration;
+use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_loss_when_the_downstream_is_killed_and_restarted() -> anyhow::Result<()> {
@@ -36,8 +27,7 @@ async fn no_loss_when_the_downstream_is_killed_and_restarted() -> anyhow::Result
     );
     down.restart().await?;
     let confirmed = publisher.await??;
-    sink.wait_for(&confirmed, Duration::from_secs(90)).await;
-    assert_no_loss("kill -9 downstream", &confirmed, &sink, before);
+    assert_no_loss("kill -9 downstream", &confirmed, &sink, before).await;
     assert_eq!(link_status(&sg, "kd").await?["state"], "running");
     Ok(())
 }
@@ -66,8 +56,7 @@ async fn no_loss_when_the_upstream_is_killed_and_restarted() -> anyhow::Result<(
     );
     up.restart().await?;
     let confirmed = publisher.await??;
-    sink.wait_for(&confirmed, Duration::from_secs(90)).await;
-    assert_no_loss("kill -9 upstream", &confirmed, &sink, before);
+    assert_no_loss("kill -9 upstream", &confirmed, &sink, before).await;
     let reconnects = metric(
         &sg,
         "setgate_federation_reconnects_total",
@@ -95,8 +84,7 @@ async fn no_loss_when_setgate_is_killed_and_started_again() -> anyhow::Result<()
     sg.restart().await?;
     wait_running(&sg, "ks").await?;
     let confirmed = publisher.await??;
-    sink.wait_for(&confirmed, Duration::from_secs(90)).await;
-    assert_no_loss("kill -9 setgate", &confirmed, &sink, before);
+    assert_no_loss("kill -9 setgate", &confirmed, &sink, before).await;
     Ok(())
 }
 
@@ -129,8 +117,7 @@ async fn no_loss_when_the_downstream_is_stopped_for_20_seconds() -> anyhow::Resu
     let forwarded_while_stopped = sink.count() - before;
     down.sigcont();
     let confirmed = publisher.await??;
-    sink.wait_for(&confirmed, Duration::from_secs(90)).await;
-    assert_no_loss("SIGSTOP downstream 20 s", &confirmed, &sink, before);
+    assert_no_loss("SIGSTOP downstream 20 s", &confirmed, &sink, before).await;
     assert_eq!(
         forwarded_while_stopped, 0,
         "a stopped broker delivered messages"
@@ -156,8 +143,7 @@ async fn sigterm_drains_and_acks_what_was_confirmed() -> anyhow::Result<()> {
     let before = sink.count();
     sg.restart().await?;
     let confirmed = publisher.await??;
-    sink.wait_for(&confirmed, Duration::from_secs(90)).await;
-    let tally = assert_no_loss("SIGTERM then start", &confirmed, &sink, before);
+    let tally = assert_no_loss("SIGTERM then start", &confirmed, &sink, before).await;
     assert_eq!(
         tally.duplicates, 0,
         "confirmed messages were not acked on SIGTERM"
@@ -216,10 +202,8 @@ async fn first_uri_dead_runs_on_the_second_within_one_attempt() -> anyhow::Resul
 
     let sink = Collector::start(&s.dc2.amqp_uri(), "t-failover.sink");
     let confirmed = publish(&s.dc1.amqp_uri(), 0..500, &PublishOptions::new(x)).await?;
-    assert!(sink
-        .wait_for(&confirmed, Duration::from_secs(30))
-        .await
-        .is_empty());
+    let missing = sink.wait_for(&confirmed, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "missing {missing:?}");
     Ok(())
 }
 
@@ -247,13 +231,13 @@ async fn two_instances_on_one_link_one_forwards_and_the_other_takes_over() -> an
     a.kill9();
     let before = sink.count();
     let confirmed = publisher.await??;
-    sink.wait_for(&confirmed, Duration::from_secs(90)).await;
     assert_no_loss(
         "two instances, active one killed",
         &confirmed,
         &sink,
         before,
-    );
+    )
+    .await;
     let fb = forwarded(&b).await?;
     assert!(fb > 0, "the standby never took over");
     println!("two instances: a forwarded {fa} before it was killed, b forwarded {fb} after");

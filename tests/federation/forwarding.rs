@@ -1,16 +1,7 @@
 //! Forwarding without faults: 20,000 messages in order with their properties, two-way and ring
 //! federation delivering once per cluster.
 
-use crate::{config, dc3, permit, shared, BIN};
-use lapin::types::AMQPValue;
-use setgate_testkit::config::{Link, Upstream};
-use setgate_testkit::fed::{
-    header, link_status, metric, publish, received_from, topology, wait_running, Collector,
-    PublishOptions, Tally,
-};
-use setgate_testkit::{wait_until, Setgate};
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_20000_persistent_messages_in_order_with_properties() -> anyhow::Result<()> {
@@ -20,13 +11,7 @@ async fn forwards_20000_persistent_messages_in_order_with_properties() -> anyhow
     topology(x, &[&s.dc1, &s.dc2], &[(&s.dc2, "t-bulk.sink")]).await?;
     let cfg = config()
         .upstream(Upstream::new("dc1", &[s.dc1.amqp_uri()]))
-        .link(Link::new(
-            "bulk",
-            &["dc1"],
-            "dc2",
-            &[s.dc2.amqp_uri()],
-            &[x],
-        ));
+        .link(link("bulk", "dc1", "dc2", &s.dc2, x));
     let sg = Setgate::start(BIN, &cfg).await?;
     wait_running(&sg, "bulk").await?;
     let sink = Collector::start(&s.dc2.amqp_uri(), "t-bulk.sink");
@@ -137,20 +122,8 @@ async fn two_way_federation_with_max_hops_1_delivers_once_per_side() -> anyhow::
     let cfg = config()
         .upstream(Upstream::new("dc1", &[s.dc1.amqp_uri()]).max_hops(1))
         .upstream(Upstream::new("dc2", &[s.dc2.amqp_uri()]).max_hops(1))
-        .link(Link::new(
-            "1to2",
-            &["dc1"],
-            "dc2",
-            &[s.dc2.amqp_uri()],
-            &[x],
-        ))
-        .link(Link::new(
-            "2to1",
-            &["dc2"],
-            "dc1",
-            &[s.dc1.amqp_uri()],
-            &[x],
-        ));
+        .link(link("1to2", "dc1", "dc2", &s.dc2, x))
+        .link(link("2to1", "dc2", "dc1", &s.dc1, x));
     let sg = Setgate::start(BIN, &cfg).await?;
     wait_running(&sg, "1to2").await?;
     wait_running(&sg, "2to1").await?;
@@ -174,10 +147,8 @@ async fn two_way_federation_with_max_hops_1_delivers_once_per_side() -> anyhow::
         .await?;
     }
     for (side, sink) in [("dc1", &on1), ("dc2", &on2)] {
-        assert!(sink
-            .wait_for(&all, Duration::from_secs(30))
-            .await
-            .is_empty());
+        let missing = sink.wait_for(&all, Duration::from_secs(30)).await;
+        assert!(missing.is_empty(), "missing {missing:?}");
         let tally = Tally::of(&all, &sink.received());
         tally.print(&format!("two-way, received on {side}"));
         assert_eq!(
@@ -220,13 +191,7 @@ async fn ring_of_three_with_max_hops_2_delivers_once_per_cluster() -> anyhow::Re
     }
     for i in 0..3 {
         let j = (i + 1) % 3;
-        cfg = cfg.link(Link::new(
-            &format!("ring{i}"),
-            &[names[i]],
-            names[j],
-            &[nodes[j].amqp_uri()],
-            &[x],
-        ));
+        cfg = cfg.link(link(&format!("ring{i}"), names[i], names[j], nodes[j], x));
     }
     let sg = Setgate::start(BIN, &cfg).await?;
     for i in 0..3 {
@@ -268,10 +233,8 @@ async fn ring_of_three_with_max_hops_2_delivers_once_per_cluster() -> anyhow::Re
         .await?;
     }
     for (i, sink) in sinks.iter().enumerate() {
-        assert!(sink
-            .wait_for(&all, Duration::from_secs(30))
-            .await
-            .is_empty());
+        let missing = sink.wait_for(&all, Duration::from_secs(30)).await;
+        assert!(missing.is_empty(), "missing {missing:?}");
         let tally = Tally::of(&all, &sink.received());
         tally.print(&format!("ring of three, received on {}", names[i]));
         assert_eq!(

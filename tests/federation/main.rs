@@ -9,10 +9,16 @@ mod faults;
 mod forwarding;
 mod status;
 
+// What every module uses; each starts with `use super::*`.
+use lapin::types::AMQPValue;
 use setgate_testkit::config::{Config, Link, Upstream};
-use setgate_testkit::fed::{publish, Collector, PublishOptions, Tally};
-use setgate_testkit::Node;
-use std::collections::BTreeSet;
+use setgate_testkit::fed::{
+    declare_exchange, header, link_status, metric, publish, received_from, topology, wait_received,
+    wait_running, wait_state, Collector, PublishOptions, Tally,
+};
+use setgate_testkit::{free_port, wait_until, Node, Setgate};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_setgate");
@@ -65,7 +71,12 @@ fn config() -> Config {
 fn one_link(name: &str, up: &Node, down: &Node, x: &str) -> Config {
     config()
         .upstream(Upstream::new("dc1", &[up.amqp_uri()]))
-        .link(Link::new(name, &["dc1"], "dc2", &[down.amqp_uri()], &[x]))
+        .link(link(name, "dc1", "dc2", down, x))
+}
+
+/// Link `name` for exchange `x` from upstream `up` to the downstream `down` on node `to`.
+fn link(name: &str, up: &str, down: &str, to: &Node, x: &str) -> Link {
+    Link::new(name, &[up], down, &[to.amqp_uri()], &[x])
 }
 
 /// Publishes `n` messages at `rate` on `up`'s exchange `x` in the background.
@@ -82,13 +93,15 @@ fn publish_in_background(
     tokio::spawn(async move { publish(&uri, 0..n, &opts).await })
 }
 
-/// Checks the outcome of a fault test and prints the tally.
-fn assert_no_loss(
+/// Waits (up to 90 s) for every confirmed message, then checks the outcome of a fault test and
+/// prints the tally.
+async fn assert_no_loss(
     case: &str,
     confirmed: &BTreeSet<u64>,
     sink: &Collector,
     before_fault: usize,
 ) -> Tally {
+    sink.wait_for(confirmed, Duration::from_secs(90)).await;
     let received = sink.received();
     let tally = Tally::of(confirmed, &received);
     tally.print(case);

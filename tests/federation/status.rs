@@ -1,13 +1,7 @@
 //! What a link reports and how its config changes: errors in the status while it retries,
 //! `setgate check` on a broken file, reload restarting only the links that changed.
 
-use crate::{config, permit, shared, BIN};
-use setgate_testkit::config::{Link, Upstream};
-use setgate_testkit::fed::{
-    declare_exchange, link_status, publish, topology, wait_running, Collector, PublishOptions,
-};
-use setgate_testkit::{free_port, wait_until, Setgate};
-use std::time::Duration;
+use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_reported_in_the_status_while_retrying() -> anyhow::Result<()> {
@@ -21,17 +15,15 @@ async fn bad_input_is_reported_in_the_status_while_retrying() -> anyhow::Result<
     let closed = free_port();
     let unreachable = format!("amqp://guest:secret1@127.0.0.1:{closed}/%2f");
     let wrong_password = format!("amqp://guest:wrong-secret2@{}/%2f", s.dc1.amqp_addr());
-    let to_dc2 =
-        |name: &str, up: &str, x: &str| Link::new(name, &[up], "dc2", &[s.dc2.amqp_uri()], &[x]);
     let cfg = config()
         .upstream(Upstream::new("dead", &[unreachable]))
         .upstream(Upstream::new("badpw", &[wrong_password]))
         .upstream(Upstream::new("dc1", &[s.dc1.amqp_uri()]))
-        .link(to_dc2("unreachable", "dead", good_x))
-        .link(to_dc2("credentials", "badpw", good_x))
-        .link(to_dc2("missing", "dc1", missing_x))
-        .link(to_dc2("type", "dc1", typed_x))
-        .link(to_dc2("good", "dc1", good_x));
+        .link(link("unreachable", "dead", "dc2", &s.dc2, good_x))
+        .link(link("credentials", "badpw", "dc2", &s.dc2, good_x))
+        .link(link("missing", "dc1", "dc2", &s.dc2, missing_x))
+        .link(link("type", "dc1", "dc2", &s.dc2, typed_x))
+        .link(link("good", "dc1", "dc2", &s.dc2, good_x));
     let sg = Setgate::start(BIN, &cfg).await?;
     wait_running(&sg, "good").await?;
     let expect = [
@@ -89,19 +81,12 @@ async fn reload_restarts_only_changed_links() -> anyhow::Result<()> {
     topology(y, &[&s.dc1, &s.dc2], &[]).await?;
     let cfg = config()
         .upstream(Upstream::new("dc1", &[s.dc1.amqp_uri()]))
-        .link(Link::new(
-            "keep",
-            &["dc1"],
-            "dc2",
-            &[s.dc2.amqp_uri()],
-            &[x],
-        ));
+        .link(link("keep", "dc1", "dc2", &s.dc2, x));
     let sg = Setgate::start(BIN, &cfg).await?;
     wait_running(&sg, "keep").await?;
     let since = link_status(&sg, "keep").await?["flows"][0]["since"].clone();
 
-    let added = Link::new("added", &["dc1"], "dc2", &[s.dc2.amqp_uri()], &[y]);
-    sg.reload(cfg.clone().link(added))?;
+    sg.reload(cfg.clone().link(link("added", "dc1", "dc2", &s.dc2, y)))?;
     wait_running(&sg, "added").await?;
     assert_eq!(
         link_status(&sg, "keep").await?["flows"][0]["since"],
@@ -129,10 +114,8 @@ async fn reload_restarts_only_changed_links() -> anyhow::Result<()> {
     .await?;
     let sink = Collector::start(&s.dc2.amqp_uri(), "t-reload.sink");
     let confirmed = publish(&s.dc1.amqp_uri(), 0..200, &PublishOptions::new(x)).await?;
-    assert!(sink
-        .wait_for(&confirmed, Duration::from_secs(30))
-        .await
-        .is_empty());
+    let missing = sink.wait_for(&confirmed, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "missing {missing:?}");
     Ok(())
 }
 
