@@ -40,24 +40,17 @@ fn default_grace() -> Duration {
 }
 
 impl Config {
-    /// Reads, parses and validates `path`; every problem found is returned at once.
-    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+    /// Reads and parses `path`. Checking and building is [`crate::load::load`]'s job.
+    pub fn read(path: &Path) -> Result<Config, Vec<String>> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-        let cfg: Config =
-            toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        let errs = cfg.validate();
-        if errs.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(errs)
-        }
+        toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])
     }
 
-    /// Every problem in every section.
+    /// Every problem in the sections other than the proxy's (those are checked as they are built,
+    /// by `setgate_proxy::build`), and in what crosses sections.
     pub fn validate(&self) -> Vec<String> {
-        let mut errs = setgate_proxy::validate::validate(&self.proxy());
-        errs.extend(self.federation.validate());
+        let mut errs = self.federation.validate();
         if let Some(v) = &self.vrrp {
             errs.extend(v.validate());
         }
@@ -93,8 +86,9 @@ impl Config {
         }
     }
 
-    /// The short summary `setgate check` prints for a valid file. Never prints a secret.
-    pub fn summary(&self) -> String {
+    /// The short summary `setgate check` prints for a valid file, with its built routing table.
+    /// Never prints a secret.
+    pub fn summary(&self, router: Option<&setgate_router::Router>) -> String {
         let mut out = String::new();
         let mut line = |s: String| {
             out.push_str("  ");
@@ -145,8 +139,8 @@ impl Config {
                 p.check.fall
             ));
         }
-        if let Some(r) = &self.routing {
-            if let Ok(router) = setgate_router::Router::new(r) {
+        if let (Some(r), Some(router)) = (&self.routing, router) {
+            {
                 line(format!(
                     "routing: {} by {}, {} SETs, default pool {}, {} overrides, fingerprint {}",
                     router.strategy(),

@@ -3,10 +3,11 @@
 //! This file stays thin: parse arguments, then hand over to `check`, `route` or `run`.
 
 mod config;
+mod load;
+mod reload;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use config::Config;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -118,9 +119,14 @@ fn out(text: &str) {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(cfg) => {
-            out(&format!("{}: OK\n{}", path.display(), cfg.summary()));
+    match load::load(path, None) {
+        Ok(loaded) => {
+            let router = loaded.proxy.router.as_deref();
+            out(&format!(
+                "{}: OK\n{}",
+                path.display(),
+                loaded.cfg.summary(router)
+            ));
             ExitCode::SUCCESS
         }
         Err(errs) => {
@@ -131,21 +137,20 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn route(path: &Path, json: bool, keys: &[String]) -> ExitCode {
-    let cfg = match Config::load(path) {
-        Ok(c) => c,
+    let loaded = match load::load(path, None) {
+        Ok(l) => l,
         Err(errs) => {
             report_errors(path, &errs);
             return ExitCode::FAILURE;
         }
     };
-    let Some(routing) = &cfg.routing else {
+    let Some(router) = loaded.proxy.router.as_deref() else {
         eprintln!(
             "{}: has no [routing] section; nothing to route by",
             path.display()
         );
         return ExitCode::FAILURE;
     };
-    let router = setgate_router::Router::new(routing).expect("validated by Config::load");
     let mut text = String::new();
     if !json {
         text += &format!("# fingerprint {}\n", router.fingerprint());

@@ -1,59 +1,67 @@
 //! `setgate run`: start everything the file configures, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
-use crate::config::Config;
+use crate::load::{load_blocking, Loaded};
+use crate::reload::{reload, Running};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use setgate_federation::Federation;
 use setgate_proxy::{AdminExtensions, Proxy};
 use setgate_vrrp::Vrrp;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Runs until SIGTERM/SIGINT; returns an error only when start-up fails.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let cfg = Config::load(&path).map_err(|errs| crate::report_errors(&path, &errs))?;
-    raise_fd_limit();
+    // The recorder comes first: building the snapshot registers the listener and server series,
+    // and a series registered before it would count into nothing.
     let metrics = install_metrics()?;
+    let Loaded {
+        cfg,
+        proxy: snapshot,
+    } = load_blocking(path.clone(), None)
+        .await
+        .map_err(|errs| crate::report_errors(&path, &errs))?;
+    raise_fd_limit();
 
+    let proxy = Proxy::start(snapshot)
+        .await
+        .map_err(|errs| crate::report_errors(&path, &errs))?;
     let federation = Federation::start(cfg.federation.clone());
-    let vrrp_status = Arc::new(std::sync::Mutex::new(None::<setgate_proxy::admin::JsonFn>));
-    let ext = AdminExtensions {
+    let vrrp = match &cfg.vrrp {
+        Some(v) => Some(
+            Vrrp::start(v.clone(), Arc::new(proxy.ready_probe()))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+    let vrrp_status: setgate_proxy::admin::JsonFn = match &vrrp {
+        Some(v) => v.status_fn(),
+        None => Arc::new(|| serde_json::json!({ "enabled": false })),
+    };
+    proxy.serve_admin(AdminExtensions {
         metrics: Some(Arc::new(move || metrics.render())),
         json: vec![
             ("/api/links".into(), federation.status_fn()),
-            ("/api/vrrp".into(), {
-                let vrrp_status = vrrp_status.clone();
-                Arc::new(move || match vrrp_status.lock().unwrap().as_ref() {
-                    Some(f) => f(),
-                    None => serde_json::json!({ "enabled": false }),
-                })
-            }),
+            ("/api/vrrp".into(), vrrp_status),
         ],
-    };
-    let proxy = Proxy::start(cfg.proxy(), ext)
-        .await
-        .map_err(|errs| crate::report_errors(&path, &errs))?;
-    let vrrp = match &cfg.vrrp {
-        Some(v) => {
-            let vrrp = Vrrp::start(v.clone(), Arc::new(proxy.ready_probe()))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            *vrrp_status.lock().unwrap() = Some(vrrp.status_fn());
-            Some(vrrp)
-        }
-        None => None,
-    };
+    });
     info!(config = %path.display(), "setgate is running");
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let running = Running {
+        proxy: &proxy,
+        federation: &federation,
+        vrrp: vrrp.as_ref(),
+    };
     let mut current = cfg;
     loop {
         tokio::select! {
-            _ = hup.recv() => current = reload(&path, current, &proxy, &federation, vrrp.as_ref()).await,
+            _ = hup.recv() => current = reload(&path, current, &running).await,
             _ = term.recv() => { info!("SIGTERM: draining"); break }
             _ = int.recv() => { info!("SIGINT: draining"); break }
         }
@@ -66,61 +74,6 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     tokio::join!(proxy.shutdown(grace), federation.shutdown(grace));
     info!("stopped");
     Ok(())
-}
-
-/// SIGHUP: re-read the file; swap it in if valid, otherwise log every error and keep the old one.
-///
-/// The parts that can refuse (VRRP: some settings need a restart; the proxy: a new listener that
-/// cannot bind) go first, so a refusal leaves everything as it was. Returns the config now running.
-async fn reload(
-    path: &Path,
-    current: Config,
-    proxy: &Proxy,
-    federation: &Federation,
-    vrrp: Option<&Vrrp>,
-) -> Config {
-    info!(config = %path.display(), "SIGHUP: reloading");
-    let refuse = |errs: Vec<String>, current: Config| {
-        for e in &errs {
-            error!("{e}");
-        }
-        warn!(
-            errors = errs.len(),
-            "reload refused; still running on the previous config"
-        );
-        current
-    };
-    let mut new = match Config::load(path) {
-        Ok(c) => c,
-        Err(errs) => return refuse(errs, current),
-    };
-    let vrrp_changed = new.vrrp != current.vrrp;
-    match (vrrp, &new.vrrp) {
-        (Some(v), Some(cfg)) if vrrp_changed => {
-            if let Err(errs) = v.reload(cfg.clone()) {
-                return refuse(errs, current);
-            }
-        }
-        (None, None) | (Some(_), Some(_)) => {}
-        _ => {
-            warn!("adding or removing the [vrrp] section takes effect at the next restart");
-            new.vrrp = current.vrrp.clone();
-        }
-    }
-    if let Err(errs) = proxy.reload(new.proxy()) {
-        if let (Some(v), Some(old)) = (vrrp, &current.vrrp) {
-            if vrrp_changed {
-                // Put VRRP back as it was: the reload as a whole did not happen.
-                let _ = v.reload(old.clone());
-            }
-        }
-        return refuse(errs, current);
-    }
-    if new.federation != current.federation {
-        federation.reload(new.federation.clone()).await;
-    }
-    info!("reloaded");
-    new
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {

@@ -2,17 +2,19 @@
 //!
 //! lapin does not expose the server properties of `Connection.Start`, yet loop prevention needs
 //! each side's `cluster_name`. After connecting, a second, short-lived socket to the same URI
-//! (same TCP/TLS path as lapin's) reads just the broker's `Connection.Start` and closes.
+//! (same TCP/TLS path as lapin's) reads just the broker's `Connection.Start`, framed by
+//! `setgate-amqp` as the proxy frames it, and closes.
 
 use crate::error::{describe, LinkError, Side};
 use crate::uri::AmqpUri;
-use amq_protocol::frame::{parse_frame, AMQPFrame};
-use amq_protocol::protocol::{connection, AMQPClass};
-use futures_util::io::{AsyncReadExt, AsyncWriteExt};
+use amq_protocol::protocol::connection;
 use lapin::tcp::AMQPUriTcpExt;
 use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
+use setgate_amqp::frame::{self, FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 /// How long one URI may take to accept, authenticate and open.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,42 +95,59 @@ pub(crate) async fn cluster_name(uri: &AmqpUri) -> Result<String, String> {
 async fn read_cluster_name(uri: &AmqpUri) -> Result<String, String> {
     let parsed: lapin::uri::AMQPUri = uri.expose().parse()?;
     let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    // lapin's stream is futures-io; setgate-amqp reads tokio's.
     let mut stream = parsed
         .connect_async(&runtime)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .compat();
     stream
-        .write_all(b"AMQP\x00\x00\x09\x01")
+        .write_all(PROTOCOL_HEADER)
         .await
         .map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the broker closed the connection before Connection.Start".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > 1 << 20 {
-            return Err("Connection.Start is larger than 1 MiB".into());
-        }
-        match parse_frame(buf.as_slice()) {
-            Ok((
-                _,
-                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(start))),
-            )) => {
-                return match start.server_properties.inner().get("cluster_name") {
-                    Some(AMQPValue::LongString(s)) => {
-                        Ok(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                    }
-                    Some(AMQPValue::ShortString(s)) => Ok(s.as_str().to_string()),
-                    _ => Err("the broker's server properties have no cluster_name".into()),
-                };
+    let mut buf = Vec::new();
+    let start = frame::read_frame(&mut stream, &mut buf, HANDSHAKE_FRAME_MAX)
+        .await
+        .map_err(|e| match e {
+            FrameError::Closed => {
+                "the broker closed the connection before Connection.Start".to_string()
             }
-            Ok(_) => return Err("the broker's first frame is not Connection.Start".into()),
-            Err(e) if e.is_incomplete() => continue,
-            Err(e) => return Err(format!("cannot parse the broker's Connection.Start: {e:?}")),
-        }
+            e => format!("reading the broker's Connection.Start: {e}"),
+        })?;
+    let start =
+        frame::expect_start(&start).map_err(|e| format!("the broker's first frame: {e}"))?;
+    cluster_name_of(start)
+}
+
+/// The `cluster_name` server property of a broker's Connection.Start.
+fn cluster_name_of(start: &connection::Start) -> Result<String, String> {
+    match start.server_properties.inner().get("cluster_name") {
+        Some(AMQPValue::LongString(s)) => Ok(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Ok(s.as_str().to_string()),
+        _ => Err("the broker's server properties have no cluster_name".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+
+    #[test]
+    fn cluster_name_is_read_from_the_server_properties() {
+        let mut props = FieldTable::default();
+        props.insert(
+            "cluster_name".into(),
+            AMQPValue::LongString("rabbit@dc1".into()),
+        );
+        let start = connection::Start {
+            server_properties: props,
+            ..Default::default()
+        };
+        assert_eq!(cluster_name_of(&start).unwrap(), "rabbit@dc1");
+        assert!(cluster_name_of(&connection::Start::default())
+            .unwrap_err()
+            .contains("no cluster_name"));
     }
 }

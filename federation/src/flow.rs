@@ -12,6 +12,7 @@ use crate::hops::{HopPolicy, Origin};
 use crate::metrics::FlowMetrics;
 use crate::plan::FlowSpec;
 use crate::status::{Connected, FlowStatus};
+use crate::stop::stopped;
 use crate::topology::{check_exchanges, consume_upstream, ExchangeSide};
 use futures_util::StreamExt;
 use lapin::options::ConfirmSelectOptions;
@@ -62,18 +63,6 @@ impl FlowHandle {
             task.abort();
         }
         self.status.set_stopped();
-    }
-}
-
-/// Resolves once a stop was requested (or the handle is gone). Cancel-safe.
-pub(crate) async fn stopped(stop: &mut watch::Receiver<Option<Duration>>) {
-    loop {
-        if stop.borrow_and_update().is_some() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            return;
-        }
     }
 }
 

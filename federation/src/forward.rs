@@ -12,6 +12,7 @@ use crate::hops::{outgoing_properties, with_received_from, HopPolicy, Origin, Ve
 use crate::metrics::FlowMetrics;
 use crate::plan::FlowSpec;
 use crate::status::FlowStatus;
+use crate::stop::stopped;
 use crate::tracker::{AckTracker, Outcome, Seq, UpstreamAck};
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
@@ -119,7 +120,7 @@ impl Forwarder {
         loop {
             tokio::select! {
                 biased;
-                _ = crate::flow::stopped(stop) => {
+                _ = stopped(stop) => {
                     let grace = stop.borrow().unwrap_or_default();
                     return self.drain(&mut run, grace).await;
                 }

@@ -16,6 +16,7 @@
 //! - `connect`: ordered multi-URI connection and the broker's `cluster_name`.
 //! - `topology`: exchange checks, the upstream queue, bindings, consumer.
 //! - `forward`: the pipelined republish loop.
+//! - `stop`: the stop signal `flow` and `forward` both wait on.
 //! - `tracker`: publish sequence -> delivery tag; which upstream acks a confirm allows.
 //! - `hops`: `x-received-from`, `max_hops` and cycle checks; republished properties.
 //! - `status`: what `GET /api/links` shows. `metrics`: the `setgate_federation_*` series.
@@ -32,6 +33,7 @@ mod hops;
 mod metrics;
 mod plan;
 mod status;
+mod stop;
 mod supervisor;
 mod topology;
 mod tracker;
@@ -42,5 +44,6 @@ pub use config::{
 };
 pub use error::{LinkError, Side};
 pub use hops::RECEIVED_FROM;
+pub use plan::{diff_config as diff, Change as LinkChange};
 pub use supervisor::Federation;
 pub use uri::AmqpUri;

@@ -53,7 +53,7 @@ pub(crate) fn plans(cfg: &FederationConfig) -> Vec<LinkPlan> {
 
 /// What a reload does to one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Change {
+pub enum Change {
     /// New link: start it.
     Start(String),
     /// The link or one of its upstreams changed: stop it cleanly, start it again.
@@ -62,6 +62,11 @@ pub(crate) enum Change {
     Stop(String),
     /// Unchanged: leave it running, its connections untouched.
     Keep(String),
+}
+
+/// What a reload from `old` to `new` does to each link, from the configs alone (pure).
+pub fn diff_config(old: &FederationConfig, new: &FederationConfig) -> Vec<Change> {
+    diff(&plans(old), &plans(new))
 }
 
 /// Compares link plans by name. Order: stops first, then the new config's order.

@@ -2,7 +2,7 @@
 
 use crate::config::FederationConfig;
 use crate::flow::FlowHandle;
-use crate::plan::{diff, plans, Change, LinkPlan};
+use crate::plan::{plans, Change as LinkChange, LinkPlan};
 use crate::status::LinkStatus;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -96,26 +96,15 @@ impl Federation {
         })
     }
 
-    /// Applies a new config: links whose settings (or whose upstreams' settings) changed restart,
-    /// removed links stop, new links start; unchanged links keep their connections.
-    /// An invalid config is logged and ignored.
-    pub async fn reload(&self, cfg: FederationConfig) {
-        let errors = cfg.validate();
-        if !errors.is_empty() {
-            for e in &errors {
-                tracing::error!(error = %e, "federation config rejected; links keep running on the old one");
-            }
-            return;
-        }
+    /// Applies a new, validated config with the link changes [`crate::diff`] computed for it:
+    /// links that restart or stop are stopped cleanly (their unconfirmed messages stay upstream),
+    /// new ones start; kept links keep their connections.
+    pub async fn apply(&self, cfg: FederationConfig, changes: &[LinkChange]) {
         let new = plans(&cfg);
-        let (changes, current) = {
-            let mut links = lock(&self.links);
-            let old_plans: Vec<LinkPlan> = links.iter().map(|l| l.plan.clone()).collect();
-            (diff(&old_plans, &new), std::mem::take(&mut *links))
-        };
+        let current = std::mem::take(&mut *lock(&self.links));
         let (mut kept, mut stopping) = (Vec::new(), Vec::new());
         for link in current {
-            if changes.contains(&Change::Keep(link.plan.name.clone())) {
+            if changes.contains(&LinkChange::Keep(link.plan.name.clone())) {
                 kept.push(link);
             } else {
                 tracing::info!(link = %link.plan.name, "federation link stopping for reload");

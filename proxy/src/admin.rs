@@ -4,14 +4,13 @@
 //! changes something needs `Authorization: Bearer TOKEN` when `token_file` is set.
 
 use crate::pool::AdminState;
-use crate::runtime::Shared;
+use crate::shared::Shared;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -41,39 +40,61 @@ impl std::fmt::Debug for AdminExtensions {
     }
 }
 
-/// Binds the admin address and serves it until setgate exits.
-pub(crate) async fn start(
-    shared: Arc<Shared>,
-    listen: &str,
-    ext: AdminExtensions,
-) -> std::io::Result<SocketAddr> {
+/// Most admin connections served at once; more wait in the kernel's queue. The admin API is for
+/// operators and dashboards: a few dozen is plenty, and a flood must not cost the edge memory.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its request headers (slowloris).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds the admin address; [`serve`] starts answering on it.
+pub(crate) async fn bind(listen: &str) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    info!(%addr, "admin server listening");
+    info!(addr = %listener.local_addr()?, "admin server listening");
+    Ok(listener)
+}
+
+/// Serves the admin API on `listener` until the shutdown is over (during the drain `/readyz`
+/// answers 503, which is what a balancer in front needs to see).
+pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>, ext: AdminExtensions) {
     let ext = Arc::new(ext);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let (tcp, _) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("never closed"),
+                _ = shared.closing.cancelled() => return,
+            };
+            let tcp = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shared.closing.cancelled() => return,
             };
             let (shared, ext) = (shared.clone(), ext.clone());
             tokio::spawn(async move {
+                let _permit = permit;
+                let closing = shared.closing.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let (shared, ext) = (shared.clone(), ext.clone());
                     async move { Ok::<_, Infallible>(route(req, &shared, &ext).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = closing.cancelled() => {}
+                }
             });
         }
     });
-    Ok(addr)
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -173,7 +194,7 @@ async fn route(req: Request<Incoming>, shared: &Shared, ext: &AdminExtensions) -
 #[allow(clippy::result_large_err)]
 fn authorize(req: &Request<Incoming>, shared: &Shared) -> Result<(), Resp> {
     let snap = shared.snapshot();
-    let Some(token) = snap.token.as_deref() else {
+    let Some(token) = snap.token.as_ref().map(|t| t.expose()) else {
         return Ok(());
     };
     let given = req

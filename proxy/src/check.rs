@@ -4,7 +4,7 @@ use crate::addr::ServerAddr;
 use crate::amqp::{self, frame};
 use crate::config::{CheckConfig, CheckKind};
 use crate::pool::CheckRecord;
-use crate::runtime::Shared;
+use crate::shared::Shared;
 use crate::stream::{connect_tcp, Stream};
 use http_body_util::Empty;
 use hyper::body::Bytes;

@@ -1,22 +1,17 @@
 //! One client connection, from accept to close: PROXY header and TLS under the handshake deadline,
-//! then `tcp` mode (straight to the listener's pool) or `set` mode (see [`crate::set_mode`]), then
-//! the splice until either side closes.
+//! then `tcp` mode (straight to the listener's pool) or `set` mode (see [`crate::set_mode`]); both
+//! end in [`crate::session`]'s splice.
 
-use crate::listener::ListenerSlot;
-use crate::runtime::{ListenerRuntime, Shared, Snapshot};
+use crate::listener_stats::ListenerSlot;
+use crate::session::{handshake_failed, pump};
+use crate::shared::{ListenerRuntime, Shared, Snapshot};
 use crate::stream::Stream;
-use crate::upstream::{self, ClientInfo, Upstream};
+use crate::upstream::{self, ClientInfo};
 use metrics::counter;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
-
-/// Counts a connection that ended before it was spliced, by cause.
-pub(crate) fn handshake_failed(listener: &str, cause: &'static str) {
-    counter!("setgate_handshake_failures_total", "listener" => listener.to_string(), "cause" => cause).increment(1);
-}
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -101,33 +96,5 @@ async fn tcp_mode(
             warn!(pool = %pool.pool.cfg.name, error = %e, "closing: no server for this client");
             counter!("setgate_listener_refused_total", "listener" => lst.cfg.name.clone(), "reason" => "no_server").increment(1);
         }
-    }
-}
-
-/// Copies bytes until either side closes, the server is marked down with `shutdown-sessions`, or
-/// the shutdown grace ends.
-pub(crate) async fn pump(
-    shared: &Shared,
-    lst: &ListenerRuntime,
-    pool: &str,
-    mut client: Stream,
-    mut up: Upstream,
-) {
-    let state = up.slot.state().clone();
-    let marked_down = state.marked_down.notified();
-    let up_counters = [lst.stats.bytes_in.clone(), state.metrics().bytes_in.clone()];
-    let down_counters = [
-        lst.stats.bytes_out.clone(),
-        state.metrics().bytes_out.clone(),
-    ];
-    let started = Instant::now();
-    debug!(pool, server = %up.server, "spliced");
-    tokio::select! {
-        r = crate::splice::splice(&mut client, &mut up.stream, &up_counters, &down_counters) => match r {
-            Ok(t) => debug!(pool, server = %up.server, bytes_up = t.up, bytes_down = t.down, duration = ?started.elapsed(), "closed"),
-            Err(e) => debug!(pool, server = %up.server, error = %e, duration = ?started.elapsed(), "closed on error"),
-        },
-        _ = marked_down => info!(pool, server = %up.server, "closing: server marked down (on_marked_down = shutdown-sessions)"),
-        _ = shared.closing.cancelled() => info!(pool, server = %up.server, "closing: shutdown grace is over"),
     }
 }

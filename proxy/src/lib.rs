@@ -3,10 +3,14 @@
 //! A map of the crate, in the order a connection meets it:
 //!
 //! - [`config`] and [`validate`]: the `[admin]`, `[[listener]]` and `[[pool]]` sections.
-//! - [`runtime`]: [`Proxy`] — start, reload (one snapshot swapped whole), readiness, drain.
-//! - [`listener`]: bound sockets, accept loops, `maxconn`.
-//! - [`conn`]: one connection: PROXY header, TLS, then `tcp` mode or [`set_mode`].
-//! - [`amqp`]: the AMQP frames setgate speaks itself (Start, StartOk, Close) and the routing key.
+//! - [`build()`](build::build): config -> [`Snapshot`] (TLS files, token, router loaded once);
+//!   [`diff()`](diff::diff): what a reload changes, pure.
+//! - [`shared`]: the snapshot in use and the shutdown signals, read by everything below.
+//! - [`runtime`]: [`Proxy`] — start, stage + commit a reload, readiness, drain.
+//! - [`listener`] and [`listener_stats`]: bound sockets, accept loops, `maxconn`.
+//! - `conn`: one connection: PROXY header, TLS, then `tcp` mode or `set_mode`; `session`: the
+//!   splice that both end in.
+//! - [`amqp`]: the AMQP frames setgate speaks itself (via `setgate-amqp`) and the routing key.
 //! - [`upstream`] and [`pool`]: picking a server (`balance`, backups, `maxconn`) and connecting
 //!   with retries.
 //! - [`splice`]: copying bytes both ways without holding buffers while idle.
@@ -17,15 +21,20 @@
 pub mod addr;
 pub mod admin;
 pub mod amqp;
+pub mod build;
 mod check;
 pub mod config;
 mod conn;
+pub mod diff;
 pub mod health;
 pub mod listener;
+pub mod listener_stats;
 pub mod pool;
 pub mod proxy_proto;
 pub mod runtime;
+mod session;
 mod set_mode;
+pub mod shared;
 pub mod splice;
 pub mod status;
 pub mod status_page;
@@ -35,5 +44,8 @@ pub mod upstream;
 pub mod validate;
 
 pub use admin::AdminExtensions;
+pub use build::build;
 pub use config::ProxyConfig;
-pub use runtime::Proxy;
+pub use diff::{diff, Change};
+pub use runtime::{Proxy, Staged};
+pub use shared::Snapshot;

@@ -5,88 +5,40 @@
 //! all happen inside that task under its deadline, so a slow client holds only its own task.
 
 use crate::config::ListenerConfig;
-use crate::runtime::Shared;
-use metrics::{counter, gauge, Counter, Gauge};
+use crate::shared::Shared;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
-/// Connection counters of one listener, kept across reloads.
-#[derive(Debug)]
-pub struct ListenerStats {
-    active: AtomicUsize,
-    pub(crate) active_gauge: Gauge,
-    pub(crate) total: Counter,
-    pub(crate) refused_maxconn: Counter,
-    pub(crate) bytes_in: Counter,
-    pub(crate) bytes_out: Counter,
-}
-
-impl ListenerStats {
-    pub(crate) fn new(name: &str) -> Self {
-        let l = [("listener", name.to_string())];
-        ListenerStats {
-            active: AtomicUsize::new(0),
-            active_gauge: gauge!("setgate_listener_connections_active", &l),
-            total: counter!("setgate_listener_connections_total", &l),
-            refused_maxconn: counter!(
-                "setgate_listener_refused_total",
-                &[
-                    ("listener", name.to_string()),
-                    ("reason", "maxconn".to_string())
-                ]
-            ),
-            bytes_in: counter!("setgate_listener_bytes_in_total", &l),
-            bytes_out: counter!("setgate_listener_bytes_out_total", &l),
-        }
-    }
-
-    /// Connections open now.
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    fn try_acquire(self: &Arc<Self>, max: usize) -> Option<ListenerSlot> {
-        self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        self.active_gauge.increment(1.0);
-        self.total.increment(1);
-        Some(ListenerSlot(self.clone()))
-    }
-}
-
-/// A connection's place under its listener's `maxconn`.
-#[derive(Debug)]
-pub struct ListenerSlot(Arc<ListenerStats>);
-
-impl Drop for ListenerSlot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.active_gauge.decrement(1.0);
-    }
-}
-
-/// A bound socket and the accept loop serving it.
+/// A bound socket: listening (the kernel queues connections) from [`bind`] on, accepting only
+/// once [`BoundListener::serve`] started its loop. A reload binds first and serves only after the
+/// snapshot that names the listener is in place, so no connection meets a snapshot without it.
 #[derive(Debug)]
 pub struct BoundListener {
-    /// The address it is bound to.
+    /// The address it is bound to (the port the kernel chose, for port 0).
     pub addr: SocketAddr,
+    /// The config's `bind` string: how the accept loop finds its listener in a snapshot.
     bind: String,
-    freebind: bool,
+    socket: Option<TcpListener>,
     stop: CancellationToken,
 }
 
 impl BoundListener {
-    /// True when `cfg` can keep using this socket.
-    pub fn matches(&self, cfg: &ListenerConfig) -> bool {
-        self.bind == cfg.bind && self.freebind == cfg.freebind
+    /// Starts the accept loop. Connections are served by whichever listener of the current
+    /// snapshot is bound to this address, so a rename needs no new socket.
+    pub fn serve(&mut self, shared: &Arc<Shared>) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        self.stop = shared.stopping.child_token();
+        let span = tracing::info_span!("listener", bind = %self.bind);
+        tokio::spawn(
+            accept_loop(shared.clone(), self.bind.clone(), socket, self.stop.clone())
+                .instrument(span),
+        );
     }
 
     /// Stops accepting (open connections are not touched) and closes the socket.
@@ -95,8 +47,8 @@ impl BoundListener {
     }
 }
 
-/// Binds `cfg.bind` and starts its accept loop.
-pub fn bind(shared: &Arc<Shared>, cfg: &ListenerConfig) -> std::io::Result<BoundListener> {
+/// Binds `cfg.bind` and listens; nothing is accepted until [`BoundListener::serve`].
+pub fn bind(cfg: &ListenerConfig) -> std::io::Result<BoundListener> {
     let addr: SocketAddr = cfg.bind.parse().map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -118,23 +70,17 @@ pub fn bind(shared: &Arc<Shared>, cfg: &ListenerConfig) -> std::io::Result<Bound
     }
     socket.bind(addr)?;
     let listener = socket.listen(4096)?;
-    let addr = listener.local_addr()?;
-    let stop = shared.stopping.child_token();
-    let span = tracing::info_span!("listener", listener = %cfg.name);
-    tokio::spawn(
-        accept_loop(shared.clone(), cfg.name.clone(), listener, stop.clone()).instrument(span),
-    );
     Ok(BoundListener {
-        addr,
+        addr: listener.local_addr()?,
         bind: cfg.bind.clone(),
-        freebind: cfg.freebind,
-        stop,
+        socket: Some(listener),
+        stop: CancellationToken::new(),
     })
 }
 
 async fn accept_loop(
     shared: Arc<Shared>,
-    name: String,
+    bind: String,
     listener: TcpListener,
     stop: CancellationToken,
 ) {
@@ -153,8 +99,11 @@ async fn accept_loop(
             },
         };
         let snap = shared.snapshot();
-        let Some(lst) = snap.listeners.get(&name).cloned() else {
-            return;
+        let Some(lst) = snap.listener_on(&bind).cloned() else {
+            // Only while a reload retires this socket: its stop token is about to fire. The
+            // loop never ends on its own, so a listener cannot silently stop accepting.
+            debug!(client = %peer, "closing: this address is being retired by a reload");
+            continue;
         };
         let Some(slot) = lst.stats.try_acquire(lst.cfg.maxconn) else {
             lst.stats.refused_maxconn.increment(1);
@@ -163,7 +112,7 @@ async fn accept_loop(
             continue;
         };
         crate::stream::tune_socket(&tcp);
-        let span = tracing::info_span!("conn", listener = %name, client = %peer, set = tracing::field::Empty);
+        let span = tracing::info_span!("conn", listener = %lst.cfg.name, client = %peer, set = tracing::field::Empty);
         shared.tracker.spawn(
             crate::conn::handle(shared.clone(), snap, lst, tcp, peer, slot).instrument(span),
         );

@@ -10,9 +10,9 @@
 use crate::amqp::frame;
 use crate::amqp::handshake;
 use crate::amqp::key::routing_key;
-use crate::conn::{handshake_failed, pump};
 use crate::pool::PickError;
-use crate::runtime::{ListenerRuntime, Shared, Snapshot};
+use crate::session::{handshake_failed, pump};
+use crate::shared::{ListenerRuntime, Shared, Snapshot};
 use crate::stream::Stream;
 use crate::upstream::{self, ClientInfo, Upstream};
 use metrics::{counter, histogram};

@@ -1,6 +1,6 @@
 //! The JSON documents of the admin API, built from the current snapshot.
 
-use crate::runtime::Shared;
+use crate::shared::Shared;
 use serde_json::{json, Value};
 
 /// `GET /api/pools`: every server with health, admin state, connections and its last check.
@@ -57,6 +57,7 @@ pub fn listeners(shared: &Shared) -> Value {
             json!({
                 "name": l.cfg.name,
                 "bind": l.cfg.bind,
+                "addr": l.addr.get().map(|a| a.to_string()),
                 "mode": l.cfg.mode,
                 "pool": l.cfg.pool,
                 "tls": l.cfg.tls.is_some(),

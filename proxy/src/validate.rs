@@ -1,5 +1,6 @@
-//! `setgate check` for the proxy's sections: every problem at once, each naming the field and what
-//! to do about it.
+//! The proxy's sections checked on their own: every problem at once, each naming the field and what
+//! to do about it. Pure: what needs a file or a built router (TLS files, the token file, the
+//! routing table) is checked where it is loaded, in [`crate::build`], so nothing is read twice.
 
 use crate::addr::{split_host_port, ServerAddr};
 use crate::config::{CheckKind, ListenerMode, ProxyConfig};
@@ -16,27 +17,10 @@ pub fn validate(cfg: &ProxyConfig) -> Vec<String> {
                 admin.listen
             ));
         }
-        if let Some(path) = &admin.token_file {
-            match std::fs::read_to_string(path) {
-                Ok(t) if t.trim().is_empty() => errs.push(format!(
-                    "admin.token_file: {} is empty; put the bearer token in it",
-                    path.display()
-                )),
-                Ok(_) => {}
-                Err(e) => errs.push(format!(
-                    "admin.token_file: cannot read {}: {e}",
-                    path.display()
-                )),
-            }
-        }
     }
     let pool_names = validate_pools(cfg, &mut errs);
     validate_listeners(cfg, &pool_names, &mut errs);
     if let Some(routing) = &cfg.routing {
-        match setgate_router::Router::new(routing) {
-            Ok(_) => {}
-            Err(problems) => errs.extend(problems.into_iter().map(|p| p.to_string())),
-        }
         for pool in routing.referenced_pools() {
             if !pool_names.contains(pool) {
                 errs.push(format!(
@@ -143,11 +127,6 @@ fn validate_pools<'a>(cfg: &'a ProxyConfig, errs: &mut Vec<String>) -> HashSet<&
                 "{f}.connect_timeout: 0s; use a positive duration such as \"2s\""
             ));
         }
-        if let Some(tls) = &pool.tls {
-            if let Err(e) = crate::tls::client_config(tls, &format!("{f}.tls")) {
-                errs.push(e.to_string());
-            }
-        }
     }
     names
 }
@@ -204,11 +183,6 @@ fn validate_listeners(cfg: &ProxyConfig, pools: &HashSet<&str>, errs: &mut Vec<S
             errs.push(format!(
                 "{f}.handshake_timeout: 0s; use a positive duration such as \"10s\""
             ));
-        }
-        if let Some(tls) = &l.tls {
-            if let Err(e) = crate::tls::server_config(tls, &format!("{f}.tls")) {
-                errs.push(e.to_string());
-            }
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::config::{KeySource, Strategy};
-use crate::router::Set;
+use crate::set::Set;
 
 /// First line of the canonical form. It names the version of the whole mapping contract
 /// (hash, V, clockwise rule, bucket rule): bump it whenever any of them changes, so the

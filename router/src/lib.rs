@@ -12,6 +12,7 @@
 //! - `hash` — XXH64 over exact bytes ([`key_hash`]), the only hash in the mapping.
 //! - `ring` — the consistent-hash ring of virtual nodes.
 //! - `buckets` — the buckets strategy ([`bucket_of`]) and bucket-map checks.
+//! - `set` — [`Set`]: one SET as the router sees it.
 //! - `fingerprint` — the canonical form behind [`Router::fingerprint`].
 //! - `error` — [`ConfigError`].
 //!
@@ -49,6 +50,7 @@ mod fingerprint;
 mod hash;
 mod ring;
 mod router;
+mod set;
 mod validate;
 
 pub use buckets::bucket_of;
@@ -57,4 +59,5 @@ pub use error::ConfigError;
 pub use fingerprint::CONTRACT_VERSION;
 pub use hash::key_hash;
 pub use ring::{MAX_TOTAL_WEIGHT, VNODES_PER_WEIGHT};
-pub use router::{Reason, Route, Router, Set};
+pub use router::{Reason, Route, Router};
+pub use set::Set;

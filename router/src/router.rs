@@ -10,6 +10,7 @@ use crate::error::ConfigError;
 use crate::fingerprint;
 use crate::hash::key_hash;
 use crate::ring::Ring;
+use crate::set::Set;
 use crate::validate;
 
 /// A validated, ready-to-use routing table. Immutable: a reload builds a new one.
@@ -26,39 +27,6 @@ pub struct Router {
     overrides: BTreeMap<String, Target>,
     table: Table,
     fingerprint: u64,
-}
-
-/// One SET as the router sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Set {
-    name: String,
-    pool: String,
-    weight: u32,
-    failover: Option<String>,
-    /// Index of the failover SET in the router's list, resolved at build time.
-    failover_index: Option<usize>,
-}
-
-impl Set {
-    /// The SET's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The pool that serves this SET.
-    pub fn pool(&self) -> &str {
-        &self.pool
-    }
-
-    /// The SET's weight on the ring (0 = out of the ring; unused by the buckets strategy).
-    pub fn weight(&self) -> u32 {
-        self.weight
-    }
-
-    /// The SET that takes over when this SET's pool is down, if any.
-    pub fn failover(&self) -> Option<&str> {
-        self.failover.as_deref()
-    }
 }
 
 /// Where an override sends its key.

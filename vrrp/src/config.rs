@@ -274,6 +274,28 @@ impl VrrpConfig {
     }
 }
 
+/// Why a reload from `old` to `new` cannot be applied live: one line per setting that needs a
+/// restart (`interface`, `vrid`, `vip`, `unicast_peers`, `unicast_src`). Empty when it can. Pure,
+/// so a reload can refuse before it changes anything.
+pub fn restart_needed(old: &VrrpConfig, new: &VrrpConfig) -> Vec<String> {
+    let fixed = [
+        ("interface", old.interface == new.interface),
+        ("vrid", old.vrid == new.vrid),
+        ("vip", old.vips() == new.vips()),
+        ("unicast_peers", old.unicast_peers == new.unicast_peers),
+        ("unicast_src", old.unicast_src == new.unicast_src),
+    ];
+    fixed
+        .iter()
+        .filter(|(_, same)| !same)
+        .map(|(field, _)| {
+            format!(
+                "vrrp.{field}: changing it needs a restart of setgate; still running with the old [vrrp] settings"
+            )
+        })
+        .collect()
+}
+
 fn advert_int_problem(d: Duration) -> Option<String> {
     let ms = d.as_millis();
     let exact = d.subsec_nanos().is_multiple_of(10_000_000);

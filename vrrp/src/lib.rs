@@ -142,20 +142,7 @@ impl Vrrp {
     pub fn reload(&self, cfg: VrrpConfig) -> Result<(), Vec<String>> {
         let mut errs = cfg.validate();
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let fixed = [
-            ("interface", running.interface == cfg.interface),
-            ("vrid", running.vrid == cfg.vrid),
-            ("vip", running.vips() == cfg.vips()),
-            ("unicast_peers", running.unicast_peers == cfg.unicast_peers),
-            ("unicast_src", running.unicast_src == cfg.unicast_src),
-        ];
-        for (field, same) in fixed {
-            if !same {
-                errs.push(format!(
-                    "vrrp.{field}: changing it needs a restart of setgate; still running with the old [vrrp] settings"
-                ));
-            }
-        }
+        errs.extend(config::restart_needed(&running, &cfg));
         if !errs.is_empty() {
             return Err(errs);
         }

@@ -110,6 +110,28 @@ mod tests {
             "{err}"
         );
     }
+
+    #[tokio::test]
+    async fn a_start_ok_on_the_wrong_channel_is_refused_without_its_response() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(PROTOCOL_HEADER).await.unwrap();
+        let start_ok = frame::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: Default::default(),
+                mechanism: "PLAIN".into(),
+                response: b"\0alice\0s3cret-pw".to_vec().into(),
+                locale: "en_US".into(),
+            })),
+        ));
+        client.write_all(&start_ok).await.unwrap();
+        let err = accept_client(&mut server).await.unwrap_err();
+        assert!(err.started);
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains("s3cret"), "{text}");
+            assert!(text.contains("Connection.StartOk on channel 1"), "{text}");
+        }
+    }
 }
 
 #[cfg(test)]

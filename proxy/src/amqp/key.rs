@@ -1,9 +1,11 @@
 //! The routing key of a client, taken from its Connection.StartOk: the SASL user name (PLAIN or
-//! AMQPLAIN) or one client property. Never the password: it is not even copied.
+//! AMQPLAIN) or one client property. Never the password: the response is read where it lies and
+//! the password is stepped over, never parsed or copied (the StartOk itself still holds it, as
+//! it must, to be forwarded to the broker).
 
 use amq_protocol::protocol::connection::StartOk;
-use amq_protocol::types::parsing::parse_field_table;
-use amq_protocol::types::AMQPValue;
+use amq_protocol::types::parsing::{parse_long_uint, parse_short_string, parse_type, parse_value};
+use amq_protocol::types::{AMQPType, AMQPValue};
 use setgate_router::KeySource;
 
 /// The key `source` names in `start_ok`, or `None` when the client did not send one.
@@ -29,15 +31,38 @@ pub fn sasl_user(mechanism: &str, response: &[u8]) -> Option<String> {
             fields.next()?; // a PLAIN response without a password field is malformed
             std::str::from_utf8(authcid).ok().map(str::to_owned)
         }
-        // A field table without its 4-byte length prefix, holding LOGIN and PASSWORD.
-        "AMQPLAIN" => {
-            let len = u32::try_from(response.len()).ok()?;
-            let mut table = len.to_be_bytes().to_vec();
-            table.extend_from_slice(response);
-            let (_, table) = parse_field_table(table.as_slice()).ok()?;
-            table.inner().get("LOGIN").and_then(value_text)
-        }
+        "AMQPLAIN" => amqplain_login(response),
         _ => None,
+    }
+}
+
+/// LOGIN from an AMQPLAIN response: the entries of a field table without its 4-byte length
+/// prefix, LOGIN and PASSWORD in either order. Entries before LOGIN are stepped over in place.
+fn amqplain_login(mut rest: &[u8]) -> Option<String> {
+    while !rest.is_empty() {
+        let (value, name) = parse_short_string(rest).ok()?;
+        if name.as_str() == "LOGIN" {
+            let (_, login) = parse_value(value).ok()?;
+            return value_text(&login);
+        }
+        rest = skip_value(value)?;
+    }
+    None
+}
+
+/// The bytes after one typed field value. Length-prefixed values (where a password would be)
+/// are skipped by their length without being read; only fixed-size numbers are parsed.
+fn skip_value(value: &[u8]) -> Option<&[u8]> {
+    let (body, kind) = parse_type(value).ok()?;
+    match kind {
+        AMQPType::LongString
+        | AMQPType::ByteArray
+        | AMQPType::FieldTable
+        | AMQPType::FieldArray => {
+            let (body, len) = parse_long_uint(body).ok()?;
+            body.get(usize::try_from(len).ok()?..)
+        }
+        _ => parse_value(value).ok().map(|(rest, _)| rest),
     }
 }
 
@@ -81,5 +106,30 @@ mod tests {
         let resp = b"\x05LOGINS\x00\x00\x00\x05guest\x08PASSWORDS\x00\x00\x00\x05guest";
         assert_eq!(sasl_user("AMQPLAIN", resp), Some("guest".into()));
         assert_eq!(sasl_user("AMQPLAIN", b"\x05LOG"), None);
+        assert_eq!(sasl_user("AMQPLAIN", b""), None);
+    }
+
+    #[test]
+    fn amqplain_login_after_the_password_is_found_without_reading_the_password() {
+        // PASSWORD first, and its value is not even a valid table inside: stepping over it by
+        // its length must not look at it (parsing the whole table would fail here).
+        let mut resp = b"\x08PASSWORDF\x00\x00\x00\x04\xff\xff\xff\xff".to_vec();
+        resp.extend_from_slice(b"\x05LOGINS\x00\x00\x00\x05alice");
+        assert_eq!(sasl_user("AMQPLAIN", &resp), Some("alice".into()));
+        // A password string in the usual 'S' form, first.
+        let resp = b"\x08PASSWORDS\x00\x00\x00\x06s3cret\x05LOGINS\x00\x00\x00\x03bob";
+        assert_eq!(sasl_user("AMQPLAIN", resp), Some("bob".into()));
+        // A length past the end, or no LOGIN at all.
+        assert_eq!(
+            sasl_user("AMQPLAIN", b"\x08PASSWORDS\x00\x00\x01\x00abc"),
+            None
+        );
+        assert_eq!(
+            sasl_user("AMQPLAIN", b"\x08PASSWORDS\x00\x00\x00\x01x"),
+            None
+        );
+        // Other entries of fixed size before LOGIN.
+        let resp = b"\x01nI\x00\x00\x00\x07\x05LOGINS\x00\x00\x00\x01c";
+        assert_eq!(sasl_user("AMQPLAIN", resp), Some("c".into()));
     }
 }

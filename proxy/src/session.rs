@@ -1,0 +1,43 @@
+//! A connection's life once it has a server: the splice until either side closes (or the server
+//! is marked down, or the shutdown grace ends), and the count of those that never got that far.
+//! Shared by `tcp` mode ([`crate::conn`]) and `set` mode ([`crate::set_mode`]).
+
+use crate::shared::{ListenerRuntime, Shared};
+use crate::stream::Stream;
+use crate::upstream::Upstream;
+use metrics::counter;
+use std::time::Instant;
+use tracing::{debug, info};
+
+/// Counts a connection that ended before it was spliced, by cause.
+pub(crate) fn handshake_failed(listener: &str, cause: &'static str) {
+    counter!("setgate_handshake_failures_total", "listener" => listener.to_string(), "cause" => cause).increment(1);
+}
+
+/// Copies bytes until either side closes, the server is marked down with `shutdown-sessions`, or
+/// the shutdown grace ends.
+pub(crate) async fn pump(
+    shared: &Shared,
+    lst: &ListenerRuntime,
+    pool: &str,
+    mut client: Stream,
+    mut up: Upstream,
+) {
+    let state = up.slot.state().clone();
+    let marked_down = state.marked_down.notified();
+    let up_counters = [lst.stats.bytes_in.clone(), state.metrics().bytes_in.clone()];
+    let down_counters = [
+        lst.stats.bytes_out.clone(),
+        state.metrics().bytes_out.clone(),
+    ];
+    let started = Instant::now();
+    debug!(pool, server = %up.server, "spliced");
+    tokio::select! {
+        r = crate::splice::splice(&mut client, &mut up.stream, &up_counters, &down_counters) => match r {
+            Ok(t) => debug!(pool, server = %up.server, bytes_up = t.up, bytes_down = t.down, duration = ?started.elapsed(), "closed"),
+            Err(e) => debug!(pool, server = %up.server, error = %e, duration = ?started.elapsed(), "closed on error"),
+        },
+        _ = marked_down => info!(pool, server = %up.server, "closing: server marked down (on_marked_down = shutdown-sessions)"),
+        _ = shared.closing.cancelled() => info!(pool, server = %up.server, "closing: shutdown grace is over"),
+    }
+}

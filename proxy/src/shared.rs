@@ -1,0 +1,118 @@
+//! The state every part of the running proxy reads: the current [`Snapshot`] of the config and the
+//! shutdown signals. A leaf: it knows what a snapshot holds, not who builds or serves it, so the
+//! accept loops, connections, checkers and the admin server all read it without importing the
+//! runtime that owns them.
+
+use crate::config::{ListenerConfig, ProxyConfig};
+use crate::listener_stats::ListenerStats;
+use crate::pool::ServerState;
+use crate::upstream::PoolRuntime;
+use arc_swap::ArcSwap;
+use setgate_router::Router;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A listener of the current config with what it needs per connection.
+pub struct ListenerRuntime {
+    /// Its config entry.
+    pub cfg: ListenerConfig,
+    /// TLS acceptor, when the listener terminates TLS.
+    pub tls: Option<TlsAcceptor>,
+    /// Counters kept across reloads.
+    pub stats: Arc<ListenerStats>,
+    /// The address its socket is bound to (the kernel's port for `:0`); set before the snapshot
+    /// is put in use.
+    pub addr: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+impl std::fmt::Debug for ListenerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerRuntime")
+            .field("cfg", &self.cfg)
+            .field("tls", &self.tls.is_some())
+            .field("addr", &self.addr.get())
+            .finish()
+    }
+}
+
+/// Everything one config says, ready to use. Connections take the snapshot current when they
+/// arrive; a reload builds a new one and swaps it in whole, so no connection ever sees half a config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config it was built from.
+    pub cfg: ProxyConfig,
+    /// Listeners by name.
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// Pools by name.
+    pub pools: HashMap<String, Arc<PoolRuntime>>,
+    /// The SET routing table, when `[routing]` is configured.
+    pub router: Option<Arc<Router>>,
+    /// The admin bearer token, when `token_file` is set.
+    pub token: Option<crate::config::Secret>,
+}
+
+impl Snapshot {
+    /// The listener whose socket is bound to `bind` (the config's `bind` string). Accept loops
+    /// look their listener up by address, not by name, so renaming a listener keeps its socket.
+    pub fn listener_on(&self, bind: &str) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.values().find(|l| l.cfg.bind == bind)
+    }
+}
+
+/// State shared by listeners, connections, checkers and the admin server.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current config. Swapped whole by a reload, never edited in place.
+    snapshot: ArcSwap<Snapshot>,
+    /// Cancelled on shutdown: stop accepting, stop checking.
+    pub stopping: CancellationToken,
+    /// Cancelled when the shutdown grace is over: close what is still open.
+    pub closing: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl Shared {
+    /// Shared state serving `snapshot`.
+    pub(crate) fn new(snapshot: Snapshot) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            stopping: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Makes `snapshot` the current one (a reload's commit).
+    pub(crate) fn store(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.store(snapshot);
+    }
+
+    /// The state of a server in the current snapshot.
+    pub fn server_state(&self, pool: &str, server: &str) -> Option<Arc<ServerState>> {
+        let snap = self.snapshot.load();
+        Some(snap.pools.get(pool)?.pool.server(server)?.state.clone())
+    }
+
+    /// `Ok` when setgate should get traffic: listeners bound, and some pool has a checked, up
+    /// server (when there are pools at all).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.stopping.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        let snap = self.snapshot.load();
+        if snap.pools.is_empty() || snap.pools.values().any(|p| p.pool.has_up()) {
+            Ok(())
+        } else {
+            Err("no pool has a healthy server".into())
+        }
+    }
+}

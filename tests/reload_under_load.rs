@@ -1,0 +1,186 @@
+//! SIGHUP under load: 200 clients connect in a loop through setgate while it is reloaded 50 times
+//! between two configs that rename the listener, change its pool and add/remove a federation
+//! link. No client may see an error (neither config refuses anyone), the listener must never stop
+//! accepting, and `/readyz` must answer 200 throughout.
+
+mod common;
+
+use common::BIN;
+use setgate_testkit::{amqp, fed, free_port, wait_until, Node, Setgate};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 200;
+const RELOADS: usize = 50;
+
+/// Config A (`with_link = false`): listener `amqp` -> pool `center` = [c1]. Config B: the listener
+/// renamed `amqp-b`, a second server c2 in the pool, and a federation link between the brokers.
+fn config(admin: &str, port: u16, nodes: &[Node], with_link: bool) -> String {
+    let (listener, extra_server, link) = if with_link {
+        (
+            "amqp-b",
+            format!(", {{ name = \"c2\", addr = \"{}\" }}", nodes[1].amqp_addr()),
+            format!(
+                "{}{}",
+                fed::upstream("dc1", &[nodes[0].amqp_uri()], ""),
+                fed::link(
+                    "reload-link",
+                    &["dc1"],
+                    "dc2",
+                    &[nodes[1].amqp_uri()],
+                    &["reload.x"]
+                )
+            ),
+        )
+    } else {
+        ("amqp", String::new(), String::new())
+    };
+    format!(
+        r#"
+[admin]
+listen = "{admin}"
+
+[[listener]]
+name = "{listener}"
+bind = "127.0.0.1:{port}"
+pool = "center"
+
+[[pool]]
+name = "center"
+balance = "roundrobin"
+check = {{ kind = "amqp", inter = "500ms" }}
+servers = [{{ name = "c1", addr = "{c1}" }}{extra_server}]
+{link}"#,
+        c1 = nodes[0].amqp_addr(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Result<()> {
+    setgate_testkit::raise_fd_limit();
+    let nodes = vec![Node::start().await?, Node::start().await?];
+    for n in &nodes {
+        n.add_users(&[("load".into(), "load".into())]).await?;
+        fed::declare_exchange(&n.amqp_uri(), "reload.x", "topic").await?;
+    }
+    let admin = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let configs = [
+        config(&admin, port, &nodes, false),
+        config(&admin, port, &nodes, true),
+    ];
+    let sg = Setgate::start(BIN, &configs[0]).await?;
+    sg.wait_ready().await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let uri = format!("amqp://load:load@127.0.0.1:{port}/%2f");
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (stop, ok, errors, uri) = (stop.clone(), ok.clone(), errors.clone(), uri.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let round = async {
+                        let conn = amqp::connect(&uri).await?;
+                        let ch = conn.create_channel().await?;
+                        ch.close(200, "bye".into()).await?;
+                        conn.close(200, "bye".into()).await?;
+                        anyhow::Ok(())
+                    };
+                    match round.await {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.lock().unwrap().push(format!("{e:#}")),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let readyz_failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let readyz_checks = Arc::new(AtomicUsize::new(0));
+    let readyz = {
+        let (stop, failures, checks) = (stop.clone(), readyz_failures.clone(), readyz_checks.clone());
+        let admin = sg.admin;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match setgate_testkit::http::get(admin, "/readyz").await {
+                    Ok(r) if r.status == 200 => {}
+                    Ok(r) => failures.lock().unwrap().push(format!("{} {}", r.status, r.body)),
+                    Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
+                }
+                checks.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    // Let every client get going, then reload, each time waiting for the reload to finish and
+    // for some clients to connect through the new config.
+    wait_until("clients connecting", Duration::from_secs(60), || async {
+        (ok.load(Ordering::Relaxed) >= CLIENTS).then_some(())
+    })
+    .await?;
+    let started = Instant::now();
+    for i in 1..=RELOADS {
+        sg.reload(&configs[i % 2])?;
+        let want = i as f64;
+        wait_until("the reload to finish", Duration::from_secs(30), || async {
+            let done = sg
+                .metric("setgate_config_reloads_total{result=\"ok\"}")
+                .await
+                .ok()??;
+            (done >= want).then_some(())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\nsetgate log:\n{}", sg.log()))?;
+        let before = ok.load(Ordering::Relaxed);
+        wait_until("clients to connect after the reload", Duration::from_secs(30), || async {
+            (ok.load(Ordering::Relaxed) >= before + 20).then_some(())
+        })
+        .await?;
+    }
+    let reload_time = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await?;
+    }
+    readyz.await?;
+
+    let connects = ok.load(Ordering::Relaxed);
+    let errors = errors.lock().unwrap().clone();
+    let readyz_failures = readyz_failures.lock().unwrap().clone();
+    println!(
+        "{RELOADS} reloads in {reload_time:?}: {connects} client connections, {} errors; \
+         /readyz polled {} times, {} not 200",
+        errors.len(),
+        readyz_checks.load(Ordering::Relaxed),
+        readyz_failures.len()
+    );
+    assert!(errors.is_empty(), "client errors: {:?}", &errors[..errors.len().min(10)]);
+    assert!(readyz_failures.is_empty(), "/readyz: {readyz_failures:?}");
+    let refused = sg
+        .metric("setgate_config_reloads_total{result=\"refused\"}")
+        .await?;
+    assert_eq!(refused, None, "no reload may be refused");
+
+    // After an even number of reloads config A is in use: one listener, named `amqp`, on its
+    // port, accepting; the link of config B is gone.
+    let listeners = sg.get_json("/api/listeners").await?;
+    let listeners = listeners["listeners"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listeners.len(), 1, "{listeners:?}");
+    assert_eq!(listeners[0]["name"], "amqp");
+    assert_eq!(listeners[0]["addr"], format!("127.0.0.1:{port}"));
+    let links = sg.get_json("/api/links").await?;
+    assert_eq!(links["links"].as_array().map(Vec::len), Some(0), "{links}");
+    let conn = amqp::connect(&uri).await?;
+    conn.close(200, "bye".into()).await?;
+
+    // One more reload to config B: the link comes up and runs.
+    sg.reload(&configs[1])?;
+    fed::wait_running(&sg, "reload-link").await?;
+    Ok(())
+}
