@@ -8,6 +8,7 @@
 mod common;
 
 use common::BIN;
+use setgate_testkit::config::{Check, Config, Link, Listener, Pool, Upstream};
 use setgate_testkit::{amqp, fed, free_port, wait_until, Node, Setgate};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,44 +19,25 @@ const RELOADS: usize = 50;
 
 /// Config A (`with_link = false`): listener `amqp` -> pool `center` = [c1]. Config B: the listener
 /// renamed `amqp-b`, a second server c2 in the pool, and a federation link between the brokers.
-fn config(admin: &str, port: u16, nodes: &[Node], with_link: bool) -> String {
-    let (listener, extra_server, link) = if with_link {
-        (
-            "amqp-b",
-            format!(", {{ name = \"c2\", addr = \"{}\" }}", nodes[1].amqp_addr()),
-            format!(
-                "{}{}",
-                fed::upstream("dc1", &[nodes[0].amqp_uri()], ""),
-                fed::link(
-                    "reload-link",
-                    &["dc1"],
-                    "dc2",
-                    &[nodes[1].amqp_uri()],
-                    &["reload.x"]
-                )
-            ),
-        )
-    } else {
-        ("amqp", String::new(), String::new())
-    };
-    format!(
-        r#"
-[admin]
-listen = "{admin}"
-
-[[listener]]
-name = "{listener}"
-bind = "127.0.0.1:{port}"
-pool = "center"
-
-[[pool]]
-name = "center"
-balance = "roundrobin"
-check = {{ kind = "tcp", inter = "1s", timeout = "5s" }}
-servers = [{{ name = "c1", addr = "{c1}" }}{extra_server}]
-{link}"#,
-        c1 = nodes[0].amqp_addr(),
-    )
+/// Both bind the same port, chosen here: a renamed listener on port 0 could move.
+fn config(admin: &str, port: u16, nodes: &[Node], with_link: bool) -> Config {
+    let bind = format!("127.0.0.1:{port}");
+    let pool = Pool::new("center")
+        .balance("roundrobin")
+        .check(Check::tcp().inter("1s").timeout("5s"))
+        .server("c1", nodes[0].amqp_addr());
+    let cfg = Config::new().admin(admin);
+    if !with_link {
+        return cfg
+            .listener(Listener::tcp("amqp", "center").bind(bind))
+            .pool(pool);
+    }
+    let (up, down) = ([nodes[0].amqp_uri()], [nodes[1].amqp_uri()]);
+    let link = Link::new("reload-link", &["dc1"], "dc2", &down, &["reload.x"]);
+    cfg.listener(Listener::tcp("amqp-b", "center").bind(bind))
+        .pool(pool.server("c2", nodes[1].amqp_addr()))
+        .upstream(Upstream::new("dc1", &up))
+        .link(link)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -109,13 +91,17 @@ async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Res
     let readyz_failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let readyz_checks = Arc::new(AtomicUsize::new(0));
     let readyz = {
-        let (stop, failures, checks) = (stop.clone(), readyz_failures.clone(), readyz_checks.clone());
+        let (stop, failures, checks) =
+            (stop.clone(), readyz_failures.clone(), readyz_checks.clone());
         let admin = sg.admin;
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match setgate_testkit::http::get(admin, "/readyz").await {
                     Ok(r) if r.status == 200 => {}
-                    Ok(r) => failures.lock().unwrap().push(format!("{} {}", r.status, r.body)),
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}", r.status, r.body)),
                     Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
                 }
                 checks.fetch_add(1, Ordering::Relaxed);
@@ -144,9 +130,11 @@ async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Res
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\nsetgate log:\n{}", sg.log()))?;
         let before = ok.load(Ordering::Relaxed);
-        wait_until("clients to connect after the reload", Duration::from_secs(30), || async {
-            (ok.load(Ordering::Relaxed) >= before + 20).then_some(())
-        })
+        wait_until(
+            "clients to connect after the reload",
+            Duration::from_secs(30),
+            || async { (ok.load(Ordering::Relaxed) >= before + 20).then_some(()) },
+        )
         .await?;
     }
     let reload_time = started.elapsed();
@@ -166,7 +154,11 @@ async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Res
         readyz_checks.load(Ordering::Relaxed),
         readyz_failures.len()
     );
-    assert!(errors.is_empty(), "client errors: {:?}", &errors[..errors.len().min(10)]);
+    assert!(
+        errors.is_empty(),
+        "client errors: {:?}",
+        &errors[..errors.len().min(10)]
+    );
     assert!(readyz_failures.is_empty(), "/readyz: {readyz_failures:?}");
     let refused = sg
         .metric("setgate_config_reloads_total{result=\"refused\"}")
@@ -176,7 +168,10 @@ async fn two_hundred_clients_see_no_error_through_fifty_reloads() -> anyhow::Res
     // After an even number of reloads config A is in use: one listener, named `amqp`, on its
     // port, accepting; the link of config B is gone.
     let listeners = sg.get_json("/api/listeners").await?;
-    let listeners = listeners["listeners"].as_array().cloned().unwrap_or_default();
+    let listeners = listeners["listeners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(listeners.len(), 1, "{listeners:?}");
     assert_eq!(listeners[0]["name"], "amqp");
     assert_eq!(listeners[0]["addr"], format!("127.0.0.1:{port}"));
