@@ -11,8 +11,9 @@
 //! assert!(cfg.to_string().contains("check = { kind = \"amqp\", inter = \"500ms\" }"));
 //! ```
 //!
-//! Listeners bind a fresh port on 127.0.0.1 unless told otherwise; [`crate::Setgate::port`] reads
-//! the port back. Anything the builders do not know goes in through [`Config::raw`] or `set`.
+//! Listeners bind `127.0.0.1:0` unless told otherwise (a free port each when a config has several,
+//! see [`Config::listener`]); [`crate::Setgate::addr`] reads the bound address back. Anything the
+//! builders do not know goes in through [`Config::raw`] or a builder's `with`.
 
 use crate::net::free_port;
 use crate::node::Node;
@@ -149,12 +150,13 @@ impl Entries {
     }
 }
 
+/// Builder methods that set one key each, in `self.$field` (an [`Entries`]).
 macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty => $key:literal;)*) => {
+    ($field:tt; $($(#[$doc:meta])* $name:ident: $ty:ty => $key:literal;)*) => {
         $(
             $(#[$doc])*
             pub fn $name(mut self, v: $ty) -> Self {
-                self.0.set($key, v);
+                self.$field.set($key, v);
                 self
             }
         )*
@@ -225,8 +227,19 @@ impl Config {
     }
 
     /// Adds a `[[listener]]`.
+    ///
+    /// A listener without its own `bind` takes `127.0.0.1:0` and setgate picks the port. setgate
+    /// refuses two listeners on one address, port 0 included, so once a config has several such
+    /// listeners each gets a free port of its own instead (see [`free_port`]).
     pub fn listener(mut self, l: Listener) -> Self {
         self.listeners.push(l);
+        if self.listeners.iter().filter(|l| l.default_bind).count() > 1 {
+            for l in self.listeners.iter_mut().filter(|l| l.default_bind) {
+                if l.entries.get("bind") == Some(&Value::from(ANY_PORT)) {
+                    l.entries.set("bind", format!("127.0.0.1:{}", free_port()));
+                }
+            }
+        }
         self
     }
 
@@ -282,7 +295,7 @@ impl Display for Config {
         self.top.write(&mut out);
         section(&mut out, "[admin]", &self.admin);
         for l in &self.listeners {
-            section(&mut out, "[[listener]]", &l.0);
+            section(&mut out, "[[listener]]", &l.entries);
         }
         for p in &self.pools {
             let mut entries = p.entries.clone();
@@ -310,33 +323,44 @@ impl Display for Config {
 
 /// A `[[listener]]`.
 #[derive(Debug, Clone)]
-pub struct Listener(Entries);
+pub struct Listener {
+    entries: Entries,
+    /// No `bind` was given: the config chooses one (see [`Config::listener`]).
+    default_bind: bool,
+}
+
+/// Where a listener binds unless told otherwise: setgate picks the port.
+const ANY_PORT: &str = "127.0.0.1:0";
 
 impl Listener {
     fn new(name: &str) -> Listener {
-        let mut e = Entries::default();
-        e.set("name", name);
-        e.set("bind", format!("127.0.0.1:{}", free_port()));
-        Listener(e)
+        let mut entries = Entries::default();
+        entries.set("name", name);
+        entries.set("bind", ANY_PORT);
+        Listener {
+            entries,
+            default_bind: true,
+        }
     }
 
-    /// A `tcp` listener (the default mode) in front of `pool`, on a fresh port of 127.0.0.1.
+    /// A `tcp` listener (the default mode) in front of `pool`, on 127.0.0.1 (see [`Config::listener`]).
     pub fn tcp(name: &str, pool: &str) -> Listener {
         let mut l = Listener::new(name);
-        l.0.set("pool", pool);
+        l.entries.set("pool", pool);
         l
     }
 
-    /// A `set` listener (routes by `[routing]`), on a fresh port of 127.0.0.1.
+    /// A `set` listener (routes by `[routing]`), on 127.0.0.1 (see [`Config::listener`]).
     pub fn set(name: &str) -> Listener {
         let mut l = Listener::new(name);
-        l.0.set("mode", "set");
+        l.entries.set("mode", "set");
         l
     }
 
     /// `bind`.
     pub fn bind(mut self, addr: impl Into<Value>) -> Self {
-        self.0.set("bind", addr);
+        self.default_bind = false;
+        self.entries.set("bind", addr);
         self
     }
 
@@ -345,7 +369,7 @@ impl Listener {
         let mut t = Entries::default();
         t.set("cert", cert);
         t.set("key", key);
-        self.0.set("tls", t.table());
+        self.entries.set("tls", t.table());
         self
     }
 
@@ -355,17 +379,18 @@ impl Listener {
         t.set("cert", cert);
         t.set("key", key);
         t.set("client_ca", client_ca);
-        self.0.set("tls", t.table());
+        self.entries.set("tls", t.table());
         self
     }
 
     /// Any other key.
     pub fn with(mut self, k: &str, v: impl Into<Value>) -> Self {
-        self.0.set(k, v);
+        self.entries.set(k, v);
         self
     }
 
     setters! {
+        entries;
         /// `maxconn`.
         maxconn: u32 => "maxconn";
         /// `accept_proxy`: PROXY v1/v2 from a balancer in front.
@@ -466,6 +491,7 @@ impl Server {
     }
 
     setters! {
+        0;
         /// `backup`: used only when no primary is up.
         backup: bool => "backup";
         /// `check_port`: where the health check connects instead of `addr`'s port.
@@ -504,6 +530,7 @@ impl Check {
     }
 
     setters! {
+        0;
         /// `auth = "user:password"` for an http check.
         auth: &str => "auth";
         /// `inter`: time between checks.
@@ -596,6 +623,7 @@ impl Upstream {
     }
 
     setters! {
+        0;
         /// `reconnect_delay`.
         reconnect_delay: &str => "reconnect_delay";
         /// `max_hops`.
@@ -749,6 +777,25 @@ vrid = 51
             Some("dc2")
         );
         assert_eq!(parsed["vrrp"]["vrid"].as_integer(), Some(51));
+    }
+
+    #[test]
+    fn one_listener_binds_port_0_several_get_ports_of_their_own() {
+        let one = Config::new().listener(Listener::tcp("a", "p"));
+        assert!(one.to_string().contains("bind = \"127.0.0.1:0\""));
+        let three = one
+            .listener(Listener::tcp("b", "p").bind("127.0.0.1:5672"))
+            .listener(Listener::set("c"));
+        let parsed: toml::Value = toml::from_str(&three.to_toml()).expect("valid TOML");
+        let binds: Vec<&str> = (0..3)
+            .map(|i| parsed["listener"][i]["bind"].as_str().unwrap())
+            .collect();
+        assert_eq!(binds[1], "127.0.0.1:5672");
+        assert!(
+            binds[0] != binds[2] && !binds.contains(&"127.0.0.1:0"),
+            "{binds:?}"
+        );
+        assert_eq!(three.to_string(), three.to_string(), "rendering is stable");
     }
 
     #[test]

@@ -98,13 +98,18 @@ impl Setgate {
         if bind.port() != 0 {
             return Ok(bind);
         }
-        let v = self.get_json("/api/listeners").await?;
-        let addr = v["listeners"]
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["name"] == listener))
-            .and_then(|l| l["addr"].as_str())
-            .with_context(|| format!("no addr for listener {listener:?} in {v}"))?;
-        Ok(addr.parse()?)
+        // `addr` is null until the socket is bound.
+        let what = format!("listener {listener:?}'s addr in /api/listeners");
+        let addr = wait_until(&what, Duration::from_secs(10), || async {
+            let v = self.get_json("/api/listeners").await.ok()?;
+            let l = v["listeners"]
+                .as_array()?
+                .iter()
+                .find(|l| l["name"] == listener)?;
+            l["addr"].as_str()?.parse::<SocketAddr>().ok()
+        })
+        .await?;
+        Ok(addr)
     }
 
     /// The port listener `name` accepts on (see [`Setgate::addr`]).
