@@ -13,6 +13,10 @@ fuzz_target!(|data: &[u8]| {
         client.shutdown().await.unwrap();
         // The reader answers (protocol header, Connection.Start) into the duplex; its buffer is
         // larger than any answer, so it never blocks on a client that does not read.
-        let _ = setgate_proxy::amqp::handshake::accept_client(&mut server).await;
+        let _ = setgate_proxy::amqp::handshake::accept_client(
+            &mut server,
+            &setgate_proxy::amqp::frame::start_frame(&[]),
+        )
+        .await;
     });
 });

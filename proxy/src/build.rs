@@ -113,6 +113,7 @@ pub fn build(cfg: ProxyConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<
             pools,
             router,
             token,
+            client_start: Default::default(),
         })
     } else {
         Err(errs)

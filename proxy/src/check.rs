@@ -6,6 +6,7 @@ use crate::config::{CheckConfig, CheckKind};
 use crate::pool::CheckRecord;
 use crate::shared::Shared;
 use crate::stream::{connect_tcp, Stream};
+use amq_protocol::types::FieldTable;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use std::sync::Arc;
@@ -13,15 +14,19 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
-/// One probe: `Ok` when the server is healthy, otherwise why not.
+/// One probe: `Ok` when the server is healthy (with the broker's server properties, for an `amqp`
+/// check), otherwise why not.
 async fn probe(
     kind: CheckKind,
     check: &CheckConfig,
     addr: &ServerAddr,
     tls: Option<&crate::upstream::PoolTls>,
-) -> Result<(), String> {
+) -> Result<Option<FieldTable>, String> {
     match kind {
-        CheckKind::Tcp => connect_tcp(addr).await.map(drop).map_err(|e| e.to_string()),
+        CheckKind::Tcp => connect_tcp(addr)
+            .await
+            .map(|_| None)
+            .map_err(|e| e.to_string()),
         CheckKind::Amqp => {
             let tcp = connect_tcp(addr).await.map_err(|e| e.to_string())?;
             let mut stream = match tls {
@@ -39,12 +44,15 @@ async fn probe(
             let f = frame::read_frame(&mut stream, &mut buf, frame::HANDSHAKE_FRAME_MAX)
                 .await
                 .map_err(|e| e.to_string())?;
-            frame::expect_start(&f).map_err(|e| e.to_string())?;
+            let props = frame::expect_start(&f)
+                .map_err(|e| e.to_string())?
+                .server_properties
+                .clone();
             // Leave the way a client that changed its mind would: a clean FIN, not a reset.
             let _ = stream.shutdown().await;
-            Ok(())
+            Ok(Some(props))
         }
-        CheckKind::Http => http_probe(check, addr).await,
+        CheckKind::Http => http_probe(check, addr).await.map(|()| None),
     }
 }
 
@@ -121,9 +129,17 @@ pub(crate) async fn run(shared: Arc<Shared>, pool_name: String, server_name: Str
         let labels = [("pool", pool_name.clone()), ("server", server_name.clone())];
         metrics::histogram!("setgate_check_duration_seconds", &labels)
             .record(duration.as_secs_f64());
-        if result.is_err() {
-            metrics::counter!("setgate_check_failures_total", &labels).increment(1);
-        }
+        let result = match result {
+            Ok(Some(props)) => {
+                state.set_broker_properties(props);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                metrics::counter!("setgate_check_failures_total", &labels).increment(1);
+                Err(e)
+            }
+        };
         let rec = CheckRecord {
             ok: result.is_ok(),
             at: SystemTime::now(),

@@ -67,7 +67,9 @@ pub(crate) async fn handle(
         None => Stream::Tcp(tcp),
     };
     match lst.cfg.mode {
-        crate::config::ListenerMode::Tcp => tcp_mode(&shared, snap, &lst, stream, client).await,
+        crate::config::ListenerMode::Tcp => {
+            tcp_mode(&shared, snap, &lst, stream, client, deadline).await
+        }
         crate::config::ListenerMode::Set => {
             crate::set_mode::serve(&shared, snap, &lst, stream, client, deadline).await
         }
@@ -80,6 +82,7 @@ async fn tcp_mode(
     lst: &ListenerRuntime,
     stream: Stream,
     client: ClientInfo,
+    deadline: tokio::time::Instant,
 ) {
     let pool_name = lst.cfg.pool.as_deref().unwrap_or_default();
     let Some(pool) = snap.pools.get(pool_name).cloned() else {
@@ -90,8 +93,14 @@ async fn tcp_mode(
         return;
     };
     drop(snap);
-    match upstream::connect(&pool, client, None).await {
-        Ok(up) => pump(shared, lst, &pool.pool.cfg.name, stream, up).await,
+    // Connect attempts (retries included) stay inside the handshake deadline, as in set mode.
+    let connected =
+        match tokio::time::timeout_at(deadline, upstream::connect(&pool, client, None)).await {
+            Ok(r) => r,
+            Err(_) => Err(crate::pool::PickError::Deadline(lst.cfg.handshake_timeout)),
+        };
+    match connected {
+        Ok(up) => pump(shared, lst, &pool, stream, up).await,
         Err(e) => {
             warn!(pool = %pool.pool.cfg.name, error = %e, "closing: no server for this client");
             counter!("setgate_listener_refused_total", "listener" => lst.cfg.name.clone(), "reason" => "no_server").increment(1);

@@ -1,9 +1,12 @@
 //! The health state machine of one server: rise/fall hysteresis, kept apart from the probes so it
 //! can be tested without I/O.
 //!
-//! A server starts *assumed up* (as in HAProxy, so a restart of setgate is not a blackout) but
-//! *unchecked*; the first check result sets the state directly. After that the state flips only
-//! after `rise` consecutive successes (down -> up) or `fall` consecutive failures (up -> down).
+//! A server starts *assumed up* (as in HAProxy, so a restart or reload of setgate is not a
+//! blackout) but *unchecked*. From the first check on, the state flips only after `rise`
+//! consecutive successes (down -> up) or `fall` consecutive failures (up -> down): a first check
+//! that happens to time out (a busy broker, a loaded machine) does not take a healthy server out,
+//! which would leave it down until `rise` checks in a row succeed. A server that is really dead
+//! at start is down after `fall` checks; until then a client sent to it is retried on another.
 
 use crate::config::CheckConfig;
 use std::time::Duration;
@@ -45,13 +48,7 @@ impl Health {
 
     /// Records one check result; returns the new state when it changed.
     pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
-        if !self.checked {
-            self.checked = true;
-            self.streak = 0;
-            let changed = self.up != ok;
-            self.up = ok;
-            return changed.then_some(ok);
-        }
+        self.checked = true;
         if ok == self.up {
             self.streak = 0;
             return None;
@@ -101,15 +98,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_result_decides() {
+    fn one_failed_first_check_does_not_take_a_server_out() {
         let mut h = Health::new();
         assert!(h.is_up() && !h.is_checked());
-        assert_eq!(h.record(false, 2, 3), Some(false));
-        assert!(!h.is_up() && h.is_checked());
+        assert_eq!(h.record(false, 2, 3), None);
+        assert!(h.is_up() && h.is_checked());
+        assert_eq!(h.describe(), "going down");
+        // A busy broker answers the next check: still up, never flapped.
+        assert_eq!(h.record(true, 2, 3), None);
+        assert_eq!(h.describe(), "up");
 
         let mut h = Health::new();
         assert_eq!(h.record(true, 2, 3), None);
         assert!(h.is_up() && h.is_checked());
+    }
+
+    #[test]
+    fn a_server_dead_at_start_is_down_after_fall_checks() {
+        let mut h = Health::new();
+        assert_eq!(h.record(false, 2, 3), None);
+        assert_eq!(h.record(false, 2, 3), None);
+        assert_eq!(h.record(false, 2, 3), Some(false));
+        assert!(!h.is_up());
     }
 
     #[test]
@@ -138,7 +148,9 @@ mod tests {
     #[test]
     fn rises_after_rise_consecutive_successes() {
         let mut h = Health::new();
-        h.record(false, 2, 3);
+        for _ in 0..3 {
+            h.record(false, 2, 3);
+        }
         assert_eq!(h.record(true, 2, 3), None);
         assert_eq!(h.describe(), "going up");
         assert_eq!(h.record(true, 2, 3), Some(true));

@@ -1,7 +1,7 @@
 //! Listening sockets and their accept loops.
 //!
-//! The accept loop does as little as possible: take a slot under the listener's `maxconn` (or
-//! refuse at once), then spawn the connection's task. PROXY header, TLS and the AMQP handshake
+//! The accept loop does as little as possible: wait for room under the listener's `maxconn` (the
+//! kernel queues clients meanwhile), accept, then spawn the connection's task. PROXY header, TLS and the AMQP handshake
 //! all happen inside that task under its deadline, so a slow client holds only its own task.
 
 use crate::config::ListenerConfig;
@@ -85,6 +85,21 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     loop {
+        // At `maxconn`, stop accepting until a connection ends: new clients wait in the kernel's
+        // accept queue (backpressure, as HAProxy does) instead of being accepted and dropped.
+        if let Some(lst) = shared.snapshot().listener_on(&bind).cloned() {
+            if lst.stats.active() >= lst.cfg.maxconn {
+                lst.stats.maxconn_reached.increment(1);
+                debug!(
+                    maxconn = lst.cfg.maxconn,
+                    "at maxconn: not accepting until a connection ends"
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = lst.stats.room_under(lst.cfg.maxconn) => {}
+                }
+            }
+        }
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
@@ -105,11 +120,15 @@ async fn accept_loop(
             debug!(client = %peer, "closing: this address is being retired by a reload");
             continue;
         };
-        let Some(slot) = lst.stats.try_acquire(lst.cfg.maxconn) else {
-            lst.stats.refused_maxconn.increment(1);
-            debug!(client = %peer, maxconn = lst.cfg.maxconn, "refused: listener is at maxconn");
-            drop(tcp);
-            continue;
+        let slot = loop {
+            // Full only if a reload lowered maxconn since the check above: wait with this one.
+            if let Some(slot) = lst.stats.try_acquire(lst.cfg.maxconn) {
+                break slot;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = lst.stats.room_under(lst.cfg.maxconn) => {}
+            }
         };
         crate::stream::tune_socket(&tcp);
         let span = tracing::info_span!("conn", listener = %lst.cfg.name, client = %peer, set = tracing::field::Empty);

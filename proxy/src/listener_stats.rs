@@ -11,7 +11,10 @@ pub struct ListenerStats {
     active: AtomicUsize,
     pub(crate) active_gauge: Gauge,
     pub(crate) total: Counter,
-    pub(crate) refused_maxconn: Counter,
+    /// Times the accept loop paused because the listener was at `maxconn`.
+    pub(crate) maxconn_reached: Counter,
+    /// Woken when a connection ends, for an accept loop paused at `maxconn`.
+    released: tokio::sync::Notify,
     pub(crate) bytes_in: Counter,
     pub(crate) bytes_out: Counter,
 }
@@ -23,13 +26,8 @@ impl ListenerStats {
             active: AtomicUsize::new(0),
             active_gauge: gauge!("setgate_listener_connections_active", &l),
             total: counter!("setgate_listener_connections_total", &l),
-            refused_maxconn: counter!(
-                "setgate_listener_refused_total",
-                &[
-                    ("listener", name.to_string()),
-                    ("reason", "maxconn".to_string())
-                ]
-            ),
+            maxconn_reached: counter!("setgate_listener_maxconn_reached_total", &l),
+            released: tokio::sync::Notify::new(),
             bytes_in: counter!("setgate_listener_bytes_in_total", &l),
             bytes_out: counter!("setgate_listener_bytes_out_total", &l),
         }
@@ -38,6 +36,20 @@ impl ListenerStats {
     /// Connections open now.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Returns once fewer than `max` connections are open (at once when they are). Checks again
+    /// every second as well, since a reload may raise `max`.
+    pub(crate) async fn room_under(&self, max: usize) {
+        while self.active() >= max {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.active() < max {
+                return;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), released).await;
+        }
     }
 
     pub(crate) fn try_acquire(self: &Arc<Self>, max: usize) -> Option<ListenerSlot> {
@@ -60,5 +72,6 @@ impl Drop for ListenerSlot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
         self.0.active_gauge.decrement(1.0);
+        self.0.released.notify_one();
     }
 }

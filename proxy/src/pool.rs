@@ -8,6 +8,7 @@
 use crate::addr::ServerAddr;
 use crate::config::{Balance, PoolConfig, ServerConfig};
 use crate::health::Health;
+use amq_protocol::types::FieldTable;
 use metrics::{counter, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,8 +86,16 @@ pub struct ServerState {
     /// Health and last check, written by the checker every few seconds, read by the API: a plain
     /// mutex is cheaper than anything cleverer at that rate.
     detail: Mutex<(Health, Option<CheckRecord>)>,
+    /// The server properties of the broker's Connection.Start, as its last `amqp` check read them:
+    /// what a `set` listener presents to its clients. Written once per check, read per snapshot
+    /// change (see [`BROKER_PROPERTIES_VERSION`]).
+    broker: Mutex<Option<Arc<FieldTable>>>,
     metrics: ServerMetrics,
 }
+
+/// Bumped whenever any broker's server properties change, so the Connection.Start a `set`
+/// listener sends is built again only then, not per connection.
+pub static BROKER_PROPERTIES_VERSION: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug)]
 pub(crate) struct ServerMetrics {
@@ -117,8 +126,26 @@ impl ServerState {
             total: AtomicU64::new(0),
             marked_down: Notify::new(),
             detail: Mutex::new((Health::new(), None)),
+            broker: Mutex::new(None),
             metrics,
         }
+    }
+
+    /// Records the server properties of the broker's Connection.Start.
+    pub fn set_broker_properties(&self, props: FieldTable) {
+        let mut broker = self.broker.lock().unwrap_or_else(|p| p.into_inner());
+        if broker.as_deref() != Some(&props) {
+            *broker = Some(Arc::new(props));
+            BROKER_PROPERTIES_VERSION.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The broker's server properties, once an `amqp` check has read them.
+    pub fn broker_properties(&self) -> Option<Arc<FieldTable>> {
+        self.broker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Up as far as health checks go.
@@ -232,6 +259,9 @@ pub enum PickError {
     /// Every usable server was tried already.
     #[error("every usable server failed to connect")]
     Exhausted,
+    /// The listener's `handshake_timeout` ran out while connecting.
+    #[error("no server answered within the handshake_timeout of {0:?}")]
+    Deadline(std::time::Duration),
 }
 
 /// A pool as the current config describes it.

@@ -14,7 +14,7 @@ use crate::pool::PickError;
 use crate::session::{handshake_failed, pump};
 use crate::shared::{ListenerRuntime, Shared, Snapshot};
 use crate::stream::Stream;
-use crate::upstream::{self, ClientInfo, Upstream};
+use crate::upstream::{self, ClientInfo};
 use metrics::{counter, histogram};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,11 @@ pub(crate) async fn serve(
 ) {
     let listener = lst.cfg.name.as_str();
     let started = Instant::now();
-    let hello = match tokio::time::timeout_at(deadline, handshake::accept_client(&mut client)).await
+    let hello = match tokio::time::timeout_at(
+        deadline,
+        handshake::accept_client(&mut client, &snap.client_start()),
+    )
+    .await
     {
         Ok(Ok(hello)) => hello,
         Ok(Err(e)) => {
@@ -85,50 +89,66 @@ pub(crate) async fn serve(
             candidates.push((Some(fset), fpool));
         }
     }
-    let mut outcome: Option<(Upstream, String)> = None;
-    let mut last_err = PickError::NoServer;
-    for (n, (set, pool_name)) in candidates.iter().enumerate() {
-        let Some(pool) = snap.pools.get(*pool_name).cloned() else {
-            continue;
-        };
-        if n > 0 {
-            info!(
-                set = route.set.unwrap_or("-"),
-                failover = set.unwrap_or("-"),
-                "SET has no healthy server; using its failover SET"
-            );
-            counter!("setgate_set_failovers_total", "set" => set_label.clone(), "to" => set.unwrap_or("-").to_string()).increment(1);
-        }
-        match upstream::connect(&pool, info, Some(&hello.raw)).await {
-            Ok(up) => {
-                outcome = Some((up, pool.pool.cfg.name.clone()));
-                break;
+    // Every connect attempt (each pool's retries, the failover's too) stays inside the handshake
+    // deadline: a client is answered by then, with a broker or with the reason.
+    let mut why = Vec::new();
+    let attempts = async {
+        for (n, (set, pool_name)) in candidates.iter().enumerate() {
+            let Some(pool) = snap.pools.get(*pool_name).cloned() else {
+                why.push(PickError::NoServer);
+                continue;
+            };
+            if n > 0 {
+                info!(
+                    set = route.set.unwrap_or("-"),
+                    failover = set.unwrap_or("-"),
+                    "SET has no healthy server; using its failover SET"
+                );
+                counter!("setgate_set_failovers_total", "set" => set_label.clone(), "to" => set.unwrap_or("-").to_string()).increment(1);
             }
-            Err(e) => last_err = e,
+            match upstream::connect(&pool, info, Some(&hello.raw)).await {
+                Ok(up) => return Some((up, pool)),
+                Err(e) => why.push(e),
+            }
         }
-    }
+        None
+    };
+    let outcome = tokio::time::timeout_at(deadline, attempts).await;
     drop(snap);
-    let Some((up, pool_name)) = outcome else {
-        let failover = candidates.get(1).and_then(|(s, _)| *s);
-        let text = match (route.set, failover) {
-            (Some(set), Some(f)) => format!(
-                "setgate: no healthy server in SET {set} ({last_err}), nor in its failover SET {f}"
-            ),
-            (Some(set), None) => format!("setgate: no healthy server in SET {set} ({last_err})"),
-            (None, _) => format!(
-                "setgate: no healthy server in default pool {} ({last_err})",
-                route.pool
-            ),
-        };
-        warn!(set = %set_label, "closing: {text}");
-        handshake_failed(listener, "no_server");
-        close_client(&mut client, CONNECTION_FORCED, &text).await;
-        return;
+    let (up, pool) = match outcome {
+        Ok(Some(found)) => found,
+        failed => {
+            if failed.is_err() {
+                why.push(PickError::Deadline(lst.cfg.handshake_timeout));
+            }
+            // Each candidate with its own reason: the SET's, then its failover's.
+            let reason = |i: usize| why.get(i).map(|e| format!(" ({e})")).unwrap_or_default();
+            let failover = candidates.get(1).and_then(|(s, _)| *s);
+            let text = match (route.set, failover) {
+                (Some(set), Some(f)) => format!(
+                    "setgate: no healthy server in SET {set}{}, nor in its failover SET {f}{}",
+                    reason(0),
+                    reason(1)
+                ),
+                (Some(set), None) => {
+                    format!("setgate: no healthy server in SET {set}{}", reason(0))
+                }
+                (None, _) => format!(
+                    "setgate: no healthy server in default pool {}{}",
+                    route.pool,
+                    reason(0)
+                ),
+            };
+            warn!(set = %set_label, "closing: {text}");
+            handshake_failed(listener, "no_server");
+            close_client(&mut client, CONNECTION_FORCED, &text).await;
+            return;
+        }
     };
     counter!("setgate_set_connections_total", "set" => set_label, "reason" => reason).increment(1);
     histogram!("setgate_handshake_duration_seconds", "listener" => listener.to_string())
         .record(started.elapsed().as_secs_f64());
-    pump(shared, lst, &pool_name, client, up).await;
+    pump(shared, lst, &pool, client, up).await;
 }
 
 /// Sends Connection.Close, then closes gracefully (see [`linger_close`]).

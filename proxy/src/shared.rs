@@ -5,12 +5,14 @@
 
 use crate::config::{ListenerConfig, ProxyConfig};
 use crate::listener_stats::ListenerStats;
-use crate::pool::ServerState;
+use crate::pool::{ServerState, BROKER_PROPERTIES_VERSION};
 use crate::upstream::PoolRuntime;
+use amq_protocol::types::FieldTable;
 use arc_swap::ArcSwap;
 use setgate_router::Router;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,9 +54,46 @@ pub struct Snapshot {
     pub router: Option<Arc<Router>>,
     /// The admin bearer token, when `token_file` is set.
     pub token: Option<crate::config::Secret>,
+    /// The Connection.Start a `set` listener sends, with the [`BROKER_PROPERTIES_VERSION`] it was
+    /// built at: built again only when a broker's properties change, not per connection.
+    pub(crate) client_start: Mutex<Option<(u64, Arc<[u8]>)>>,
 }
 
 impl Snapshot {
+    /// The Connection.Start for `set` listeners: the properties of the brokers the router can
+    /// send a client to (the default pool's, then each SET's, in file order), and only the
+    /// capabilities all of them share (see [`crate::amqp::frame::start_frame`]).
+    pub fn client_start(&self) -> Arc<[u8]> {
+        let version = BROKER_PROPERTIES_VERSION.load(Ordering::Acquire);
+        let mut cached = self.client_start.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, start)) = cached.as_ref() {
+            if *v == version {
+                return start.clone();
+            }
+        }
+        let mut pools: Vec<&str> = Vec::new();
+        if let Some(router) = &self.router {
+            pools.push(router.default_pool());
+            pools.extend(router.sets().iter().map(|s| s.pool()));
+        }
+        let mut seen = Vec::new();
+        let brokers: Vec<Arc<FieldTable>> = pools
+            .into_iter()
+            .filter(|p| {
+                let new = !seen.contains(p);
+                seen.push(p);
+                new
+            })
+            .filter_map(|p| self.pools.get(p))
+            .flat_map(|p| p.pool.servers.iter())
+            .filter_map(|s| s.state.broker_properties())
+            .collect();
+        let refs: Vec<&FieldTable> = brokers.iter().map(|b| b.as_ref()).collect();
+        let start: Arc<[u8]> = crate::amqp::frame::start_frame(&refs).into();
+        *cached = Some((version, start.clone()));
+        start
+    }
+
     /// The listener whose socket is bound to `bind` (the config's `bind` string). Accept loops
     /// look their listener up by address, not by name, so renaming a listener keeps its socket.
     pub fn listener_on(&self, bind: &str) -> Option<&Arc<ListenerRuntime>> {

@@ -4,10 +4,7 @@
 use super::frame::{self, FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER};
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{connection, AMQPClass};
-use std::sync::LazyLock;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-
-static START: LazyLock<Vec<u8>> = LazyLock::new(frame::start_frame);
 
 /// What the client said: its StartOk, parsed and as raw bytes to forward unchanged.
 #[derive(Debug)]
@@ -32,6 +29,7 @@ pub struct HandshakeError {
 /// Runs the client handshake up to and including Connection.StartOk.
 pub async fn accept_client<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
+    start: &[u8],
 ) -> Result<ClientHello, HandshakeError> {
     let not_started = |error| HandshakeError {
         error,
@@ -46,7 +44,7 @@ pub async fn accept_client<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(e) => return Err(not_started(e)),
     }
-    s.write_all(&START)
+    s.write_all(start)
         .await
         .map_err(|e| not_started(e.into()))?;
     let started = |error| HandshakeError {
@@ -86,7 +84,9 @@ mod tests {
     async fn wrong_protocol_header_gets_ours_back() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let err = accept_client(&mut server).await.unwrap_err();
+        let err = accept_client(&mut server, &frame::start_frame(&[]))
+            .await
+            .unwrap_err();
         assert!(!err.started);
         drop(server);
         let mut answer = Vec::new();
@@ -103,7 +103,9 @@ mod tests {
             .write_all(&frame::close_frame(200, "bye"))
             .await
             .unwrap();
-        let err = accept_client(&mut server).await.unwrap_err();
+        let err = accept_client(&mut server, &frame::start_frame(&[]))
+            .await
+            .unwrap_err();
         assert!(err.started);
         assert!(
             err.to_string().contains("expected Connection.StartOk"),
@@ -125,7 +127,9 @@ mod tests {
             })),
         ));
         client.write_all(&start_ok).await.unwrap();
-        let err = accept_client(&mut server).await.unwrap_err();
+        let err = accept_client(&mut server, &frame::start_frame(&[]))
+            .await
+            .unwrap_err();
         assert!(err.started);
         for text in [err.to_string(), format!("{err:?}")] {
             assert!(!text.contains("s3cret"), "{text}");
@@ -158,7 +162,7 @@ mod prop {
             });
             let r = tokio::time::timeout(
                 std::time::Duration::from_secs(5),
-                accept_client(&mut server),
+                accept_client(&mut server, &frame::start_frame(&[])),
             )
             .await;
             drop(server);
