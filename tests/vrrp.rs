@@ -333,13 +333,13 @@ async fn reload_changes_priority_live_and_refuses_what_needs_a_restart() -> anyh
     wait_state(na, "MASTER", Duration::from_secs(5)).await?;
 
     // SIGHUP with priority 150 -> 50, below the other instance's 100: it takes over.
-    sa.reload(config(50, None, "track = 0"))?;
+    sa.reload(&config(50, None, "track = 0"))?;
     wait_state(nb, "MASTER", Duration::from_secs(5)).await?;
     wait_holder(nb, &[na], Duration::from_secs(2)).await?;
     assert_eq!(vrrp_status(na).await?["priority"]["configured"], 50);
 
     // A change that needs a restart is refused whole, with the reason; nothing changes.
-    sa.reload(config(200, None, "track = 0").replace("vrid = 51", "vrid = 52"))?;
+    sa.reload(&config(200, None, "track = 0").replace("vrid = 51", "vrid = 52"))?;
     wait_until(
         "the refusal to be logged",
         Duration::from_secs(10),
@@ -355,7 +355,7 @@ async fn reload_changes_priority_live_and_refuses_what_needs_a_restart() -> anyh
     assert_eq!(status["state"], "BACKUP", "{status}");
 
     // Back to 150: it preempts again.
-    sa.reload(config(150, None, "track = 0"))?;
+    sa.reload(&config(150, None, "track = 0"))?;
     wait_state(na, "MASTER", Duration::from_secs(5)).await?;
     wait_holder(na, &[nb], Duration::from_secs(2)).await?;
     Ok(())

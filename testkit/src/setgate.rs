@@ -1,13 +1,37 @@
 //! setgate itself, run as a child process with a config file, the way users run it.
 
+use crate::config::Config;
 use crate::http::{self, Auth, Response};
 use crate::net::wait_until;
 use anyhow::{bail, Context};
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// What setgate runs with: TOML text (`&str`, `&String`) or a [`Config`] builder.
+pub trait ConfigText {
+    /// The TOML, as it goes into the config file.
+    fn toml_text(&self) -> String;
+}
+
+impl ConfigText for str {
+    fn toml_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ConfigText for String {
+    fn toml_text(&self) -> String {
+        self.clone()
+    }
+}
+
+impl ConfigText for Config {
+    fn toml_text(&self) -> String {
+        self.to_string()
+    }
+}
 
 /// How to run setgate.
 #[derive(Debug, Clone, Default)]
@@ -39,17 +63,20 @@ impl Setgate {
     ///
     /// The file is printed to stderr first (unless [`SetgateOptions::quiet`]): the test harness
     /// captures it and shows it when the test fails.
-    pub async fn start(bin: impl AsRef<Path>, config: impl Display) -> anyhow::Result<Setgate> {
+    pub async fn start(
+        bin: impl AsRef<Path>,
+        config: &(impl ConfigText + ?Sized),
+    ) -> anyhow::Result<Setgate> {
         Setgate::start_with(bin, config, SetgateOptions::default()).await
     }
 
     /// [`Setgate::start`] with options.
     pub async fn start_with(
         bin: impl AsRef<Path>,
-        config: impl Display,
+        config: &(impl ConfigText + ?Sized),
         opts: SetgateOptions,
     ) -> anyhow::Result<Setgate> {
-        let config = config.to_string();
+        let config = config.toml_text();
         let admin = admin_addr(&config)?;
         let dir = crate::unique_dir("setgate");
         std::fs::write(dir.join("setgate.toml"), &config)?;
@@ -269,8 +296,8 @@ impl Setgate {
     }
 
     /// Rewrites the config file and sends SIGHUP.
-    pub fn reload(&self, config: impl Display) -> anyhow::Result<()> {
-        let config = config.to_string();
+    pub fn reload(&self, config: &(impl ConfigText + ?Sized)) -> anyhow::Result<()> {
+        let config = config.toml_text();
         if !self.opts.quiet {
             eprintln!("---- setgate config, reloaded ----\n{config}");
         }

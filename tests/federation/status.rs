@@ -86,7 +86,7 @@ async fn reload_restarts_only_changed_links() -> anyhow::Result<()> {
     wait_running(&sg, "keep").await?;
     let since = link_status(&sg, "keep").await?["flows"][0]["since"].clone();
 
-    sg.reload(cfg.clone().link(link("added", "dc1", "dc2", &s.dc2, y)))?;
+    sg.reload(&cfg.clone().link(link("added", "dc1", "dc2", &s.dc2, y)))?;
     wait_running(&sg, "added").await?;
     assert_eq!(
         link_status(&sg, "keep").await?["flows"][0]["since"],
@@ -96,7 +96,7 @@ async fn reload_restarts_only_changed_links() -> anyhow::Result<()> {
 
     // An invalid file changes nothing.
     sg.reload(
-        cfg.clone()
+        &cfg.clone()
             .raw("[[federation.link]]\nupstreams = [\"nope\"]"),
     )?;
     wait_until(

@@ -12,14 +12,14 @@ async fn reload_moves_new_connections_and_keeps_open_ones() -> anyhow::Result<()
         base.clone()
             .pool(Pool::new("p").server("only", n.amqp_addr()))
     };
-    let sg = Setgate::start(BIN, cfg(&nodes[0])).await?;
+    let sg = Setgate::start(BIN, &cfg(&nodes[0])).await?;
     sg.wait_ready().await?;
     let port = sg.port("amqp").await?;
     let open = amqp::connect(&uri(port, "reload")).await?;
     let ch = amqp::confirm_channel(&open).await?;
     wait_connections(&all, "reload", &[1, 0, 0]).await?;
 
-    sg.reload(cfg(&nodes[1]))?;
+    sg.reload(&cfg(&nodes[1]))?;
     wait_until("reload to take effect", Duration::from_secs(10), || async {
         let v = sg.get_json("/api/pools").await.ok()?;
         (v["pools"][0]["servers"][0]["addr"] == nodes[1].amqp_addr().to_string()).then_some(())

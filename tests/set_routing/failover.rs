@@ -10,7 +10,7 @@ async fn a_dead_set_fails_over_to_its_standby_and_comes_home_when_back() -> anyh
     let users: Vec<(String, String)> = (0..40).map(|i| (user(i), "pw".to_string())).collect();
     a.add_users(&users).await?;
     b.add_users(&users).await?;
-    let sg = Setgate::start(BIN, set_config(&a, &b, center)).await?;
+    let sg = Setgate::start(BIN, &set_config(&a, &b, center)).await?;
     sg.wait_ready().await?;
     let port = sg.port("amqp").await?;
     let keys: Vec<String> = (0..40).map(user).collect();

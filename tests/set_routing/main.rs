@@ -97,7 +97,7 @@ fn shared_config(s: &Sets) -> Config {
 
 /// setgate over the shared SETs routed by `routing`; returns it with its listener's port.
 async fn shared_edge(s: &Sets, routing: Routing) -> anyhow::Result<(Setgate, u16)> {
-    let sg = Setgate::start(BIN, shared_config(s).routing(routing)).await?;
+    let sg = Setgate::start(BIN, &shared_config(s).routing(routing)).await?;
     sg.wait_ready().await?;
     let port = sg.port("amqp").await?;
     Ok((sg, port))

@@ -101,7 +101,7 @@ async fn an_override_moves_exactly_that_user_and_keys_of_no_set_go_to_the_defaul
         .unwrap()
         .clone();
 
-    sg.reload(cfg.routing(routing().override_key(&moved, "set-b")))?;
+    sg.reload(&cfg.routing(routing().override_key(&moved, "set-b")))?;
     let after = route_cli(&sg.config_path(), &keys);
     let changed: Vec<&String> = keys.iter().filter(|k| before[*k] != after[*k]).collect();
     assert_eq!(changed, vec![&moved], "only the overridden user may move");
