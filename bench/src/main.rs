@@ -3,7 +3,9 @@
 //! `setgate-bench proxy`      — setgate vs direct vs HAProxy (throughput, latency, setup rate, RSS)
 //! `setgate-bench federation` — setgate's federation vs RabbitMQ's federation plugin
 //! `setgate-bench vrrp`       — VRRP takeover times, setgate vs Keepalived
+//! `setgate-bench chaos`      — a random mix of real faults; lost must be 0
 
+mod chaos;
 mod federation;
 mod proxy;
 mod vrrp;
@@ -24,6 +26,8 @@ enum Bench {
     Federation(federation::Args),
     /// VRRP takeover times: setgate vs Keepalived.
     Vrrp(vrrp::Args),
+    /// Chaos: two datacenters under random real faults; lost must be 0.
+    Chaos(chaos::Args),
 }
 
 #[tokio::main]
@@ -32,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Proxy(a) => proxy::run(a).await,
         Bench::Federation(a) => federation::run(a).await,
         Bench::Vrrp(a) => vrrp::run(a).await,
+        Bench::Chaos(a) => chaos::run(a).await,
     }
 }
 

@@ -4,20 +4,42 @@
 //! each side's `cluster_name`. After connecting, a second, short-lived socket to the same URI
 //! (same TCP/TLS path as lapin's) reads just the broker's `Connection.Start`, framed by
 //! `setgate-amqp` as the proxy frames it, and closes.
+//!
+//! A peer that vanished from the network (packets dropped, no reset) must be noticed and, once
+//! it is back, reconnected quickly, with no setting in the URI:
+//! - every link connection negotiates a heartbeat of [`DEFAULT_HEARTBEAT`] unless its URI names
+//!   one (`?heartbeat=N` is kept as written, `0` included); lapin closes a connection that read
+//!   nothing for two heartbeats, so a silent peer is noticed within about `2.5 * heartbeat`;
+//! - the TCP connect *knocks*: a fresh SYN every [`KNOCK`] for up to [`CONNECT_TIMEOUT`], instead
+//!   of one socket whose SYN retransmissions back off (1 s, 3 s, 7 s, ...): when the path comes
+//!   back, the next knock gets through within a second. The knocking is bounded inside lapin's
+//!   connect, so an attempt given up never leaves lapin's I/O thread connecting in the background.
 
 use crate::error::{describe, LinkError, Side};
 use crate::uri::AmqpUri;
 use amq_protocol::protocol::connection;
-use lapin::tcp::AMQPUriTcpExt;
+use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
 use lapin::types::AMQPValue;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 use setgate_amqp::frame::{self, FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER};
+use std::io;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-/// How long one URI may take to accept, authenticate and open.
+/// How long one URI may take to answer TCP (knocking every [`KNOCK`]), and again to
+/// authenticate and open.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The heartbeat (seconds) a link connection asks for when its URI does not say.
+pub(crate) const DEFAULT_HEARTBEAT: u16 = 5;
+
+/// One TCP connect try of the knocking connect (TLS handshake included for `amqps`, which
+/// gets more: two more round trips over a long link).
+const KNOCK: Duration = Duration::from_secs(1);
+const KNOCK_TLS: Duration = Duration::from_secs(3);
 
 /// An open connection with what the flow needs to know about it.
 #[derive(Debug)]
@@ -36,10 +58,11 @@ pub(crate) async fn connect(
     conn_name: &str,
 ) -> Result<Endpoint, LinkError> {
     let mut tried = Vec::with_capacity(uris.len());
+    let mut silent = 0;
     for uri in uris {
         let props = ConnectionProperties::default().with_connection_name(conn_name.into());
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(uri.expose(), props)).await
-        {
+        // The knocking gives up after CONNECT_TIMEOUT on its own; the rest is the handshake's.
+        match tokio::time::timeout(2 * CONNECT_TIMEOUT, open(uri, props)).await {
             Ok(Ok(conn)) => {
                 let cluster_name = match cluster_name(uri).await {
                     Ok(n) => n,
@@ -55,12 +78,20 @@ pub(crate) async fn connect(
                     cluster_name,
                 });
             }
-            Ok(Err(e)) => tried.push(format!("{}: {}", uri.masked(), connect_error(&e))),
-            Err(_) => tried.push(format!(
-                "{}: no answer within {}s",
-                uri.masked(),
-                CONNECT_TIMEOUT.as_secs()
-            )),
+            Ok(Err(e)) => {
+                if is_no_answer(&e) {
+                    silent += 1;
+                }
+                tried.push(format!("{}: {}", uri.masked(), connect_error(&e)))
+            }
+            Err(_) => {
+                silent += 1;
+                tried.push(format!(
+                    "{}: no answer within {}s",
+                    uri.masked(),
+                    (2 * CONNECT_TIMEOUT).as_secs()
+                ))
+            }
         }
         tracing::debug!(%side, cluster, uri = uri.masked(), "URI failed; trying the next");
     }
@@ -68,7 +99,74 @@ pub(crate) async fn connect(
         side,
         cluster: cluster.to_string(),
         tried: tried.join("; "),
+        no_answer: silent == uris.len(),
     })
+}
+
+/// Opens a lapin connection to `uri` with the link defaults (heartbeat) and a knocking connect.
+async fn open(uri: &AmqpUri, props: ConnectionProperties) -> lapin::Result<Connection> {
+    let mut parsed: AMQPUri = uri
+        .expose()
+        .parse()
+        .map_err(|e: String| lapin::Error::from(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    with_default_heartbeat(&mut parsed);
+    let per_try = match parsed.scheme {
+        AMQPScheme::AMQPS => KNOCK_TLS,
+        AMQPScheme::AMQP => KNOCK,
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    let transport = async move |uri: AMQPUri, runtime| {
+        let tls = OwnedTLSConfig::default();
+        knock(per_try, || {
+            uri.connect_with_config_async(tls.as_ref(), &runtime)
+        })
+        .await
+    };
+    Connection::connector(parsed, runtime, transport, props).await
+}
+
+/// Gives `uri` the default heartbeat unless it names one.
+fn with_default_heartbeat(uri: &mut AMQPUri) {
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT);
+}
+
+/// lapin's transport: TCP (and TLS) connect, a fresh try every [`KNOCK`] while the peer does
+/// not answer at all, for at most [`CONNECT_TIMEOUT`]. A refusal (RST) is an answer and ends
+/// it at once, so the next URI is tried without waiting.
+async fn knock<S, F, Fut>(per_try: Duration, mut connect: F) -> lapin::Result<S>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<S>>,
+{
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let started = Instant::now();
+        let err = match tokio::time::timeout(per_try, connect()).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(e.into()),
+            Ok(Err(e)) => e,
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, NO_ANSWER),
+        };
+        let next = started + per_try;
+        if next >= deadline {
+            return Err(match err.kind() {
+                io::ErrorKind::TimedOut => io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{NO_ANSWER} for {}s", CONNECT_TIMEOUT.as_secs()),
+                ),
+                _ => err,
+            }
+            .into());
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+const NO_ANSWER: &str = "no answer (packets dropped?)";
+
+/// The connect failed without any answer from the peer (as opposed to a refusal or an error).
+fn is_no_answer(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::IOError(io) if io.kind() == io::ErrorKind::TimedOut)
 }
 
 fn connect_error(e: &lapin::Error) -> String {
@@ -133,6 +231,64 @@ fn cluster_name_of(start: &connection::Start) -> Result<String, String> {
 mod tests {
     use super::*;
     use lapin::types::FieldTable;
+
+    #[test]
+    fn a_uri_without_heartbeat_gets_the_default_and_an_explicit_one_is_kept() {
+        let mut uri: AMQPUri = "amqp://u:p@h:5672/%2f".parse().unwrap();
+        with_default_heartbeat(&mut uri);
+        assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT));
+        for (raw, want) in [("?heartbeat=60", 60), ("?heartbeat=0", 0)] {
+            let mut uri: AMQPUri = format!("amqp://u:p@h:5672/%2f{raw}").parse().unwrap();
+            with_default_heartbeat(&mut uri);
+            assert_eq!(uri.query.heartbeat, Some(want), "{raw}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_knocked_on_every_second_until_the_connect_timeout() {
+        let start = Instant::now();
+        let mut tries = Vec::new();
+        let r: lapin::Result<()> = knock(KNOCK, || {
+            tries.push(start.elapsed());
+            std::future::pending()
+        })
+        .await;
+        let e = r.expect_err("nothing answered");
+        assert!(is_no_answer(&e), "{e}");
+        assert!(e.to_string().contains("no answer"), "{e}");
+        assert_eq!(start.elapsed(), CONNECT_TIMEOUT);
+        let want: Vec<Duration> = (0..10).map(Duration::from_secs).collect();
+        assert_eq!(tries, want, "one fresh try a second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_an_answer_and_ends_the_knocking_at_once() {
+        let start = Instant::now();
+        let r: lapin::Result<()> = knock(KNOCK, || async {
+            Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+        })
+        .await;
+        assert!(!is_no_answer(&r.expect_err("refused")));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_knock_that_gets_an_answer_connects() {
+        let mut n = 0;
+        let r = knock(KNOCK, || {
+            n += 1;
+            let answer = n == 4;
+            async move {
+                if answer {
+                    Ok(n)
+                } else {
+                    std::future::pending().await
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.ok(), Some(4));
+    }
 
     #[test]
     fn cluster_name_is_read_from_the_server_properties() {

@@ -33,6 +33,21 @@ pub enum LinkError {
         cluster: String,
         /// Every URI tried (masked) with its error, in order.
         tried: String,
+        /// No URI answered at all (packets dropped): nothing refused, so knocking again at once
+        /// costs the brokers nothing.
+        no_answer: bool,
+    },
+    /// A side stopped answering on an open connection: missed heartbeats, a publish never
+    /// confirmed, a request never answered. What a vanished host or a dead network path looks
+    /// like (no reset, no error).
+    #[error("{side} {cluster} stopped answering: {what}; reconnecting (check the broker and the network path to it)")]
+    Silent {
+        /// Which side.
+        side: Side,
+        /// Configured cluster name.
+        cluster: String,
+        /// What went unanswered, and for how long.
+        what: String,
     },
     /// The exchange does not exist on one side.
     #[error("{side} exchange \"{exchange}\" does not exist on {cluster} (vhost {vhost}); declare it there")]
@@ -86,6 +101,20 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// The peer went silent rather than refusing: the next attempt may start at once (its
+    /// connect knocks once a second, which costs a silent peer nothing) instead of after
+    /// `reconnect_delay`.
+    pub(crate) fn peer_silent(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Silent { .. }
+                | LinkError::Connect {
+                    no_answer: true,
+                    ..
+                }
+        )
+    }
+
     /// Wraps a lapin error with what was being done, where.
     pub(crate) fn broker(
         what: impl Into<String>,
@@ -93,6 +122,18 @@ impl LinkError {
         cluster: &str,
         err: &lapin::Error,
     ) -> LinkError {
+        if matches!(err.kind(), lapin::ErrorKind::MissingHeartbeatError) {
+            return LinkError::Silent {
+                side,
+                cluster: cluster.to_string(),
+                what: match what.into() {
+                    w if w == "connection" => {
+                        "nothing received for two heartbeat intervals".to_string()
+                    }
+                    w => format!("nothing received for two heartbeat intervals ({w})"),
+                },
+            };
+        }
         LinkError::Broker {
             what: what.into(),
             side,
@@ -107,6 +148,9 @@ pub(crate) fn describe(err: &lapin::Error) -> String {
     match err.kind() {
         lapin::ErrorKind::ProtocolError(e) => e.get_message().to_string(),
         lapin::ErrorKind::IOError(e) => format!("connection lost ({e})"),
+        lapin::ErrorKind::MissingHeartbeatError => {
+            "nothing received for two heartbeat intervals (heartbeats missed)".to_string()
+        }
         lapin::ErrorKind::InvalidChannelState(..)
         | lapin::ErrorKind::InvalidConnectionState(..) => {
             format!("connection lost ({err})")

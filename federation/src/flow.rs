@@ -89,7 +89,14 @@ async fn run(
         ) {
             compare_types = true;
         }
-        let delay = spec.upstream.reconnect_delay;
+        // A peer that went silent is knocked on again at once: the connect sends one SYN a
+        // second until it answers, which a vanished host does not feel, and the flow resumes
+        // within a second of the path coming back instead of up to reconnect_delay later.
+        let delay = if err.peer_silent() {
+            Duration::ZERO
+        } else {
+            spec.upstream.reconnect_delay
+        };
         tracing::warn!(error = %err, retry_in = ?delay, "federation link attempt failed; retrying");
         status.set_reconnecting(err.to_string(), SystemTime::now() + delay);
         tokio::select! {

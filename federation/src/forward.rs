@@ -5,6 +5,18 @@
 //! deliveries are republished as one batch (one wake-up of lapin's I/O thread), confirms are
 //! taken in publish order, and the [`AckTracker`] turns the confirmed prefix into `multiple`
 //! acks, sent every quarter of the prefetch under load and at once when nothing is in flight.
+//!
+//! A message the downstream refused (nack, e.g. a queue at its `x-max-length` with
+//! `x-overflow = reject-publish`; or returned, with `mandatory`) is requeued upstream, and the
+//! flow then *pauses* consuming, doubling the pause from [`BACKOFF_MIN`] to [`BACKOFF_MAX`] while
+//! refusals go on, so a full queue is not spun on at the speed of both brokers. The pause never
+//! blocks the loop: confirms, connection events and a stop are handled during it.
+//!
+//! Watchdogs make a silent peer an error instead of a stall (heartbeats, negotiated in
+//! `connect`, are the first line): a publish unconfirmed for [`CONFIRM_DEADLINE`] (unless the
+//! downstream said it is blocked by a resource alarm) and a queue-depth request unanswered for
+//! [`REQUEST_DEADLINE`] end the attempt with [`LinkError::Silent`]. What the flow is doing
+//! (forwarding, idle and why, backing off, blocked) is kept in its status.
 
 use crate::config::AckMode;
 use crate::error::{LinkError, Side};
@@ -32,8 +44,16 @@ use tokio::sync::watch;
 const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Most deliveries republished in one go.
 const BATCH: usize = 256;
-/// Pause after a mandatory publish came back, so an unroutable message is not spun on.
-const RETURN_PAUSE: Duration = Duration::from_millis(500);
+/// First pause after the downstream refused a publish; doubled while refusals go on.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest pause between rounds of refused publishes.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A publish unconfirmed this long means the downstream stopped answering.
+pub(crate) const CONFIRM_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the upstream may take to answer the periodic queue-depth request.
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the watchdog and the activity shown in the status are updated.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often an operation in progress checks that its connection is still open.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
@@ -53,6 +73,15 @@ impl Pending {
 
     fn push(&mut self, seq: Seq, start: Instant, confirm: PublisherConfirm) {
         self.0.push_back((seq, start, confirm));
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// When the oldest publish still waiting for its confirm went out.
+    fn oldest(&self) -> Option<Instant> {
+        self.0.front().map(|p| p.1)
     }
 
     /// The oldest publish's confirm. Cancel-safe: it is removed only once resolved.
@@ -94,7 +123,18 @@ struct Run {
     exchange: ShortString,
     tracker: AckTracker,
     confirms: Pending,
+    /// The downstream returned (mandatory) or nacked a publish since the last acks went out.
     returned: bool,
+    nacked: bool,
+    /// The current refusal backoff (zero while publishes are confirmed).
+    backoff: Duration,
+    /// Consuming is paused until then.
+    paused_until: Option<tokio::time::Instant>,
+    /// When a delivery last arrived, for the activity shown in the status.
+    last_delivery: Instant,
+    /// Consumers on the upstream queue at the last look (others: single active consumer).
+    consumers: u32,
+    activity: Activity,
 }
 
 impl Forwarder {
@@ -113,9 +153,16 @@ impl Forwarder {
             tracker: AckTracker::default(),
             confirms: Pending::default(),
             returned: false,
+            nacked: false,
+            backoff: Duration::ZERO,
+            paused_until: None,
+            last_delivery: Instant::now(),
+            consumers: 1,
+            activity: Activity::Starting,
         };
         let mut depth_tick = tokio::time::interval(DEPTH_INTERVAL);
         depth_tick.tick().await; // the first tick is immediate; the queue was just declared
+        let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
         let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
@@ -127,7 +174,10 @@ impl Forwarder {
                 ev = up_events.next() => lost(Side::Upstream, &self.spec.upstream.name, &self.up_status, ev)?,
                 ev = down_events.next() => lost(Side::Downstream, &self.spec.downstream.name, &self.down_status, ev)?,
                 Some(c) = run.confirms.next(), if !run.confirms.is_empty() => self.on_confirm(&mut run, c)?,
-                d = self.consumer.next() => {
+                _ = tokio::time::sleep_until(run.paused_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if run.paused_until.is_some() => run.paused_until = None,
+                d = self.consumer.next(), if run.paused_until.is_none() => {
+                    run.last_delivery = Instant::now();
                     batch.push(self.delivery(d)?);
                     // Take what else is already here: one wake-up of the I/O thread per batch.
                     while batch.len() < BATCH {
@@ -137,8 +187,10 @@ impl Forwarder {
                         }
                     }
                     self.forward(&mut run, &mut batch).await?;
+                    self.show(&mut run, Activity::Forwarding);
                 }
-                _ = depth_tick.tick() => self.refresh_depth().await,
+                _ = depth_tick.tick() => self.refresh_depth(&mut run).await?,
+                _ = watch_tick.tick() => self.watch(&mut run)?,
             }
             while let Some(Some(c)) = run.confirms.next().now_or_never() {
                 self.on_confirm(&mut run, c)?;
@@ -250,6 +302,7 @@ impl Forwarder {
                     .record(start.elapsed().as_secs_f64());
                 counters.forwarded.fetch_add(1, Relaxed);
                 self.metrics.forwarded.increment(1);
+                run.backoff = Duration::ZERO;
                 Outcome::Done
             }
             Ok(Confirmation::Ack(Some(_))) => {
@@ -261,6 +314,7 @@ impl Forwarder {
             Ok(Confirmation::Nack(_)) => {
                 counters.rejected.fetch_add(1, Relaxed);
                 self.metrics.nacked.increment(1);
+                run.nacked = true;
                 Outcome::Rejected
             }
             Err(e) => {
@@ -280,7 +334,7 @@ impl Forwarder {
     /// frames for the upstream's channel and queue), and everything ready once none is.
     async fn maybe_send_acks(&self, run: &mut Run) -> Result<(), LinkError> {
         let batch = (self.spec.upstream.prefetch_count as usize / 4).max(1);
-        if run.tracker.ready() >= batch || run.confirms.is_empty() || run.returned {
+        if run.tracker.ready() >= batch || run.confirms.is_empty() || run.returned || run.nacked {
             self.send_acks(run).await?;
         }
         Ok(())
@@ -314,10 +368,87 @@ impl Forwarder {
                 )
             })?;
         }
-        if std::mem::take(&mut run.returned) {
-            tokio::time::sleep(RETURN_PAUSE).await;
+        let returned = std::mem::take(&mut run.returned);
+        let nacked = std::mem::take(&mut run.nacked);
+        if returned || nacked {
+            self.back_off(run, if nacked { "nack" } else { "returned" });
         }
         Ok(())
+    }
+
+    /// After refused publishes went back upstream: pause consuming, for longer each round the
+    /// downstream goes on refusing, so the requeued messages are not republished at once.
+    fn back_off(&self, run: &mut Run, reason: &'static str) {
+        run.backoff = next_backoff(run.backoff);
+        run.paused_until = Some(tokio::time::Instant::now() + run.backoff);
+        self.status.counters.backoffs.fetch_add(1, Relaxed);
+        self.metrics.backoff(reason).increment(1);
+        let activity = Activity::BackingOff {
+            reason,
+            pause: run.backoff,
+        };
+        tracing::debug!(reason, pause = ?run.backoff, "downstream refused publishes; pausing");
+        self.show(run, activity);
+    }
+
+    /// Once a second: a downstream that stopped confirming ends the attempt, and the status
+    /// says what the flow is doing.
+    fn watch(&self, run: &mut Run) -> Result<(), LinkError> {
+        let blocked = self.down_status.blocked();
+        if let Some(oldest) = run.confirms.oldest() {
+            let waited = oldest.elapsed();
+            if waited >= CONFIRM_DEADLINE && !blocked {
+                return Err(LinkError::Silent {
+                    side: Side::Downstream,
+                    cluster: self.spec.downstream.name.clone(),
+                    what: format!(
+                        "{} publishes unconfirmed, the oldest for {}s",
+                        run.confirms.len(),
+                        waited.as_secs()
+                    ),
+                });
+            }
+        }
+        // Messages wait upstream, this is the queue's only consumer, nothing is in flight, and
+        // yet nothing was delivered: the upstream stopped delivering.
+        let ready = self.status.counters.queue_depth.load(Relaxed);
+        let starved = run.last_delivery.elapsed();
+        if run.paused_until.is_none()
+            && ready > 0
+            && ready != u64::MAX
+            && run.consumers <= 1
+            && run.tracker.outstanding() == 0
+            && starved >= CONFIRM_DEADLINE
+        {
+            return Err(LinkError::Silent {
+                side: Side::Upstream,
+                cluster: self.spec.upstream.name.clone(),
+                what: format!(
+                    "{ready} messages ready in the queue but none delivered for {}s",
+                    starved.as_secs()
+                ),
+            });
+        }
+        let activity = if run.paused_until.is_some() {
+            run.activity
+        } else if blocked {
+            Activity::Blocked
+        } else if !run.confirms.is_empty() || run.last_delivery.elapsed() < 2 * WATCH_INTERVAL {
+            Activity::Forwarding
+        } else if run.consumers > 1 {
+            Activity::Standby
+        } else {
+            Activity::Idle
+        };
+        self.show(run, activity);
+        Ok(())
+    }
+
+    fn show(&self, run: &mut Run, activity: Activity) {
+        if run.activity != activity {
+            run.activity = activity;
+            self.status.set_activity(activity.describe());
+        }
     }
 
     /// Stops consuming, waits up to `grace` for outstanding confirms, acks what was confirmed.
@@ -348,7 +479,9 @@ impl Forwarder {
         Ok(())
     }
 
-    async fn refresh_depth(&self) {
+    /// Reads the queue depth (a passive declare). It doubles as a probe of the upstream: a
+    /// request unanswered for [`REQUEST_DEADLINE`] ends the attempt, heartbeats or not.
+    async fn refresh_depth(&self, run: &mut Run) -> Result<(), LinkError> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
@@ -358,21 +491,82 @@ impl Forwarder {
             self.depth_channel
                 .queue_declare(queue.as_str().into(), passive, FieldTable::default());
         let name = &self.spec.upstream.name;
-        // A lost connection is the event stream's to report; here it only ends the wait.
-        if let Ok(Ok(q)) = while_open(
-            Side::Upstream,
-            name,
-            &self.up_status,
-            "reading the queue depth",
-            declare,
+        let answer = tokio::time::timeout(
+            REQUEST_DEADLINE,
+            while_open(
+                Side::Upstream,
+                name,
+                &self.up_status,
+                "reading the queue depth",
+                declare,
+            ),
         )
         .await
-        {
+        .map_err(|_| LinkError::Silent {
+            side: Side::Upstream,
+            cluster: name.clone(),
+            what: format!(
+                "a queue.declare of \"{queue}\" unanswered for {}s",
+                REQUEST_DEADLINE.as_secs()
+            ),
+        })?;
+        // A lost connection is the event stream's to report; here it only ends the wait.
+        if let Ok(Ok(q)) = answer {
             self.status
                 .counters
                 .queue_depth
                 .store(u64::from(q.message_count()), Relaxed);
             self.metrics.queue_depth.set(f64::from(q.message_count()));
+            run.consumers = q.consumer_count();
+        }
+        Ok(())
+    }
+}
+
+/// The pause after another round of refused publishes: [`BACKOFF_MIN`], then doubling up to
+/// [`BACKOFF_MAX`].
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+}
+
+/// What a running flow is doing, for the status: a flow that shows `running` is moving
+/// messages or says why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activity {
+    Starting,
+    Forwarding,
+    /// Nothing to forward: no deliveries and nothing in flight.
+    Idle,
+    /// Another consumer holds the single-active-consumer queue (another setgate on this link).
+    Standby,
+    /// The downstream announced `connection.blocked` (memory or disk alarm).
+    Blocked,
+    BackingOff {
+        reason: &'static str,
+        pause: Duration,
+    },
+}
+
+impl Activity {
+    fn describe(self) -> String {
+        match self {
+            Activity::Starting => "starting".into(),
+            Activity::Forwarding => "forwarding".into(),
+            Activity::Idle => "idle: nothing to forward".into(),
+            Activity::Standby => {
+                "idle: another consumer holds the upstream queue (single active consumer)".into()
+            }
+            Activity::Blocked => {
+                "waiting: the downstream blocked publishing (resource alarm)".into()
+            }
+            Activity::BackingOff { reason, pause } => format!(
+                "backing off {}ms: the downstream {} publishes; requeued upstream",
+                pause.as_millis(),
+                match reason {
+                    "nack" => "nacked (a queue at its limit with reject-publish?)",
+                    _ => "returned unroutable mandatory",
+                }
+            ),
         }
     }
 }
@@ -459,6 +653,34 @@ mod tests {
             text.contains("publishing") && text.contains("downstream dc2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn refusals_back_off_doubling_up_to_the_maximum() {
+        let mut pause = Duration::ZERO;
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            pause = next_backoff(pause);
+            pauses.push(pause.as_millis());
+        }
+        assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
+    }
+
+    #[test]
+    fn the_activity_says_why_a_running_flow_moves_nothing() {
+        let pause = Duration::from_millis(500);
+        let nack = Activity::BackingOff {
+            reason: "nack",
+            pause,
+        };
+        assert_eq!(
+            nack.describe(),
+            "backing off 500ms: the downstream nacked (a queue at its limit with reject-publish?) publishes; requeued upstream"
+        );
+        assert!(Activity::Standby
+            .describe()
+            .contains("single active consumer"));
+        assert!(Activity::Blocked.describe().contains("resource alarm"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,6 +20,8 @@ pub(crate) struct FlowMetrics {
     pub nacked: Counter,
     pub returned: Counter,
     pub reconnects: Counter,
+    backoff_nack: Counter,
+    backoff_returned: Counter,
     pub confirm_latency: Histogram,
     pub queue_depth: Gauge,
     pub running: Gauge,
@@ -38,7 +40,14 @@ impl FlowMetrics {
             l.push(("reason", reason.to_string()));
             counter!("setgate_federation_dropped_total", &l)
         };
+        let backoff = |reason: &'static str| {
+            let mut l = labels.to_vec();
+            l.push(("reason", reason.to_string()));
+            counter!("setgate_federation_backoffs_total", &l)
+        };
         FlowMetrics {
+            backoff_nack: backoff("nack"),
+            backoff_returned: backoff("returned"),
             forwarded: counter!("setgate_federation_forwarded_total", &labels),
             dropped_max_hops: dropped("max_hops"),
             dropped_cycle: dropped("cycle"),
@@ -50,6 +59,14 @@ impl FlowMetrics {
             queue_depth: gauge!("setgate_federation_upstream_queue_messages", &labels),
             running: gauge!("setgate_federation_flow_running", &labels),
             labels,
+        }
+    }
+
+    /// `setgate_federation_backoffs_total{reason}`: `nack` or `returned`.
+    pub fn backoff(&self, reason: &str) -> &Counter {
+        match reason {
+            "nack" => &self.backoff_nack,
+            _ => &self.backoff_returned,
         }
     }
 
@@ -84,6 +101,10 @@ fn describe() {
         describe_counter!(
             "setgate_federation_returned_total",
             "Mandatory publishes the downstream returned as unroutable; requeued upstream."
+        );
+        describe_counter!(
+            "setgate_federation_backoffs_total",
+            "Pauses in consuming after the downstream refused publishes (reason: nack or returned)."
         );
         describe_counter!(
             "setgate_federation_reconnects_total",

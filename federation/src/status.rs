@@ -37,6 +37,8 @@ pub(crate) struct Counters {
     pub redelivered: AtomicU64,
     pub rejected: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Pauses after the downstream refused publishes (nack or return).
+    pub backoffs: AtomicU64,
     /// Ready messages in the upstream queue at the last look; `u64::MAX` before the first.
     pub queue_depth: AtomicU64,
 }
@@ -52,6 +54,8 @@ struct FlowState {
     last_error: Option<String>,
     last_error_at: Option<SystemTime>,
     next_attempt: Option<SystemTime>,
+    /// While running: what the flow is doing (forwarding, idle and why, backing off, blocked).
+    activity: Option<String>,
 }
 
 /// The status of one (upstream, exchange) flow.
@@ -92,6 +96,7 @@ impl FlowStatus {
                 last_error: None,
                 last_error_at: None,
                 next_attempt: None,
+                activity: None,
             }),
         }
     }
@@ -117,7 +122,13 @@ impl FlowStatus {
             s.upstream_cluster = Some(c.upstream_cluster);
             s.downstream_cluster = Some(c.downstream_cluster);
             s.next_attempt = None;
+            s.activity = None;
         });
+    }
+
+    /// What the running flow is doing, in words.
+    pub fn set_activity(&self, activity: String) {
+        self.update(|s| s.activity = Some(activity));
     }
 
     /// After a failed attempt or a lost connection: the error and when the next attempt starts.
@@ -129,6 +140,7 @@ impl FlowStatus {
             s.last_error = Some(error);
             s.last_error_at = Some(SystemTime::now());
             s.next_attempt = Some(next_attempt);
+            s.activity = None;
         });
     }
 
@@ -138,6 +150,7 @@ impl FlowStatus {
             s.upstream_uri = None;
             s.downstream_uri = None;
             s.next_attempt = None;
+            s.activity = None;
         });
     }
 
@@ -160,6 +173,7 @@ impl FlowStatus {
             "queue": self.queue,
             "state": s.state.as_str(),
             "since": time(Some(s.since)),
+            "activity": s.activity,
             "upstream_uri": s.upstream_uri,
             "downstream_uri": s.downstream_uri,
             "upstream_cluster": s.upstream_cluster,
@@ -172,6 +186,7 @@ impl FlowStatus {
             "redelivered": c.redelivered.load(Relaxed),
             "rejected": c.rejected.load(Relaxed),
             "reconnects": c.reconnects.load(Relaxed),
+            "backoffs": c.backoffs.load(Relaxed),
             "queue_depth": (depth != u64::MAX).then_some(depth),
         })
     }

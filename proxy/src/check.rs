@@ -158,7 +158,9 @@ pub(crate) async fn run(shared: Arc<Shared>, pool_name: String, server_name: Str
             }
             None => {}
         }
-        let wait: Duration = health.next_interval(&check);
+        // Probes start every interval whatever they took, so a server that stops answering is
+        // marked down within `fall * inter + timeout`, not `fall * (inter + timeout)`.
+        let wait: Duration = health.next_interval(&check).saturating_sub(duration);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shared.stopping.cancelled() => return,

@@ -9,22 +9,28 @@
 //! - [`config`]: typed builders for the config files tests and benchmarks run setgate with.
 //! - [`http`]: a tiny HTTP/1.1 client for the management API and the admin API.
 //! - [`netns`], [`vrrp_lab`]: network namespaces, Keepalived, and the VRRP lab built on them.
+//! - [`netfault`]: blackhole a port with iptables (packets dropped both ways, no reset).
 //! - [`net`]: free ports and "wait until" helpers (tests wait on readiness, never on sleeps).
+//! - [`chaos`]: the chaos run (two datacenters, random real faults, the books kept).
+//! - [`wan`]: a delayed, lossy link (delay line + iptables random drops) for WAN tests.
 //!
 //! Nodes and setgate processes are cleaned up when their handle drops, and — for nodes shared through
 //! a `static` by all tests of one test binary — by a watchdog that kills the node once the test
 //! process is gone.
 
 pub mod amqp;
+pub mod chaos;
 pub mod config;
 pub mod fed;
 pub mod http;
 pub mod net;
+pub mod netfault;
 pub mod netns;
 pub mod node;
 pub mod pki;
 pub mod setgate;
 pub mod vrrp_lab;
+pub mod wan;
 
 pub use net::{free_port, raise_fd_limit, wait_until};
 pub use node::{Cluster, Node, NodeOptions};
