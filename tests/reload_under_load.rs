@@ -8,6 +8,7 @@
 mod common;
 
 use common::BIN;
+use setgate_testkit::config::{Check, Config, Link, Listener, Pool, Upstream};
 use setgate_testkit::{amqp, fed, free_port, wait_until, Node, Setgate};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,44 +19,25 @@ const RELOADS: usize = 50;
 
 /// Config A (`with_link = false`): listener `amqp` -> pool `center` = [c1]. Config B: the listener
 /// renamed `amqp-b`, a second server c2 in the pool, and a federation link between the brokers.
-fn config(admin: &str, port: u16, nodes: &[Node], with_link: bool) -> String {
-    let (listener, extra_server, link) = if with_link {
-        (
-            "amqp-b",
-            format!(", {{ name = \"c2\", addr = \"{}\" }}", nodes[1].amqp_addr()),
-            format!(
-                "{}{}",
-                fed::upstream("dc1", &[nodes[0].amqp_uri()], ""),
-                fed::link(
-                    "reload-link",
-                    &["dc1"],
-                    "dc2",
-                    &[nodes[1].amqp_uri()],
-                    &["reload.x"]
-                )
-            ),
-        )
-    } else {
-        ("amqp", String::new(), String::new())
-    };
-    format!(
-        r#"
-[admin]
-listen = "{admin}"
-
-[[listener]]
-name = "{listener}"
-bind = "127.0.0.1:{port}"
-pool = "center"
-
-[[pool]]
-name = "center"
-balance = "roundrobin"
-check = {{ kind = "tcp", inter = "1s", timeout = "5s" }}
-servers = [{{ name = "c1", addr = "{c1}" }}{extra_server}]
-{link}"#,
-        c1 = nodes[0].amqp_addr(),
-    )
+/// Both bind the same port, chosen here: a renamed listener on port 0 could move.
+fn config(admin: &str, port: u16, nodes: &[Node], with_link: bool) -> Config {
+    let bind = format!("127.0.0.1:{port}");
+    let pool = Pool::new("center")
+        .balance("roundrobin")
+        .check(Check::tcp().inter("1s").timeout("5s"))
+        .server("c1", nodes[0].amqp_addr());
+    let cfg = Config::new().admin(admin);
+    if !with_link {
+        return cfg
+            .listener(Listener::tcp("amqp", "center").bind(bind))
+            .pool(pool);
+    }
+    let (up, down) = ([nodes[0].amqp_uri()], [nodes[1].amqp_uri()]);
+    let link = Link::new("reload-link", &["dc1"], "dc2", &down, &["reload.x"]);
+    cfg.listener(Listener::tcp("amqp-b", "center").bind(bind))
+        .pool(pool.server("c2", nodes[1].amqp_addr()))
+        .upstream(Upstream::new("dc1", &up))
+        .link(link)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{admin_addr, BIN};
-use setgate_testkit::{free_port, Node, Setgate};
+use common::BIN;
+use setgate_testkit::config::{Check, Config, Listener, Pool};
+use setgate_testkit::{Node, Setgate};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,25 +15,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 async fn the_status_page_renders_pools_and_a_server_turns_red_when_its_broker_dies(
 ) -> anyhow::Result<()> {
     let mut node = Node::start().await?;
-    let cfg = format!(
-        r#"
-[admin]
-listen = "{admin}"
-
-[[listener]]
-name = "amqp"
-bind = "127.0.0.1:{port}"
-pool = "rabbit"
-
-[[pool]]
-name = "rabbit"
-check = {{ kind = "amqp", inter = "300ms", fall = 2, timeout = "1s" }}
-servers = [{{ name = "rabbit-1", addr = "{addr}" }}]
-"#,
-        admin = admin_addr(),
-        port = free_port(),
-        addr = node.amqp_addr(),
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp("amqp", "rabbit"))
+        .pool(
+            Pool::new("rabbit")
+                .check(Check::amqp().inter("300ms").fall(2).timeout("1s"))
+                .server("rabbit-1", node.amqp_addr()),
+        );
     let sg = Setgate::start(BIN, &cfg).await?;
     sg.wait_ready().await?;
 

@@ -23,6 +23,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::json;
+use setgate_testkit::config::{Check, Config, Listener, Pool, Routing};
 use setgate_testkit::{amqp, free_port, Node, Setgate};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -75,50 +76,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("starting a RabbitMQ node...");
     let node = Node::start().await?;
     let sink = Sink::start().await?;
-    let (tcp, set, idle_port, admin) = (free_port(), free_port(), free_port(), free_port());
-    let cfg = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[listener]]
-name = "tcp"
-bind = "127.0.0.1:{tcp}"
-pool = "rabbit"
-
-[[listener]]
-name = "set"
-bind = "127.0.0.1:{set}"
-mode = "set"
-
-[[listener]]
-name = "idle"
-bind = "127.0.0.1:{idle_port}"
-pool = "sink"
-
-[[pool]]
-name = "rabbit"
-check = {{ kind = "amqp", inter = "2s" }}
-servers = [{{ name = "n", addr = "{addr}" }}]
-
-[[pool]]
-name = "sink"
-check = {{ kind = "tcp", inter = "2s" }}
-servers = [{{ name = "sink", addr = "127.0.0.1:{sink}" }}]
-
-[routing]
-default = "rabbit"
-sets = []
-"#,
-        addr = node.amqp_addr(),
-        sink = sink.port,
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp("tcp", "rabbit"))
+        .listener(Listener::set("set"))
+        .listener(Listener::tcp("idle", "sink"))
+        .pool(
+            Pool::new("rabbit")
+                .check(Check::amqp().inter("2s"))
+                .server("n", node.amqp_addr()),
+        )
+        .pool(
+            Pool::new("sink")
+                .check(Check::tcp().inter("2s"))
+                .server("sink", format!("127.0.0.1:{}", sink.port)),
+        )
+        .routing(Routing::new("rabbit"));
     let opts = setgate_testkit::setgate::SetgateOptions {
         env: args.setgate_env.clone(),
+        quiet: true,
         ..Default::default()
     };
     let sg = Setgate::start_with(&bin, &cfg, opts).await?;
     sg.wait_ready().await?;
+    let (tcp, set, idle_port) = (
+        sg.port("tcp").await?,
+        sg.port("set").await?,
+        sg.port("idle").await?,
+    );
     let haproxy = Haproxy::start(node.amqp_port, sink.port).await?;
     let mut paths = vec![
         Path {

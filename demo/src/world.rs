@@ -6,7 +6,7 @@ use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::ExchangeKind;
 use setgate_testkit::node::{Node, NodeOptions};
-use setgate_testkit::setgate::Setgate;
+use setgate_testkit::setgate::{Setgate, SetgateOptions};
 use setgate_testkit::{amqp, wait_until};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -128,7 +128,12 @@ async fn prepare(name: &str, node: &Node) -> anyhow::Result<()> {
 async fn start_edge(bin: &Path, config: &Path) -> anyhow::Result<Setgate> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
-    let sg = Setgate::start(bin, &text).await?;
+    // The story is the output; the config files are in configs/ for whoever wants to read them.
+    let quiet = SetgateOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let sg = Setgate::start_with(bin, &text, quiet).await?;
     sg.wait_ready().await?;
     Ok(sg)
 }

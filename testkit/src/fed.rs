@@ -1,13 +1,13 @@
 //! Federation test and benchmark helpers: a publisher that survives broker restarts and reports
 //! what was confirmed, a collector that consumes a queue across restarts, the tally of the two
-//! (published-and-confirmed vs received vs duplicates vs missing), and setgate config, status
-//! and metric helpers for federation links.
+//! (published-and-confirmed vs received vs duplicates vs missing), and setgate status and metric
+//! helpers for federation links (their configs come from [`crate::config`]).
 //!
 //! Every message carries its id as `message_id` (and as the body); the routing key is
 //! `k{id % keys}` so order can be checked per key.
 
 use crate::amqp::{confirm_channel, connect};
-use crate::net::{free_port, wait_until};
+use crate::net::wait_until;
 use crate::node::Node;
 use crate::setgate::Setgate;
 use anyhow::Context;
@@ -363,45 +363,7 @@ impl Tally {
     }
 }
 
-// ---- setgate configs, status and metrics for federation tests ----
-
-/// A setgate config: an admin port on a free port, a 10 s shutdown grace, then `federation`.
-pub fn config(federation: &str) -> String {
-    format!(
-        "shutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n{federation}",
-        free_port()
-    )
-}
-
-/// `[[federation.upstream]]` with the given URIs, a 1 s reconnect delay and `extra` lines.
-pub fn upstream(name: &str, uris: &[String], extra: &str) -> String {
-    format!(
-        "[[federation.upstream]]\nname = \"{name}\"\nuris = {}\nreconnect_delay = \"1s\"\n{extra}\n",
-        toml_list(uris)
-    )
-}
-
-/// `[[federation.link]]` with a name, upstreams, a downstream and exchanges.
-pub fn link(
-    name: &str,
-    upstreams: &[&str],
-    downstream: &str,
-    uris: &[String],
-    exchanges: &[&str],
-) -> String {
-    format!(
-        "[[federation.link]]\nname = \"{name}\"\nupstreams = {}\ndownstream = {{ name = \"{downstream}\", uris = {} }}\nexchanges = {}\n\n",
-        toml_list(upstreams),
-        toml_list(uris),
-        toml_list(exchanges)
-    )
-}
-
-/// `["a", "b"]`.
-pub fn toml_list<S: AsRef<str>>(items: &[S]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| format!("{:?}", s.as_ref())).collect();
-    format!("[{}]", quoted.join(", "))
-}
+// ---- setgate status and metrics for federation tests (configs: crate::config) ----
 
 /// The status of link `name` from `/api/links`.
 pub async fn link_status(sg: &Setgate, name: &str) -> anyhow::Result<serde_json::Value> {

@@ -6,6 +6,7 @@
 //!
 //! - [`node`]: start, stop, kill -9, SIGSTOP and restart RabbitMQ nodes; join three into a cluster.
 //! - [`setgate`]: run the setgate binary with a config, wait until it is ready, reload, stop, kill.
+//! - [`config`]: typed builders for the config files tests and benchmarks run setgate with.
 //! - [`http`]: a tiny HTTP/1.1 client for the management API and the admin API.
 //! - [`netns`], [`vrrp_lab`]: network namespaces, Keepalived, and the VRRP lab built on them.
 //! - [`netfault`]: blackhole a port with iptables (packets dropped both ways, no reset).
@@ -19,6 +20,7 @@
 
 pub mod amqp;
 pub mod chaos;
+pub mod config;
 pub mod fed;
 pub mod http;
 pub mod net;

@@ -1,5 +1,6 @@
 //! setgate itself, run as a child process with a config file, the way users run it.
 
+use crate::config::Config;
 use crate::http::{self, Auth, Response};
 use crate::net::wait_until;
 use anyhow::{bail, Context};
@@ -7,6 +8,30 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// What setgate runs with: TOML text (`&str`, `&String`) or a [`Config`] builder.
+pub trait ConfigText {
+    /// The TOML, as it goes into the config file.
+    fn toml_text(&self) -> String;
+}
+
+impl ConfigText for str {
+    fn toml_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ConfigText for String {
+    fn toml_text(&self) -> String {
+        self.clone()
+    }
+}
+
+impl ConfigText for Config {
+    fn toml_text(&self) -> String {
+        self.to_string()
+    }
+}
 
 /// How to run setgate.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +42,8 @@ pub struct SetgateOptions {
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Do not print the config file at start and on reload (for programs with an audience).
+    pub quiet: bool,
 }
 
 /// A running setgate process. Killed (SIGKILL) when dropped.
@@ -31,20 +58,34 @@ pub struct Setgate {
 }
 
 impl Setgate {
-    /// Writes `config` to a file, starts `BIN run --config FILE` and waits until `/healthz` answers.
-    pub async fn start(bin: impl AsRef<Path>, config: &str) -> anyhow::Result<Setgate> {
+    /// Writes `config` (TOML text or a [`crate::config::Config`]) to a file, starts
+    /// `BIN run --config FILE` and waits until `/healthz` answers.
+    ///
+    /// The file is printed to stderr first (unless [`SetgateOptions::quiet`]): the test harness
+    /// captures it and shows it when the test fails.
+    pub async fn start(
+        bin: impl AsRef<Path>,
+        config: &(impl ConfigText + ?Sized),
+    ) -> anyhow::Result<Setgate> {
         Setgate::start_with(bin, config, SetgateOptions::default()).await
     }
 
     /// [`Setgate::start`] with options.
     pub async fn start_with(
         bin: impl AsRef<Path>,
-        config: &str,
+        config: &(impl ConfigText + ?Sized),
         opts: SetgateOptions,
     ) -> anyhow::Result<Setgate> {
-        let admin = admin_addr(config)?;
+        let config = config.toml_text();
+        let admin = admin_addr(&config)?;
         let dir = crate::unique_dir("setgate");
-        std::fs::write(dir.join("setgate.toml"), config)?;
+        std::fs::write(dir.join("setgate.toml"), &config)?;
+        if !opts.quiet {
+            eprintln!(
+                "---- setgate config ({}) ----\n{config}",
+                dir.join("setgate.toml").display()
+            );
+        }
         let mut sg = Setgate {
             admin,
             bin: bin.as_ref().to_path_buf(),
@@ -59,6 +100,48 @@ impl Setgate {
     /// Path of the config file this instance runs with.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("setgate.toml")
+    }
+
+    /// The config file as it is now (after any reload).
+    pub fn config(&self) -> String {
+        std::fs::read_to_string(self.config_path()).unwrap_or_default()
+    }
+
+    /// The address listener `name` accepts on: its `bind` from the config file, or, when that
+    /// names port 0, the address setgate reports for it in `GET /api/listeners`.
+    pub async fn addr(&self, listener: &str) -> anyhow::Result<SocketAddr> {
+        let config: toml::Value = toml::from_str(&self.config()).context("config is not TOML")?;
+        let bind: SocketAddr = config
+            .get("listener")
+            .and_then(|l| l.as_array())
+            .and_then(|l| {
+                l.iter()
+                    .find(|l| l.get("name").and_then(|n| n.as_str()) == Some(listener))
+            })
+            .and_then(|l| l.get("bind"))
+            .and_then(|b| b.as_str())
+            .with_context(|| format!("no listener {listener:?} with a bind in the config"))?
+            .parse()?;
+        if bind.port() != 0 {
+            return Ok(bind);
+        }
+        // `addr` is null until the socket is bound.
+        let what = format!("listener {listener:?}'s addr in /api/listeners");
+        let addr = wait_until(&what, Duration::from_secs(10), || async {
+            let v = self.get_json("/api/listeners").await.ok()?;
+            let l = v["listeners"]
+                .as_array()?
+                .iter()
+                .find(|l| l["name"] == listener)?;
+            l["addr"].as_str()?.parse::<SocketAddr>().ok()
+        })
+        .await?;
+        Ok(addr)
+    }
+
+    /// The port listener `name` accepts on (see [`Setgate::addr`]).
+    pub async fn port(&self, listener: &str) -> anyhow::Result<u16> {
+        Ok(self.addr(listener).await?.port())
     }
 
     /// Everything the process printed so far.
@@ -120,8 +203,18 @@ impl Setgate {
         .await;
         match result {
             Ok(true) => Ok(()),
-            Ok(false) => bail!("setgate exited at start:\n{}", self.log()),
-            Err(e) => Err(e).with_context(|| format!("setgate log:\n{}", self.log())),
+            Ok(false) => bail!(
+                "setgate exited at start:\n{}\n---- config ----\n{}",
+                self.log(),
+                self.config()
+            ),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "setgate log:\n{}\n---- config ----\n{}",
+                    self.log(),
+                    self.config()
+                )
+            }),
         }
     }
 
@@ -203,7 +296,11 @@ impl Setgate {
     }
 
     /// Rewrites the config file and sends SIGHUP.
-    pub fn reload(&self, config: &str) -> anyhow::Result<()> {
+    pub fn reload(&self, config: &(impl ConfigText + ?Sized)) -> anyhow::Result<()> {
+        let config = config.toml_text();
+        if !self.opts.quiet {
+            eprintln!("---- setgate config, reloaded ----\n{config}");
+        }
         std::fs::write(self.config_path(), config)?;
         self.signal(libc::SIGHUP);
         Ok(())
@@ -236,8 +333,9 @@ impl Drop for Setgate {
         self.kill9();
         if std::thread::panicking() {
             eprintln!(
-                "---- setgate log ({}) ----\n{}",
-                self.dir.display(),
+                "---- setgate config ({}) ----\n{}\n---- setgate log ----\n{}",
+                self.config_path().display(),
+                self.config(),
                 self.log()
             );
         } else if std::env::var_os("SETGATE_KEEP_NODES").is_some() {

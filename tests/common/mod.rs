@@ -1,8 +1,8 @@
 //! Helpers shared by the end-to-end tests: brokers shared by the tests of one test binary, and
-//! config snippets.
+//! counting connections on them.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use setgate_testkit::{free_port, Node};
+use setgate_testkit::Node;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -23,16 +23,6 @@ pub async fn shared_nodes() -> &'static [Node] {
                 .collect()
         })
         .await
-}
-
-/// A `servers = [...]` array for a pool of `nodes`, named n0, n1, ...
-pub fn servers(nodes: &[&Node]) -> String {
-    let entries: Vec<String> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{{ name = \"n{i}\", addr = \"{}\" }}", n.amqp_addr()))
-        .collect();
-    format!("[{}]", entries.join(", "))
 }
 
 /// Creates `user` (password = user) on every node.
@@ -67,11 +57,6 @@ pub async fn wait_connections(nodes: &[&Node], user: &str, want: &[usize]) -> an
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// A fresh admin address for a test's setgate.
-pub fn admin_addr() -> String {
-    format!("127.0.0.1:{}", free_port())
 }
 
 /// `amqp://user:user@127.0.0.1:PORT/%2f`.

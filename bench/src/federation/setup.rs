@@ -6,7 +6,9 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::json;
 use setgate_testkit::amqp::connect;
-use setgate_testkit::{free_port, wait_until, Node, Setgate};
+use setgate_testkit::config::{Config, Link, Upstream};
+use setgate_testkit::setgate::SetgateOptions;
+use setgate_testkit::{wait_until, Node, Setgate};
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,14 +20,18 @@ pub async fn start_setgate(
     exchange: &str,
     prefetch: u32,
 ) -> anyhow::Result<Setgate> {
-    let cfg = format!(
-        "[admin]\nlisten = \"127.0.0.1:{}\"\n\n[[federation.upstream]]\nname = \"src\"\nuris = [\"{src}\"]\n\
-         prefetch_count = {prefetch}\nack_mode = \"on-confirm\"\nreconnect_delay = \"1s\"\n\n\
-         [[federation.link]]\nname = \"bench\"\nupstreams = [\"src\"]\n\
-         downstream = {{ name = \"dst\", uris = [\"{dst}\"] }}\nexchanges = [\"{exchange}\"]\n",
-        free_port()
-    );
-    let sg = Setgate::start(bin, &cfg).await?;
+    let cfg = Config::new()
+        .upstream(
+            Upstream::new("src", &[src])
+                .prefetch_count(prefetch)
+                .ack_mode("on-confirm"),
+        )
+        .link(Link::new("bench", &["src"], "dst", &[dst], &[exchange]));
+    let quiet = SetgateOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let sg = Setgate::start_with(bin, &cfg, quiet).await?;
     wait_until(
         "setgate's link running",
         Duration::from_secs(60),
