@@ -267,14 +267,36 @@ impl Forwarder {
             ));
         }
         let start = Instant::now();
-        let results = while_open(
-            Side::Downstream,
-            &self.spec.downstream.name,
-            &self.down_status,
-            "publishing",
-            futures_util::future::join_all(publishes),
-        )
-        .await?;
+        let n = publishes.len();
+        let results = {
+            let sent = while_open(
+                Side::Downstream,
+                &self.spec.downstream.name,
+                &self.down_status,
+                "publishing",
+                futures_util::future::join_all(publishes),
+            );
+            tokio::pin!(sent);
+            // A downstream whose socket stays open but which stops reading (no reset, no heartbeat
+            // missed yet) would hold the loop here, and with it the watchdog: bound the wait too.
+            // Only a resource alarm the broker announced (connection.blocked) is waited out.
+            loop {
+                match tokio::time::timeout(CONFIRM_DEADLINE, &mut sent).await {
+                    Ok(r) => break r?,
+                    Err(_) if self.down_status.blocked() => continue,
+                    Err(_) => {
+                        return Err(LinkError::Silent {
+                            side: Side::Downstream,
+                            cluster: self.spec.downstream.name.clone(),
+                            what: format!(
+                                "publishing {n} messages did not complete in {}s",
+                                CONFIRM_DEADLINE.as_secs()
+                            ),
+                        })
+                    }
+                }
+            }
+        };
         batch.clear();
         for (seq, result) in seqs.into_iter().zip(results) {
             let confirm = result.map_err(|e| {
@@ -364,8 +386,17 @@ impl Forwarder {
                 }
             };
             let name = &self.spec.upstream.name;
-            let r =
-                while_open(Side::Upstream, name, &self.up_status, "acknowledging", sent).await?;
+            let acked = while_open(Side::Upstream, name, &self.up_status, "acknowledging", sent);
+            let r = tokio::time::timeout(REQUEST_DEADLINE, acked)
+                .await
+                .map_err(|_| LinkError::Silent {
+                    side: Side::Upstream,
+                    cluster: name.clone(),
+                    what: format!(
+                        "sending acknowledgements did not complete in {}s",
+                        REQUEST_DEADLINE.as_secs()
+                    ),
+                })??;
             r.map_err(|e| {
                 LinkError::broker(
                     "acknowledging deliveries",
