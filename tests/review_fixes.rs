@@ -7,14 +7,11 @@ mod common;
 
 use common::BIN;
 use setgate_amqp::frame::{self, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER};
-use setgate_testkit::{free_port, wait_until, Node, Setgate};
+use setgate_testkit::config::{Check, Config, Listener, Pool, Routing};
+use setgate_testkit::{wait_until, Node, Setgate};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-fn admin() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
 
 /// A "broker" that accepts TCP and then says nothing: a hung node behind a live kernel.
 async fn tarpit() -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
@@ -63,21 +60,27 @@ async fn a_client_is_answered_within_handshake_timeout_when_no_broker_answers() 
 {
     let (a, _ta) = tarpit().await?;
     let (b, _tb) = tarpit().await?;
-    let port = free_port();
     // 2 pools x (1 + 3 retries) x 5 s connect_timeout = 40 s of attempts before the fix.
     let pool = |name: &str, addr| {
-        format!(
-            "[[pool]]\nname = \"{name}\"\nretries = 3\nconnect_timeout = \"5s\"\ncheck = {{ kind = \"tcp\", inter = \"1s\" }}\nservers = [{{ name = \"{name}1\", addr = \"{addr}\" }}]\n"
-        )
+        Pool::new(name)
+            .with("retries", 3u32)
+            .with("connect_timeout", "5s")
+            .check(Check::tcp().inter("1s"))
+            .server(&format!("{name}1"), addr)
     };
-    let config = format!(
-        "[admin]\nlisten = \"{}\"\n\n[[listener]]\nname = \"amqp\"\nbind = \"127.0.0.1:{port}\"\nmode = \"set\"\nhandshake_timeout = \"2s\"\n\n{}{}\n[routing]\ndefault = \"set-b\"\nsets = [{{ name = \"set-a\", pool = \"set-a\", failover = \"set-b\" }}, {{ name = \"set-b\", pool = \"set-b\" }}]\noverrides = {{ \"alice\" = \"set-a\" }}\n",
-        admin(),
-        pool("set-a", a),
-        pool("set-b", b)
-    );
+    let config = Config::new()
+        .listener(Listener::set("amqp").with("handshake_timeout", "2s"))
+        .pool(pool("set-a", a))
+        .pool(pool("set-b", b))
+        .routing(
+            Routing::new("set-b")
+                .set("set-a", "set-a", "set-b")
+                .set("set-b", "set-b", "set-a")
+                .override_key("alice", "set-a"),
+        );
     let sg = Setgate::start(BIN, &config).await?;
     sg.wait_ready().await?;
+    let port = sg.port("amqp").await?;
     let (answer, took) = start_ok_and_wait(port, "alice").await?;
     println!("answered after {took:?}");
     assert!(
@@ -96,34 +99,26 @@ async fn shutdown_sessions_closes_a_connection_whose_server_went_down_while_it_c
 ) -> anyhow::Result<()> {
     let node = Node::start().await?;
     node.add_users(&[("bob".into(), "pw".into())]).await?;
-    let port = free_port();
-    let config = format!(
-        r#"
-[admin]
-listen = "{admin}"
-
-[[listener]]
-name = "amqp"
-bind = "127.0.0.1:{port}"
-mode = "set"
-handshake_timeout = "30s"
-
-[[pool]]
-name = "center"
-on_marked_down = "shutdown-sessions"
-connect_timeout = "20s"
-retries = 0
-check = {{ kind = "amqp", inter = "200ms", fall = 2, rise = 10, timeout = "300ms" }}
-servers = [{{ name = "c1", addr = "{addr}" }}]
-
-[routing]
-default = "center"
-"#,
-        admin = admin(),
-        addr = node.amqp_addr()
-    );
+    let config = Config::new()
+        .listener(Listener::set("amqp").with("handshake_timeout", "30s"))
+        .pool(
+            Pool::new("center")
+                .on_marked_down("shutdown-sessions")
+                .with("connect_timeout", "20s")
+                .with("retries", 0u32)
+                .check(
+                    Check::amqp()
+                        .inter("200ms")
+                        .fall(2)
+                        .rise(10)
+                        .timeout("300ms"),
+                )
+                .server("c1", node.amqp_addr()),
+        )
+        .routing(Routing::new("center"));
     let sg = Setgate::start(BIN, &config).await?;
     sg.wait_ready().await?;
+    let port = sg.port("amqp").await?;
     // The broker hangs: setgate's connect to it waits for its Connection.Start while the checks
     // mark it down. Then it resumes: the Start arrives, but the server is down by now.
     node.sigstop();
@@ -158,13 +153,16 @@ default = "center"
 #[tokio::test]
 async fn a_set_listener_presents_the_brokers_connection_start() -> anyhow::Result<()> {
     let node = Node::start().await?;
-    let port = free_port();
-    let config = format!(
-        "[admin]\nlisten = \"{}\"\n\n[[listener]]\nname = \"amqp\"\nbind = \"127.0.0.1:{port}\"\nmode = \"set\"\n\n[[pool]]\nname = \"center\"\ncheck = {{ kind = \"amqp\", inter = \"300ms\" }}\nservers = [{{ name = \"c1\", addr = \"{}\" }}]\n\n[routing]\ndefault = \"center\"\n",
-        admin(),
-        node.amqp_addr()
-    );
+    let config = Config::new()
+        .listener(Listener::set("amqp"))
+        .pool(
+            Pool::new("center")
+                .check(Check::amqp().inter("300ms"))
+                .server("c1", node.amqp_addr()),
+        )
+        .routing(Routing::new("center"));
     let sg = Setgate::start(BIN, &config).await?;
+    let port = sg.port("amqp").await?;
     wait_until("the first amqp check", Duration::from_secs(20), || async {
         let v = sg.get_json("/api/pools").await.ok()?;
         (v["pools"][0]["servers"][0]["last_check"]["ok"] == true).then_some(())
@@ -197,12 +195,9 @@ async fn a_set_listener_presents_the_brokers_connection_start() -> anyhow::Resul
 #[tokio::test]
 async fn the_admin_server_answers_beside_idle_connections_and_closes_them() -> anyhow::Result<()> {
     let node = Node::start().await?;
-    let config = format!(
-        "[admin]\nlisten = \"{}\"\n\n[[listener]]\nname = \"amqp\"\nbind = \"127.0.0.1:{}\"\npool = \"center\"\n\n[[pool]]\nname = \"center\"\nservers = [{{ name = \"c1\", addr = \"{}\" }}]\n",
-        admin(),
-        free_port(),
-        node.amqp_addr()
-    );
+    let config = Config::new()
+        .listener(Listener::tcp("amqp", "center"))
+        .pool(Pool::new("center").server("c1", node.amqp_addr()));
     let sg = Setgate::start(BIN, &config).await?;
     sg.wait_ready().await?;
     // Slow clients that never finish their request headers.
@@ -236,14 +231,12 @@ async fn the_admin_server_answers_beside_idle_connections_and_closes_them() -> a
 #[tokio::test]
 async fn at_maxconn_the_listener_stops_accepting_instead_of_dropping() -> anyhow::Result<()> {
     let node = Node::start().await?;
-    let port = free_port();
-    let config = format!(
-        "[admin]\nlisten = \"{}\"\n\n[[listener]]\nname = \"small\"\nbind = \"127.0.0.1:{port}\"\npool = \"center\"\nmaxconn = 5\n\n[[pool]]\nname = \"center\"\nservers = [{{ name = \"c1\", addr = \"{}\" }}]\n",
-        admin(),
-        node.amqp_addr()
-    );
+    let config = Config::new()
+        .listener(Listener::tcp("small", "center").with("maxconn", 5u32))
+        .pool(Pool::new("center").server("c1", node.amqp_addr()));
     let sg = Setgate::start(BIN, &config).await?;
     sg.wait_ready().await?;
+    let port = sg.port("small").await?;
     // Five clients that got as far as the broker's Connection.Start.
     let mut open = Vec::new();
     for _ in 0..5 {
@@ -294,19 +287,15 @@ async fn a_listener_added_by_a_reload_serves_even_when_clients_knock_during_the_
             });
         }
     });
-    let (main_port, extra_port) = (free_port(), free_port());
-    let config = |extra: bool| {
-        let mut c = format!(
-            "[admin]\nlisten = \"{{admin}}\"\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:{main_port}\"\npool = \"center\"\n\n[[pool]]\nname = \"center\"\nservers = [{{ name = \"c1\", addr = \"{}\" }}]\n",
-            greeter_addr
-        );
-        if extra {
-            c += &format!("\n[[listener]]\nname = \"extra\"\nbind = \"127.0.0.1:{extra_port}\"\npool = \"center\"\n");
-        }
-        c
-    };
-    let admin = admin();
-    let sg = Setgate::start(BIN, &config(false).replace("{admin}", &admin)).await?;
+    // Clients knock on the new listener's port before it exists, so that port is chosen here.
+    let extra_port = setgate_testkit::free_port();
+    let without = Config::new()
+        .listener(Listener::tcp("main", "center"))
+        .pool(Pool::new("center").server("c1", greeter_addr));
+    let with = without
+        .clone()
+        .listener(Listener::tcp("extra", "center").bind(format!("127.0.0.1:{extra_port}")));
+    let sg = Setgate::start(BIN, &without).await?;
     sg.wait_ready().await?;
     let knocking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let knockers: Vec<_> = (0..16)
@@ -324,7 +313,7 @@ async fn a_listener_added_by_a_reload_serves_even_when_clients_knock_during_the_
         .collect();
     for round in 1..=20 {
         let extra = round % 2 == 1;
-        sg.reload(&config(extra).replace("{admin}", &admin))?;
+        sg.reload(if extra { &with } else { &without })?;
         wait_until("the reload", Duration::from_secs(20), || async {
             let done = sg.log().matches(" reloaded").count();
             (done >= round).then_some(())

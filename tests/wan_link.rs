@@ -4,33 +4,25 @@
 mod common;
 
 use common::BIN;
+use setgate_testkit::config::{Config, Link, Upstream};
 use setgate_testkit::fed::{self, Collector, PublishOptions, Tally};
 use setgate_testkit::wan::WanLink;
-use setgate_testkit::{free_port, Node, Setgate};
+use setgate_testkit::{Node, Setgate};
 use std::time::{Duration, Instant};
 
 const MESSAGES: u64 = 5_000;
 
-fn config(upstream_uri: &str, downstream_uri: &str) -> String {
-    format!(
-        r#"
-shutdown_grace = "5s"
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[federation.upstream]]
-name = "dc1"
-uris = ["{upstream_uri}"]
-reconnect_delay = "1s"
-
-[[federation.link]]
-name = "wan"
-upstreams = ["dc1"]
-downstream = {{ name = "dc2", uris = ["{downstream_uri}"] }}
-exchanges = ["wan.x"]
-"#,
-        admin = free_port()
-    )
+fn config(upstream_uri: &str, downstream_uri: &str) -> Config {
+    Config::new()
+        .shutdown_grace("5s")
+        .upstream(Upstream::new("dc1", &[upstream_uri]))
+        .link(Link::new(
+            "wan",
+            &["dc1"],
+            "dc2",
+            &[downstream_uri],
+            &["wan.x"],
+        ))
 }
 
 /// Drains a backlog: publishes `ids` upstream while the link is down (its upstream queue exists

@@ -14,6 +14,7 @@
 //! why within 1.5 s of moving nothing, so with the poll a stall up to 2 s is that bound, and
 //! anything longer is a link that says `running` and moves nothing.
 
+use crate::config::{Check, Config, Link, Listener, Pool, Routing, Upstream};
 use crate::fed::Collector;
 use crate::netfault::Blackhole;
 use crate::{free_port, wait_until, Node, Setgate};
@@ -93,23 +94,38 @@ impl Rng {
     }
 }
 
-fn config(admin: &str, port: u16, nodes: &[Node], generation: u32) -> String {
+/// The run's config; `generation` alternates the pools' check interval, so a reload changes
+/// every pool and keeps its servers. The listener's port is fixed: clients reconnect to it after
+/// setgate is killed and started again.
+fn config(admin: &str, port: u16, nodes: &[Node], generation: u32) -> Config {
     let pool = |name: &str, node: &Node| {
-        // A reload changes every pool's check interval: a pool change that keeps the servers.
-        format!(
-            "[[pool]]\nname = \"{name}\"\ncheck = {{ kind = \"amqp\", inter = \"{}ms\", fall = 2, rise = 2, timeout = \"2s\" }}\nservers = [{{ name = \"{name}-1\", addr = \"{}\" }}]\n\n",
-            500 + 100 * (generation % 2),
-            node.amqp_addr()
-        )
+        let inter = format!("{}ms", 500 + 100 * (generation % 2));
+        Pool::new(name)
+            .check(Check::amqp().inter(&inter).fall(2).rise(2).timeout("2s"))
+            .server(&format!("{name}-1"), node.amqp_addr())
     };
-    format!(
-        "shutdown_grace = \"5s\"\n[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"amqp\"\nbind = \"127.0.0.1:{port}\"\nmode = \"set\"\n\n{}{}{}[routing]\ndefault = \"center\"\nsets = [{{ name = \"set-a\", pool = \"set-a\", failover = \"set-b\" }}, {{ name = \"set-b\", pool = \"set-b\", failover = \"set-a\" }}]\noverrides = {{ \"user-a\" = \"set-a\", \"user-b\" = \"set-b\" }}\n\n[[federation.upstream]]\nname = \"center\"\nuris = [\"{}\"]\nreconnect_delay = \"1s\"\n\n[[federation.link]]\nname = \"chaos\"\nupstreams = [\"center\"]\ndownstream = {{ name = \"dc2\", uris = [\"{}\"] }}\nexchanges = [\"chaos.fed\"]\n",
-        pool("set-a", &nodes[0]),
-        pool("set-b", &nodes[1]),
-        pool("center", &nodes[2]),
-        nodes[2].amqp_uri(),
-        nodes[3].amqp_uri(),
-    )
+    Config::new()
+        .admin(admin)
+        .shutdown_grace("5s")
+        .listener(Listener::set("amqp").bind(format!("127.0.0.1:{port}")))
+        .pool(pool("set-a", &nodes[0]))
+        .pool(pool("set-b", &nodes[1]))
+        .pool(pool("center", &nodes[2]))
+        .routing(
+            Routing::new("center")
+                .set("set-a", "set-a", "set-b")
+                .set("set-b", "set-b", "set-a")
+                .override_key("user-a", "set-a")
+                .override_key("user-b", "set-b"),
+        )
+        .upstream(Upstream::new("center", &[nodes[2].amqp_uri()]))
+        .link(Link::new(
+            "chaos",
+            &["center"],
+            "dc2",
+            &[nodes[3].amqp_uri()],
+            &["chaos.fed"],
+        ))
 }
 
 async fn declare_exchange(uri: &str, exchange: &str) -> anyhow::Result<()> {
