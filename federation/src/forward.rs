@@ -280,22 +280,26 @@ impl Forwarder {
             // A downstream whose socket stays open but which stops reading (no reset, no heartbeat
             // missed yet) would hold the loop here, and with it the watchdog: bound the wait too.
             // Only a resource alarm the broker announced (connection.blocked) is waited out.
-            loop {
-                match tokio::time::timeout(CONFIRM_DEADLINE, &mut sent).await {
-                    Ok(r) => break r?,
-                    Err(_) if self.down_status.blocked() => continue,
-                    Err(_) => {
-                        return Err(LinkError::Silent {
-                            side: Side::Downstream,
-                            cluster: self.spec.downstream.name.clone(),
-                            what: format!(
-                                "publishing {n} messages did not complete in {}s",
-                                CONFIRM_DEADLINE.as_secs()
-                            ),
-                        })
+            let bounded = async {
+                loop {
+                    match tokio::time::timeout(CONFIRM_DEADLINE, &mut sent).await {
+                        Ok(r) => break r,
+                        Err(_) if self.down_status.blocked() => continue,
+                        Err(_) => {
+                            return Err(LinkError::Silent {
+                                side: Side::Downstream,
+                                cluster: self.spec.downstream.name.clone(),
+                                what: format!(
+                                    "publishing {n} messages did not complete in {}s",
+                                    CONFIRM_DEADLINE.as_secs()
+                                ),
+                            })
+                        }
                     }
                 }
-            }
+            };
+            self.named(run, Side::Downstream, "publishing", bounded)
+                .await?
         };
         batch.clear();
         for (seq, result) in seqs.into_iter().zip(results) {
@@ -387,7 +391,9 @@ impl Forwarder {
             };
             let name = &self.spec.upstream.name;
             let acked = while_open(Side::Upstream, name, &self.up_status, "acknowledging", sent);
-            let r = tokio::time::timeout(REQUEST_DEADLINE, acked)
+            let acked = tokio::time::timeout(REQUEST_DEADLINE, acked);
+            let r = self
+                .named(run, Side::Upstream, "acknowledging", acked)
                 .await
                 .map_err(|_| LinkError::Silent {
                     side: Side::Upstream,
@@ -503,6 +509,23 @@ impl Forwarder {
         Ok(())
     }
 
+    /// Awaits `op`, an operation on one side; when it takes longer than [`STALL_NAMED_AFTER`],
+    /// the status says so (the watch tick cannot run while the loop waits here).
+    async fn named<T>(
+        &self,
+        run: &mut Run,
+        side: Side,
+        what: &'static str,
+        op: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(op);
+        if let Ok(v) = tokio::time::timeout(STALL_NAMED_AFTER, &mut op).await {
+            return v;
+        }
+        self.show(run, Activity::AwaitingAnswer { side, what });
+        op.await
+    }
+
     fn show(&self, run: &mut Run, activity: Activity) {
         if run.activity != activity {
             run.activity = activity;
@@ -559,16 +582,18 @@ impl Forwarder {
                 "reading the queue depth",
                 declare,
             ),
-        )
-        .await
-        .map_err(|_| LinkError::Silent {
-            side: Side::Upstream,
-            cluster: name.clone(),
-            what: format!(
-                "a queue.declare of \"{queue}\" unanswered for {}s",
-                REQUEST_DEADLINE.as_secs()
-            ),
-        })?;
+        );
+        let answer = self
+            .named(run, Side::Upstream, "reading the queue depth", answer)
+            .await
+            .map_err(|_| LinkError::Silent {
+                side: Side::Upstream,
+                cluster: name.clone(),
+                what: format!(
+                    "a queue.declare of \"{queue}\" unanswered for {}s",
+                    REQUEST_DEADLINE.as_secs()
+                ),
+            })?;
         // A lost connection is the event stream's to report; here it only ends the wait.
         if let Ok(Ok(q)) = answer {
             self.status
@@ -616,6 +641,11 @@ enum Activity {
         ready: u64,
         secs: u64,
     },
+    /// Inside an operation on one side that has not completed for a while.
+    AwaitingAnswer {
+        side: Side,
+        what: &'static str,
+    },
 }
 
 impl Activity {
@@ -633,6 +663,10 @@ impl Activity {
             Activity::AwaitingConfirms { publishes, secs } => {
                 format!("waiting: {publishes} publishes unconfirmed by the downstream for {secs}s")
             }
+            Activity::AwaitingAnswer { side, what } => format!(
+                "waiting: {what} on the {side} not done for over {}s",
+                STALL_NAMED_AFTER.as_secs()
+            ),
             Activity::AwaitingDeliveries { ready, secs } => {
                 format!("waiting: {ready} messages ready upstream, none delivered for {secs}s")
             }

@@ -61,6 +61,9 @@ pub struct ChaosReport {
     pub rss_kib: (u64, u64),
     /// Open file descriptors, after start-up and at the end.
     pub fds: (usize, usize),
+    /// What the descriptors open at the end and not at the start point to (sockets by inode
+    /// are shown as `socket`), to say what a growth is.
+    pub fds_new_kinds: Vec<String>,
 }
 
 /// One kind of fault.
@@ -219,6 +222,23 @@ async fn publisher(
     }
 }
 
+/// What each open descriptor of a process points to, with `socket:[inode]` shortened to
+/// `socket` so two processes (setgate restarted) compare.
+fn fd_kinds(pid: i32) -> Vec<String> {
+    let mut kinds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|t| {
+                    let t = t.display().to_string();
+                    t.split(":[").next().unwrap_or(&t).to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    kinds.sort();
+    kinds
+}
+
 /// RSS in KiB and open descriptors of a process.
 fn usage(pid: i32) -> (u64, usize) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -341,7 +361,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
                 let now = usage(pid);
                 seen = (now.0, seen.1.min(now.1));
             }
-            anyhow::Ok(seen)
+            anyhow::Ok((seen.0, seen.1, fd_kinds(pid)))
         }
     };
     let start_usage = steady(&sg).await?;
@@ -462,6 +482,21 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         longest_silent_stall_s: stall.as_secs_f64(),
         rss_kib: (start_usage.0, end_usage.0),
         fds: (start_usage.1, end_usage.1),
+        fds_new_kinds: {
+            let mut start = start_usage.2.clone();
+            end_usage
+                .2
+                .iter()
+                .filter(|k| match start.iter().position(|s| s == *k) {
+                    Some(i) => {
+                        start.remove(i);
+                        false
+                    }
+                    None => true,
+                })
+                .cloned()
+                .collect()
+        },
     };
     for c in sets.iter().chain(std::iter::once(&fed)) {
         c.stop();
