@@ -15,12 +15,11 @@
 //! anything longer is a link that says `running` and moves nothing.
 
 use crate::config::{Check, Config, Link, Listener, Pool, Routing, Upstream};
-use crate::fed::Collector;
+use crate::fed::{declare_bound_queue, declare_exchange, Collector};
 use crate::netfault::Blackhole;
 use crate::{free_port, wait_until, Node, Setgate};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, ExchangeKind};
+use lapin::BasicProperties;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,47 +128,6 @@ fn config(admin: &str, port: u16, nodes: &[Node], generation: u32) -> Config {
             &[nodes[3].amqp_uri()],
             &["chaos.fed"],
         ))
-}
-
-async fn declare_exchange(uri: &str, exchange: &str) -> anyhow::Result<()> {
-    let conn = crate::amqp::connect(uri).await?;
-    let ch = conn.create_channel().await?;
-    let durable = lapin::options::ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Fanout,
-        durable,
-        FieldTable::default(),
-    )
-    .await?;
-    let _ = conn.close(200, "OK".into()).await;
-    Ok(())
-}
-
-/// A durable fanout `exchange` with a durable `queue` bound to it.
-async fn declare(uri: &str, exchange: &str, queue: &str) -> anyhow::Result<()> {
-    declare_exchange(uri, exchange).await?;
-    let conn = crate::amqp::connect(uri).await?;
-    let ch = conn.create_channel().await?;
-    let q = lapin::options::QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.into(), q, FieldTable::default())
-        .await?;
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        "".into(),
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let _ = conn.close(200, "OK".into()).await;
-    Ok(())
 }
 
 /// Publishes ids from `first` on at `rate` until `stop`, one confirm at a time, reconnecting
@@ -300,12 +258,14 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
             ("user-b".into(), "pw".into()),
         ])
         .await?;
-        declare(&n.amqp_uri(), "chaos.set", "chaos-set-q").await?;
+        declare_exchange(&n.amqp_uri(), "chaos.set", "fanout").await?;
+        declare_bound_queue(&n.amqp_uri(), "chaos-set-q", "chaos.set").await?;
     }
     // The center's exchange has no queue of its own: only the link's upstream queue takes its
     // messages, so every one counted arrived through the link.
-    declare_exchange(&nodes[2].amqp_uri(), "chaos.fed").await?;
-    declare(&nodes[3].amqp_uri(), "chaos.fed", "chaos-fed-q").await?;
+    declare_exchange(&nodes[2].amqp_uri(), "chaos.fed", "fanout").await?;
+    declare_exchange(&nodes[3].amqp_uri(), "chaos.fed", "fanout").await?;
+    declare_bound_queue(&nodes[3].amqp_uri(), "chaos-fed-q", "chaos.fed").await?;
     let admin = format!("127.0.0.1:{}", free_port());
     let port = free_port();
     let mut generation = 0;
