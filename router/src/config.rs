@@ -33,6 +33,11 @@ pub struct RoutingConfig {
     /// Keys pinned to a SET (or to the default pool), whatever the strategy says.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub overrides: BTreeMap<String, String>,
+    /// Messaging URIs of the default (center) cluster, for flows whose destination routes each
+    /// message to a SET (`route = "sets"`). Opaque text to the router: it never reads them, and
+    /// they are not part of the mapping (nor of the fingerprint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_uris: Vec<String>,
 }
 
 impl RoutingConfig {
@@ -47,6 +52,7 @@ impl RoutingConfig {
             buckets: None,
             bucket_map: Vec::new(),
             overrides: BTreeMap::new(),
+            default_uris: Vec::new(),
         }
     }
 
@@ -81,6 +87,10 @@ pub struct SetConfig {
     /// The SET that takes over when this SET's whole pool is down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<String>,
+    /// Messaging URIs of this SET's cluster, for flows that route messages to SETs. Opaque text
+    /// to the router (see [`RoutingConfig::default_uris`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uris: Vec<String>,
 }
 
 fn default_weight() -> u32 {

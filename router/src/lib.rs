@@ -24,8 +24,8 @@
 //! let config = RoutingConfig {
 //!     default: "center".into(),
 //!     sets: vec![
-//!         SetConfig { name: "set-a".into(), pool: "pool-a".into(), weight: 1, failover: Some("set-b".into()) },
-//!         SetConfig { name: "set-b".into(), pool: "pool-b".into(), weight: 1, failover: None },
+//!         SetConfig { name: "set-a".into(), pool: "pool-a".into(), weight: 1, failover: Some("set-b".into()), uris: vec![] },
+//!         SetConfig { name: "set-b".into(), pool: "pool-b".into(), weight: 1, failover: None, uris: vec![] },
 //!     ],
 //!     overrides: [("vip-42".to_string(), "set-b".to_string())].into(),
 //!     ..RoutingConfig::new("center")

@@ -31,6 +31,7 @@ pub fn weighted(sets: &[(&str, u32)]) -> RoutingConfig {
                 pool: name.into(),
                 weight,
                 failover: None,
+                uris: Vec::new(),
             })
             .collect(),
         ..RoutingConfig::new("center")
