@@ -85,7 +85,7 @@ pub(crate) async fn pump(
 
 /// Closes a connection whose user moved: a Connection.Close (320, "setgate: user moved to SET
 /// x") to the client and one to the broker where the stream stands between two frames, else
-/// only the TCP close; then waits (a second at most) for both to hang up.
+/// only the TCP close; each side gets up to a second to answer and hang up.
 async fn close_moved<C, S>(client: &mut C, server: &mut S, m: &Moved, at: Boundaries)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -119,14 +119,29 @@ fn close_frame_if(at_boundary: bool, text: &str) -> Vec<u8> {
     }
 }
 
+/// Sends `bytes` (a Connection.Close, or nothing), then waits up to a second for the peer to
+/// hang up before closing our side: after a Close the peer answers Close-Ok and closes, as with
+/// a broker's own Close. Closing first would put the end of the stream right behind the Close,
+/// and a client may see the lost connection before it reads why.
 async fn send_and_linger<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) {
-    if !bytes.is_empty() {
-        let sent = tokio::time::timeout(Duration::from_secs(1), s.write_all(bytes)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return;
-        }
+    if bytes.is_empty() {
+        return linger_close(s).await;
     }
-    linger_close(s).await;
+    let sent = tokio::time::timeout(Duration::from_secs(1), async {
+        s.write_all(bytes).await?;
+        s.flush().await
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 512];
+        while s.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
 }
 
 /// Sends Connection.Close, then closes gracefully (see [`linger_close`]).
