@@ -580,6 +580,31 @@ impl Routing {
         self
     }
 
+    /// `strategy = "buckets"`, `buckets = n` and a `bucket_map` of (range, SET) pairs.
+    pub fn buckets(mut self, n: u32, map: &[(&str, &str)]) -> Self {
+        self.entries.set("strategy", "buckets");
+        self.entries.set("buckets", n);
+        let map = map
+            .iter()
+            .map(|(range, set)| {
+                let mut e = Entries::default();
+                e.set("range", *range);
+                e.set("set", *set);
+                e.table()
+            })
+            .collect();
+        self.entries.set("bucket_map", Value::Array(map));
+        self
+    }
+
+    /// `reroute = { window }`: a reload closes the connections whose user moved, over `window`.
+    pub fn reroute(mut self, window: &str) -> Self {
+        let mut e = Entries::default();
+        e.set("window", window);
+        self.entries.set("reroute", e.table());
+        self
+    }
+
     /// `key`: username | client_property:NAME.
     pub fn key(mut self, key: &str) -> Self {
         self.entries.set("key", key);
