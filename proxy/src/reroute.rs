@@ -41,7 +41,10 @@ impl Moved {
 #[derive(Debug)]
 struct Entry {
     key: Option<String>,
+    /// The SET the key was routed to.
     set: Option<String>,
+    /// The SET whose broker serves it: `set`, or its failover SET while `set` was down.
+    on: Option<String>,
     /// Taken when the connection is told to close, so it is told once.
     close: Option<oneshot::Sender<Moved>>,
 }
@@ -91,10 +94,17 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// The [`Moved`] for a connection of `set` whose key routes elsewhere in `router`, if it moves.
-fn target(router: &Router, key: Option<&str>, set: Option<&str>) -> Option<Moved> {
+/// The [`Moved`] for a connection routed to `set` and served by `on` whose key `router` sends
+/// elsewhere: to a SET that is neither (a connection already on its new SET, through failover,
+/// stays).
+fn target(
+    router: &Router,
+    key: Option<&str>,
+    set: Option<&str>,
+    on: Option<&str>,
+) -> Option<Moved> {
     let r = router.route(key);
-    (r.set != set).then(|| Moved {
+    (r.set != set && r.set != on).then(|| Moved {
         from: set.map(str::to_owned),
         to: r.set.map(str::to_owned),
         pool: r.pool.to_owned(),
@@ -116,13 +126,15 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// Registers a connection routed by `router` to `set` for `key`. If a reload with
+    /// Registers a connection routed by `router` to `set` for `key`, served by the broker of
+    /// SET `on` (`set`, or its failover SET). If a reload with
     /// `reroute` has already put another table in use that sends the key elsewhere, the
     /// connection is told at once (it missed the reroute's pick).
     pub fn register(
         &self,
         key: Option<String>,
-        set: Option<String>,
+        set: Option<&str>,
+        on: Option<&str>,
         router: &Arc<Router>,
     ) -> Registration<'_> {
         let (tx, rx) = oneshot::channel();
@@ -132,12 +144,21 @@ impl Sessions {
         let mut close = Some(tx);
         if let Some((current, Some(_))) = &inner.current {
             if !Arc::ptr_eq(current, router) {
-                if let Some(m) = target(current, key.as_deref(), set.as_deref()) {
+                if let Some(m) = target(current, key.as_deref(), set, on) {
                     let _ = close.take().map(|tx| tx.send(m));
                 }
             }
         }
-        inner.live.insert(id, Entry { key, set, close });
+        let (set, on) = (set.map(str::to_owned), on.map(str::to_owned));
+        inner.live.insert(
+            id,
+            Entry {
+                key,
+                set,
+                on,
+                close,
+            },
+        );
         drop(inner);
         Registration {
             sessions: self,
@@ -167,7 +188,9 @@ impl Sessions {
             .live
             .iter()
             .filter(|(_, e)| {
-                e.close.is_some() && target(&router, e.key.as_deref(), e.set.as_deref()).is_some()
+                e.close.is_some()
+                    && target(&router, e.key.as_deref(), e.set.as_deref(), e.on.as_deref())
+                        .is_some()
             })
             .map(|(&id, _)| id)
             .collect();
@@ -188,7 +211,9 @@ impl Sessions {
                 let Some(e) = inner.live.get_mut(&id) else {
                     continue;
                 };
-                if let Some(m) = target(&router, e.key.as_deref(), e.set.as_deref()) {
+                if let Some(m) =
+                    target(&router, e.key.as_deref(), e.set.as_deref(), e.on.as_deref())
+                {
                     if let Some(tx) = e.close.take() {
                         let _ = tx.send(m);
                     }
@@ -236,7 +261,7 @@ mod tests {
         let old = router("{}");
         let mut regs: Vec<Registration> = ["u1", "u2", "u3", "u4"]
             .iter()
-            .map(|k| sessions.register(Some(k.to_string()), Some("a".into()), &old))
+            .map(|k| sessions.register(Some(k.to_string()), Some("a"), Some("a"), &old))
             .collect();
         let new = router(r#"{ "u1" = "b", "u3" = "b", "u4" = "center" }"#);
         let started = tokio::time::Instant::now();
@@ -269,10 +294,10 @@ mod tests {
         assert!(never.is_err(), "u2 stays where it is");
 
         // A connection routed by the old table but registered after the pick is told at once.
-        let mut late = sessions.register(Some("u1".into()), Some("a".into()), &old);
+        let mut late = sessions.register(Some("u1".into()), Some("a"), Some("a"), &old);
         assert_eq!(late.moved().await.to.as_deref(), Some("b"));
         // One routed by the new table is not.
-        let mut fresh = sessions.register(Some("u1".into()), Some("b".into()), &new);
+        let mut fresh = sessions.register(Some("u1".into()), Some("b"), Some("b"), &new);
         assert!(tokio::time::timeout(Duration::from_secs(60), fresh.moved())
             .await
             .is_err());
@@ -284,12 +309,15 @@ mod tests {
     async fn a_new_reload_replans_and_reroute_off_closes_nothing() {
         let sessions = Arc::new(Sessions::default());
         let old = router("{}");
-        let mut u1 = sessions.register(Some("u1".into()), Some("a".into()), &old);
-        let mut u2 = sessions.register(Some("u2".into()), Some("a".into()), &old);
-        let moved = router(r#"{ "u1" = "b", "u2" = "b" }"#);
+        let mut u1 = sessions.register(Some("u1".into()), Some("a"), Some("a"), &old);
+        let mut u2 = sessions.register(Some("u2".into()), Some("a"), Some("a"), &old);
+        // u3 was routed to a but served by its failover b: moved to b, it is where it belongs.
+        let mut u3 = sessions.register(Some("u3".into()), Some("a"), Some("b"), &old);
+        let moved = router(r#"{ "u1" = "b", "u2" = "b", "u3" = "b" }"#);
         assert_eq!(
             sessions.reroute(Some(moved), Some(Duration::from_secs(10))),
-            2
+            2,
+            "u3 is already served by b"
         );
         assert!(tokio::time::timeout(Duration::from_secs(1), u1.moved())
             .await
@@ -300,6 +328,9 @@ mod tests {
             0
         );
         assert!(tokio::time::timeout(Duration::from_secs(60), u2.moved())
+            .await
+            .is_err());
+        assert!(tokio::time::timeout(Duration::from_secs(60), u3.moved())
             .await
             .is_err());
         // Without reroute nothing is closed, whatever moves.

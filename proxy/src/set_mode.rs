@@ -101,7 +101,7 @@ pub(crate) async fn serve(
                 counter!("setgate_set_failovers_total", "set" => set_label.clone(), "to" => set.unwrap_or("-").to_string()).increment(1);
             }
             match upstream::connect(&pool, info, Some(&hello.raw)).await {
-                Ok(up) => return Some((up, pool)),
+                Ok(up) => return Some((up, pool, *set)),
                 Err(e) => why.push(e),
             }
         }
@@ -109,7 +109,7 @@ pub(crate) async fn serve(
     };
     let outcome = tokio::time::timeout_at(deadline, attempts).await;
     drop(snap);
-    let (up, pool) = match outcome {
+    let (up, pool, serving) = match outcome {
         Ok(Some(found)) => found,
         failed => {
             if failed.is_err() {
@@ -145,6 +145,6 @@ pub(crate) async fn serve(
     // Remembered while spliced, so a reload with `reroute` can close it if its user moves.
     let registered = shared
         .sessions
-        .register(key.clone(), route.set.map(str::to_owned), &router);
+        .register(key.clone(), route.set, serving, &router);
     pump(shared, lst, &pool, client, up, Some(registered)).await;
 }
