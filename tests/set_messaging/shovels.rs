@@ -195,6 +195,17 @@ fn shape(t: &FieldTable) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// An `x-shovelled` entry as text, for people.
+fn readable(t: &FieldTable) -> BTreeMap<String, String> {
+    t.inner()
+        .keys()
+        .map(|k| {
+            let v = text(t, k.as_str()).unwrap_or_else(|| format!("{:?}", t.inner()[k]));
+            (k.as_str().to_string(), v)
+        })
+        .collect()
+}
+
 fn text(t: &FieldTable, key: &str) -> Option<String> {
     match t.inner().get(key) {
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -234,7 +245,32 @@ async fn add_forward_headers_writes_x_shovelled_as_the_rabbitmq_plugin_does() ->
         r.status,
         r.body
     );
+    // The plugin first: its output waits in t4h.setgate-in for setgate's shovel.
     let plugin_out = Collector::start(&hq.amqp_uri(), "t4h.plugin-out");
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let confirmed = publish(&hq.amqp_uri(), 0..3, &PublishOptions::new("t4h.entry")).await?;
+    let missing = plugin_out
+        .wait_for(&confirmed, Duration::from_secs(30))
+        .await;
+    assert!(
+        missing.is_empty(),
+        "the plugin's shovel did not deliver {missing:?}"
+    );
+    let by_plugin = plugin_out.received().swap_remove(0);
+    let plugin_entries = shovelled(&by_plugin);
+    assert_eq!(plugin_entries.len(), 1, "{plugin_entries:?}");
+    let plugin_entry = &plugin_entries[0];
+    println!(
+        "the plugin's x-shovelled entry: {:?}; x-shovelled-timestamp: {:?}",
+        readable(plugin_entry),
+        header(&by_plugin, "x-shovelled-timestamp")
+    );
+    let _ = hq
+        .mgmt("DELETE", "/api/parameters/shovel/%2f/t4h-plugin", None)
+        .await;
+
     let sink = Collector::start(&center.amqp_uri(), "t4h.sink");
     let cfg = Config::new().shutdown_grace("2s").shovel(
         Shovel::new(
@@ -246,33 +282,20 @@ async fn add_forward_headers_writes_x_shovelled_as_the_rabbitmq_plugin_does() ->
     );
     let sg = Setgate::start(BIN, &cfg).await?;
     wait_shovel_state(&sg, "t4h", "running").await?;
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let confirmed = publish(&hq.amqp_uri(), 0..3, &PublishOptions::new("t4h.entry")).await?;
-    for (what, c) in [
-        ("the plugin's shovel", &plugin_out),
-        ("setgate's shovel", &sink),
-    ] {
-        let missing = c.wait_for(&confirmed, Duration::from_secs(30)).await;
-        assert!(missing.is_empty(), "{what} did not deliver {missing:?}");
-    }
-    let _ = hq
-        .mgmt("DELETE", "/api/parameters/shovel/%2f/t4h-plugin", None)
-        .await;
+    let missing = sink.wait_for(&confirmed, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "setgate's shovel did not deliver {missing:?}"
+    );
 
-    let by_plugin = &plugin_out.received()[0];
     let by_setgate = sink
         .received()
         .into_iter()
         .find(|r| r.id == by_plugin.id)
         .unwrap();
-    let plugin_entries = shovelled(by_plugin);
     let entries = shovelled(&by_setgate);
-    assert_eq!(plugin_entries.len(), 1, "{plugin_entries:?}");
-    let (plugin_entry, ours) = (&plugin_entries[0], &entries[0]);
-    println!("plugin's x-shovelled entry: {plugin_entry:?}");
-    println!("setgate's x-shovelled entry: {ours:?}");
+    let ours = &entries[0];
+    println!("setgate's x-shovelled entry: {:?}", readable(ours));
     // Prepended: setgate's entry first, the plugin's kept after it as it was.
     assert_eq!(
         entries.len(),
@@ -319,7 +342,7 @@ async fn add_forward_headers_writes_x_shovelled_as_the_rabbitmq_plugin_does() ->
         |r: &Received| header(r, "x-shovelled-timestamp").map(|v| format!("{:?}", v.get_type()));
     assert_eq!(
         ts_type(&by_setgate),
-        ts_type(by_plugin),
+        ts_type(&by_plugin),
         "x-shovelled-timestamp should be there, with the plugin's type"
     );
     let ts = match header(&by_setgate, "x-shovelled-timestamp") {
