@@ -184,7 +184,8 @@ fn check_names_every_new_config_error() {
     let queue = || Source::queue(&[uri(5672)], "q");
     let exchange = || Source::exchange(&[uri(5672)], "orders");
     let dest = || Destination::exchange(&[uri(5673)], "orders");
-    let sets = || Destination::sets("header:x-user-id");
+    // A destination exchange other than the source's: no loop through the default cluster.
+    let sets = || Destination::sets("header:x-user-id").exchange_name("deliver");
 
     // The file must be otherwise valid: the plain shovel passes.
     let dir = setgate_testkit::unique_dir("set-messaging-check");
@@ -231,7 +232,7 @@ fn check_names_every_new_config_error() {
             routed(Shovel::new(
                 "s-key",
                 exchange(),
-                Destination::sets("hdr:x-user-id"),
+                Destination::sets("hdr:x-user-id").exchange_name("deliver"),
             )),
             vec!["key", "hdr:x-user-id"],
         ),
