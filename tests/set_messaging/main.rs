@@ -272,6 +272,19 @@ async fn assert_routed(
             .filter(|r| !want.contains(&r.id))
             .map(|r| (r.id, user_header(r)))
             .collect();
+        // Published with routing key k{id % 10} (PublishOptions' 10 keys); held or not, kept.
+        let rekeyed: Vec<(u64, &str)> = got
+            .iter()
+            .filter(|r| r.routing_key != format!("k{}", r.id % 10))
+            .map(|r| (r.id, r.routing_key.as_str()))
+            .collect();
+        if !rekeyed.is_empty() {
+            problems.push(format!(
+                "{cluster}: {} messages arrived with another routing key than their own, e.g. {:?}",
+                rekeyed.len(),
+                &rekeyed[..rekeyed.len().min(10)]
+            ));
+        }
         if !wrong.is_empty() {
             problems.push(format!(
                 "{cluster}: {} messages that belong on another cluster arrived here, e.g. (id, user) {:?}",
