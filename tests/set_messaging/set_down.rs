@@ -146,6 +146,16 @@ async fn hold_a_dead_sets_messages_wait_on_the_source_and_all_arrive_after_it_re
         )
     })?;
     println!("hold: status while set-b is down: {}", status["sets"]);
+    let held = metric(
+        &st.sg,
+        "setgate_flow_held_total",
+        &[("flow", name), ("set", "set-b")],
+    )
+    .await?;
+    assert!(
+        held > 0.0,
+        "setgate_flow_held_total{{flow=\"{name}\",set=\"set-b\"}} should count the held messages"
+    );
     let hold_queue = format!("setgate hold: {name} -> set-b");
     assert!(
         queue_info(&c.center, &hold_queue).await?.is_some(),
