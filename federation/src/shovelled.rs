@@ -88,3 +88,114 @@ impl Shovelled {
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AckMode, QueueType, UpstreamConfig};
+    use crate::plan::{Downstream, Headers};
+    use crate::shovel::DeleteAfter;
+    use std::time::Duration;
+
+    fn spec(source: Source, target: Target) -> FlowSpec {
+        FlowSpec {
+            link: "replay".into(),
+            upstream: UpstreamConfig {
+                name: "replay source".into(),
+                uris: vec![],
+                reconnect_delay: Duration::from_secs(1),
+                prefetch_count: 10,
+                ack_mode: AckMode::OnConfirm,
+                max_hops: 1,
+                expires: None,
+                message_ttl: None,
+                queue_type: QueueType::Classic,
+                trust_user_id: false,
+            },
+            exchange: "q".into(),
+            source,
+            downstream: Downstream::Cluster {
+                name: "d".into(),
+                uris: vec![],
+            },
+            target,
+            headers: Headers::Shovel { forward: true },
+            mandatory: false,
+            delete_after: DeleteAfter::Never,
+        }
+    }
+
+    fn entry(h: &FieldTable, i: usize) -> Vec<(String, String)> {
+        let Some(AMQPValue::FieldArray(a)) = h.inner().get(SHOVELLED) else {
+            panic!("no x-shovelled array");
+        };
+        let Some(AMQPValue::FieldTable(t)) = a.as_slice().get(i) else {
+            panic!("no entry {i}");
+        };
+        t.inner()
+            .iter()
+            .map(|(k, v)| match v {
+                AMQPValue::LongString(s) => {
+                    (k.to_string(), String::from_utf8_lossy(s.as_bytes()).into())
+                }
+                other => (k.to_string(), format!("{other:?}")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_entry_has_the_plugins_keys_and_is_prepended() {
+        let s = Shovelled::new(
+            &spec(
+                Source::Existing {
+                    queue: "orders.dlq".into(),
+                },
+                Target::Queue("orders".into()),
+            ),
+            "amqp://src:5672/%2f",
+            "/",
+        );
+        let first = s.prepend(None, "amqp://dst:5672/%2f", 1_700_000_000);
+        let keys: Vec<String> = entry(&first, 0).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "dest-queue",
+                "dest-uri",
+                "shovel-name",
+                "shovel-type",
+                "shovel-vhost",
+                "shovelled-by",
+                "src-queue",
+                "src-uri"
+            ]
+        );
+        assert!(entry(&first, 0).contains(&("dest-uri".into(), "amqp://dst:5672/%2f".into())));
+        assert_eq!(
+            first.inner().get(SHOVELLED_TIMESTAMP),
+            Some(&AMQPValue::LongLongInt(1_700_000_000))
+        );
+        let x = Shovelled::new(
+            &spec(
+                Source::Own {
+                    queue: "shovel: replay".into(),
+                    exchange: Some("orders".into()),
+                    binding_keys: vec!["order.#".into()],
+                    hold: false,
+                },
+                Target::Exchange {
+                    name: "orders".into(),
+                    routing_key: Some("k".into()),
+                },
+            ),
+            "amqp://b:5672/%2f",
+            "/",
+        );
+        let second = x.prepend(Some(&first), "amqp://c:5672/%2f", 1_700_000_001);
+        let newest = entry(&second, 0);
+        assert!(newest.contains(&("src-exchange".into(), "orders".into())));
+        assert!(newest.contains(&("src-exchange-key".into(), "order.#".into())));
+        assert!(newest.contains(&("dest-exchange-key".into(), "k".into())));
+        assert!(entry(&second, 1).contains(&("src-queue".into(), "orders.dlq".into())));
+    }
+}
