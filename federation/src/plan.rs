@@ -701,6 +701,20 @@ mod tests {
     }
 
     #[test]
+    fn turning_reroute_on_restarts_no_routed_unit() {
+        let shovels =
+            "[[shovel]]\nname = \"s\"\nsource = { uris = [\"amqp://c/%2f\"], queue = \"q\" }\n\
+             destination = { route = \"sets\", key = \"routing_key\", exchange = \"x\" }\n";
+        let old = plans(&cfg(&format!("{ROUTING}\n{shovels}")));
+        let rerouting = ROUTING.replace(
+            "sets = [",
+            "reroute = { window = \"30s\" }\n        sets = [",
+        );
+        let new = plans(&cfg(&format!("{rerouting}\n{shovels}")));
+        assert_eq!(diff(&old, &new), vec![Change::Keep("shovel s".into())]);
+    }
+
+    #[test]
     fn added_and_removed_links() {
         let old = plans(&cfg(BASE));
         let new = plans(&cfg(&BASE.replace("name = \"b\"", "name = \"c\"")));
