@@ -1,7 +1,10 @@
 //! Moving users between SETs, end to end on real brokers: the operator moves one bucket and one
 //! override, `setgate route --diff` names exactly those, and a reload with `reroute` closes the
 //! moved users' connections (Connection.Close with the reason, spread over the window) while
-//! every other connection stays as it was; the moved clients come back on their new SET.
+//! every other connection stays as it was; the moved clients come back on their new SET. Then
+//! their queued messages follow them: a one-off shovel from the old SET's queue, routed by the
+//! new table with `delete_after = "queue-length"`, moves exactly the moved users' messages to
+//! their new SET and gives everyone else's back to the old SET, each once.
 
 mod common;
 
@@ -11,7 +14,13 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Event};
 use setgate_router::bucket_of;
-use setgate_testkit::config::{Check, Config, Listener, Pool, Routing};
+use setgate_testkit::config::{
+    Check, Config, Destination, Listener, Pool, Routing, Shovel, Source,
+};
+use setgate_testkit::fed::{
+    declare_bound_queue, declare_exchange, publish, queue_messages, shovel_status,
+    wait_shovel_state, Collector, KeyHeader, PublishOptions,
+};
 use setgate_testkit::{amqp, wait_until, Node, Setgate};
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
@@ -215,9 +224,14 @@ async fn users_on(node: &Node) -> anyhow::Result<BTreeSet<String>> {
     Ok(node.connection_users().await?.into_iter().collect())
 }
 
+/// The tests run one after the other: each boots three brokers, and the close-time figures of
+/// the first need the CPU.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn moving_a_bucket_and_an_override_closes_exactly_those_users_over_the_window(
 ) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let nodes: Vec<Node> = futures_util::future::join_all((0..3).map(|_| Node::start()))
         .await
         .into_iter()
@@ -434,5 +448,111 @@ async fn moving_a_bucket_and_an_override_closes_exactly_those_users_over_the_win
     }
     // Nothing else was closed in the meantime.
     assert!(stayed.iter().all(|c| c.closed.borrow().is_none()));
+    Ok(())
+}
+
+/// The users of the queued-messages test: set-a's users under the old table (buckets 0-4, and
+/// `VIP`), and who of them moves (bucket `MOVED_BUCKET`, and `VIP`).
+fn queued_users() -> (Vec<String>, BTreeSet<String>) {
+    let n = NonZeroU32::new(BUCKETS).unwrap();
+    let mut users: Vec<String> = (0..80)
+        .map(|i| format!("user-{i:03}"))
+        .filter(|u| bucket_of(u, n) <= 4)
+        .collect();
+    users.push(VIP.to_string());
+    let moved = users
+        .iter()
+        .filter(|u| *u == VIP || bucket_of(u, n) == MOVED_BUCKET)
+        .cloned()
+        .collect();
+    (users, moved)
+}
+
+#[tokio::test]
+async fn a_one_off_shovel_moves_exactly_the_moved_users_queued_messages() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let nodes: Vec<Node> = futures_util::future::join_all((0..3).map(|_| Node::start()))
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let (a, b, center) = (&nodes[0], &nodes[1], &nodes[2]);
+    // Every cluster: exchange "inbox", and a queue "inbox" bound to it, where users' messages wait.
+    for n in &nodes {
+        declare_exchange(&n.amqp_uri(), "inbox", "topic").await?;
+        declare_bound_queue(&n.amqp_uri(), "inbox", "inbox").await?;
+    }
+    let (users, moved) = queued_users();
+    assert!(moved.len() >= 3, "a few users should move: {moved:?}");
+    // Three messages per user wait in set-a's queue (published there under the old table).
+    let key = KeyHeader::new("x-user-id", users.clone());
+    let opts = PublishOptions {
+        key_header: Some(key.clone()),
+        ..PublishOptions::new("inbox")
+    };
+    let total = 3 * users.len() as u64;
+    let confirmed = publish(&a.amqp_uri(), 0..total, &opts).await?;
+    assert_eq!(confirmed.len() as u64, total);
+    let (want_b, want_a): (BTreeSet<u64>, BTreeSet<u64>) = confirmed
+        .iter()
+        .partition(|id| moved.contains(key.user_of(**id)));
+    wait_until(
+        "set-a's queue to hold every message",
+        Duration::from_secs(30),
+        || async { (queue_messages(a, "inbox").await.ok()?? == total).then_some(()) },
+    )
+    .await?;
+
+    // The new table, and the one-off shovel that carries set-a's queue over by it.
+    let routing = routing(true)
+        .default_uris(&[center.amqp_uri()])
+        .uris("set-a", &[a.amqp_uri()])
+        .uris("set-b", &[b.amqp_uri()]);
+    let cfg = config(&nodes, routing).shovel(
+        Shovel::new(
+            "migrate-inbox",
+            Source::queue(&[a.amqp_uri()], "inbox"),
+            Destination::sets("header:x-user-id").exchange_name("inbox"),
+        )
+        .delete_after("queue-length"),
+    );
+    let sg = Setgate::start(BIN, &cfg).await?;
+    wait_shovel_state(&sg, "migrate-inbox", "completed").await?;
+    let st = shovel_status(&sg, "migrate-inbox").await?;
+    println!("one-off shovel: {st}");
+    assert_eq!(
+        st["moved"], total,
+        "it moved what set-a's queue held at start: {st}"
+    );
+    assert_eq!(st["remaining"], 0, "{st}");
+
+    // set-b's queue holds exactly the moved users' messages; set-a's exactly the others', once
+    // each; the center got nothing (every user has a SET).
+    let on_b = Collector::start(&b.amqp_uri(), "inbox");
+    let on_a = Collector::start(&a.amqp_uri(), "inbox");
+    assert_eq!(
+        on_b.wait_for(&want_b, Duration::from_secs(30)).await,
+        BTreeSet::new()
+    );
+    assert_eq!(
+        on_a.wait_for(&want_a, Duration::from_secs(30)).await,
+        BTreeSet::new()
+    );
+    // Give anything extra (a duplicate, a message sent round twice) time to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, sink, want) in [("set-b", &on_b, &want_b), ("set-a", &on_a, &want_a)] {
+        let got: Vec<u64> = sink.received().iter().map(|r| r.id).collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{name}: each message exactly once, got {got:?}"
+        );
+        assert_eq!(&sink.ids(), want, "{name}: exactly its users' messages");
+    }
+    assert_eq!(queue_messages(center, "inbox").await?, Some(0));
+    println!(
+        "moved users' messages on set-b: {}, the others' back on set-a: {}",
+        want_b.len(),
+        want_a.len()
+    );
     Ok(())
 }
