@@ -2,7 +2,7 @@
 //! a whole. Each crate validates its own sections; this module adds what crosses them.
 
 use serde::Deserialize;
-use setgate_federation::FederationConfig;
+use setgate_federation::{FederationConfig, MessagingConfig, ShovelConfig};
 use setgate_proxy::config::{AdminConfig, ListenerConfig, PoolConfig};
 use setgate_proxy::ProxyConfig;
 use setgate_router::RoutingConfig;
@@ -31,6 +31,9 @@ pub struct Config {
     /// `[federation]` (`[[federation.upstream]]`, `[[federation.link]]`).
     #[serde(default)]
     pub federation: FederationConfig,
+    /// `[[shovel]]`.
+    #[serde(default)]
+    pub shovel: Vec<ShovelConfig>,
     /// `[vrrp]`.
     pub vrrp: Option<VrrpConfig>,
 }
@@ -50,14 +53,28 @@ impl Config {
     /// Every problem in the sections other than the proxy's (those are checked as they are built,
     /// by `setgate_proxy::build`), and in what crosses sections.
     pub fn validate(&self) -> Vec<String> {
-        let mut errs = self.federation.validate();
+        let mut errs = self.messaging().validate();
         if let Some(v) = &self.vrrp {
             errs.extend(v.validate());
         }
-        if self.listener.is_empty() && self.federation.is_empty() && self.vrrp.is_none() {
-            errs.push("the file configures nothing to run: add a [[listener]], a [[federation.link]] or [vrrp]".into());
+        if self.listener.is_empty()
+            && self.federation.is_empty()
+            && self.shovel.is_empty()
+            && self.vrrp.is_none()
+        {
+            errs.push("the file configures nothing to run: add a [[listener]], a [[federation.link]], a [[shovel]] or [vrrp]".into());
         }
         errs
+    }
+
+    /// What the flow engine runs: federation links, shovels, and the routing table routed
+    /// destinations use.
+    pub fn messaging(&self) -> MessagingConfig {
+        MessagingConfig {
+            federation: self.federation.clone(),
+            shovels: self.shovel.clone(),
+            routing: self.routing.clone(),
+        }
     }
 
     /// The proxy's part, with listeners on a virtual IP marked for IP_FREEBIND.
@@ -154,6 +171,38 @@ impl Config {
         }
         if !self.federation.is_empty() {
             line(format!("federation: {}", self.federation.summary()));
+        }
+        for s in &self.shovel {
+            line(format!(
+                "shovel {}: {} -> {}{}",
+                s.name,
+                match (&s.source.queue, &s.source.exchange) {
+                    (Some(q), _) => format!("queue {q}"),
+                    (_, Some(x)) => format!("exchange {x}"),
+                    _ => "?".into(),
+                },
+                match (
+                    s.destination.route,
+                    &s.destination.queue,
+                    &s.destination.exchange
+                ) {
+                    (Some(r), _, x) => format!(
+                        "{} (exchange {})",
+                        match r {
+                            setgate_federation::route::RouteKind::Sets => "each message's SET",
+                            setgate_federation::route::RouteKind::AllSets => "every SET",
+                        },
+                        x.as_deref().or(s.source.exchange.as_deref()).unwrap_or("?")
+                    ),
+                    (None, Some(q), _) => format!("queue {q}"),
+                    (None, _, Some(x)) => format!("exchange {x}"),
+                    _ => "?".into(),
+                },
+                match s.delete_after {
+                    setgate_federation::DeleteAfter::Never => String::new(),
+                    d => format!(", delete_after {}", d.describe()),
+                }
+            ));
         }
         if let Some(v) = &self.vrrp {
             line(format!("vrrp: {}", v.summary()));

@@ -6,6 +6,7 @@ mod config;
 mod load;
 mod reload;
 mod run;
+mod shovel;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,25 @@ enum Command {
         #[arg(required = true)]
         keys: Vec<String>,
     },
+    /// Move the messages a queue holds now to another queue or exchange (e.g. replay a
+    /// dead-letter queue), at-least-once; prints how many.
+    Shovel {
+        /// Source broker, amqp://user:pass@host:port/vhost.
+        #[arg(long)]
+        from: String,
+        /// The queue to move (what it holds when the command starts).
+        #[arg(long)]
+        queue: String,
+        /// Destination broker.
+        #[arg(long)]
+        to: String,
+        /// Publish to this exchange; without it, to the queue of the same name.
+        #[arg(long)]
+        exchange: Option<String>,
+        /// Replace each message's routing key.
+        #[arg(long)]
+        routing_key: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +82,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Route { config, json, keys } => route(&config, json, &keys),
+        Command::Shovel {
+            from,
+            queue,
+            to,
+            exchange,
+            routing_key,
+        } => shovel::run(setgate_federation::OneShot {
+            from,
+            queue,
+            to,
+            exchange,
+            routing_key,
+        }),
         Command::Run { config } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -44,7 +44,7 @@ pub struct Plan {
 pub fn diff(old: &Config, new: &Config) -> Plan {
     let mut plan = Plan {
         proxy: setgate_proxy::diff(&old.proxy(), &new.proxy()),
-        links: setgate_federation::diff(&old.federation, &new.federation),
+        links: setgate_federation::diff(&old.messaging(), &new.messaging()),
         shutdown_grace: old.shutdown_grace != new.shutdown_grace,
         ..Plan::default()
     };
@@ -157,10 +157,7 @@ pub async fn reload(path: &Path, current: Config, parts: &Running<'_>) -> Config
         _ => {}
     }
     if plan.links.iter().any(|c| !matches!(c, LinkChange::Keep(_))) {
-        parts
-            .federation
-            .apply(new.federation.clone(), &plan.links)
-            .await;
+        parts.federation.apply(&new.messaging(), &plan.links).await;
     }
     let changes = plan.describe();
     for change in &changes {

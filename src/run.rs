@@ -3,7 +3,8 @@
 use crate::load::{load_blocking, Loaded};
 use crate::reload::{reload, Running};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use setgate_federation::Federation;
+use setgate_federation::{Control, Federation, UnitKind};
+use setgate_proxy::admin::ActionFn;
 use setgate_proxy::{AdminExtensions, Proxy};
 use setgate_vrrp::Vrrp;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let proxy = Proxy::start(snapshot)
         .await
         .map_err(|errs| crate::report_errors(&path, &errs))?;
-    let federation = Federation::start(cfg.federation.clone());
+    let federation = Federation::start(&cfg.messaging());
     let vrrp = match &cfg.vrrp {
         Some(v) => Some(
             Vrrp::start(v.clone(), Arc::new(proxy.ready_probe()))
@@ -45,7 +46,15 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         metrics: Some(Arc::new(move || metrics.render())),
         json: vec![
             ("/api/links".into(), federation.status_fn()),
+            ("/api/shovels".into(), federation.shovels_status_fn()),
             ("/api/vrrp".into(), vrrp_status),
+        ],
+        actions: vec![
+            ("/api/links".into(), control(&federation, UnitKind::Link)),
+            (
+                "/api/shovels".into(),
+                control(&federation, UnitKind::Shovel),
+            ),
         ],
     });
     info!(config = %path.display(), "setgate is running");
@@ -74,6 +83,35 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     tokio::join!(proxy.shutdown(grace), federation.shutdown(grace));
     info!("stopped");
     Ok(())
+}
+
+/// `POST /api/{links|shovels}/NAME/{pause|resume|restart}`.
+fn control(federation: &Federation, kind: UnitKind) -> ActionFn {
+    let federation = federation.clone();
+    Arc::new(move |args: Vec<String>| {
+        let federation = federation.clone();
+        Box::pin(async move {
+            let [name, action] = args.as_slice() else {
+                return (
+                    404,
+                    serde_json::json!({"error": format!("use POST /api/{}s/NAME/pause, resume or restart", kind.as_str())}),
+                );
+            };
+            let Some(action) = Control::parse(action) else {
+                return (
+                    400,
+                    serde_json::json!({"error": format!("\"{action}\" is not one of pause, resume, restart")}),
+                );
+            };
+            match federation.control(kind, name, action).await {
+                Ok(status) => (
+                    200,
+                    serde_json::json!({"ok": true, "state": status["state"], "status": status}),
+                ),
+                Err(e) => (404, serde_json::json!({"error": e.to_string()})),
+            }
+        })
+    })
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {

@@ -74,7 +74,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         "  status pages  http://127.0.0.1:16101/ (dc1 edge)   http://127.0.0.1:16201/ (dc2 edge)"
     );
     println!("  metrics       http://127.0.0.1:16101/metrics       http://127.0.0.1:16201/metrics");
-    println!("  JSON API      /api/sets /api/pools /api/links /api/route?key=alice");
+    println!("  JSON API      /api/sets /api/pools /api/links /api/shovels /api/route?key=alice");
     println!(
         "  connect       amqp://alice:pw@127.0.0.1:16100/%2f  (users: {})",
         world::USERS.join(", ")

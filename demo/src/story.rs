@@ -95,6 +95,108 @@ fn origin(props: &BasicProperties) -> String {
     "?".into()
 }
 
+/// Publishes one notification per user to the center's `notify` exchange (header `x-user-id`)
+/// and checks that each arrives in the `inbox` queue of the broker the user's connection
+/// landed on.
+async fn notify_users(world: &World, home: &BTreeMap<&str, &str>) -> anyhow::Result<()> {
+    let center = amqp::connect("amqp://ops:pw@127.0.0.1:16030/%2f").await?;
+    let ch = amqp::confirm_channel(&center).await?;
+    let t = Instant::now();
+    for user in USERS {
+        let mut headers = FieldTable::default();
+        headers.insert("x-user-id".into(), AMQPValue::LongString(user.into()));
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let body = format!("{{\"to\":\"{user}\",\"text\":\"your order shipped\"}}");
+        let confirm = ch
+            .basic_publish(
+                "notify".into(),
+                "notification".into(),
+                Default::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(confirm.is_ack(), "notification not confirmed");
+    }
+    let _ = center.close(200, "ok".into()).await;
+    let mut arrived: BTreeMap<&str, &str> = BTreeMap::new();
+    for b in &world.brokers {
+        let conn = amqp::connect(&b.node.amqp_uri()).await?;
+        let ch = conn.create_channel().await?;
+        let want = USERS.iter().filter(|u| home[*u] == b.name).count();
+        let mut inbox = ch
+            .basic_consume(
+                "inbox".into(),
+                "demo".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for _ in 0..want {
+            let d = tokio::time::timeout(Duration::from_secs(30), inbox.next())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("a notification did not reach {} within 30 s", b.name)
+                })?
+                .ok_or_else(|| anyhow::anyhow!("inbox consumer ended"))??;
+            let user = d
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| match h.inner().get("x-user-id") {
+                    Some(AMQPValue::LongString(s)) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let user = USERS
+                .iter()
+                .copied()
+                .find(|u| *u == user)
+                .ok_or_else(|| anyhow::anyhow!("unexpected notification for {user:?}"))?;
+            anyhow::ensure!(
+                home[user] == b.name,
+                "{user}'s notification reached {} but {user} is connected to {}",
+                b.name,
+                home[user]
+            );
+            arrived.insert(user, b.name);
+            d.ack(BasicAckOptions::default()).await?;
+        }
+        let _ = conn.close(200, "ok".into()).await;
+    }
+    anyhow::ensure!(
+        arrived.len() == USERS.len(),
+        "some notifications did not arrive: {arrived:?}"
+    );
+    for user in USERS {
+        println!(
+            "  notification for {user:<6} → {} (where {user} is connected)",
+            arrived[user]
+        );
+    }
+    let shovels = world.dc1.get_json("/api/shovels").await?;
+    let s = &shovels["shovels"][0];
+    println!(
+        "  {} notifications routed in {:.0} ms; per SET: {}",
+        USERS.len(),
+        t.elapsed().as_secs_f64() * 1e3,
+        s["sets"]
+            .as_object()
+            .map(|m| m
+                .iter()
+                .map(|(k, v)| format!("{k} {}", v["forwarded"]))
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
 pub async fn tell(world: &mut World) -> anyhow::Result<()> {
     // dc2's view: a queue bound to the federated exchange.
     let dc2 = amqp::connect("amqp://ops:pw@127.0.0.1:16200/%2f").await?;
@@ -161,7 +263,12 @@ pub async fn tell(world: &mut World) -> anyhow::Result<()> {
     }
     drop(conns);
 
-    println!("\n== 3. dc1-set-a's broker dies (kill -9)");
+    println!("\n== 3. A notification for each user published in the center reaches the user's SET");
+    println!("  (dc1's edge runs a shovel whose destination routes each message by its x-user-id header,");
+    println!("   through the same routing table its listener uses)");
+    notify_users(world, &home).await?;
+
+    println!("\n== 4. dc1-set-a's broker dies (kill -9)");
     let victim = USERS
         .iter()
         .copied()
@@ -191,7 +298,7 @@ pub async fn tell(world: &mut World) -> anyhow::Result<()> {
         failovers.unwrap_or(0.0)
     );
 
-    println!("\n== 4. dc1-set-a comes back");
+    println!("\n== 5. dc1-set-a comes back");
     let t = Instant::now();
     world.broker_mut("dc1-set-a").node.restart().await?;
     println!("  broker restarted in {:.1}s", t.elapsed().as_secs_f64());

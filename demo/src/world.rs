@@ -2,7 +2,7 @@
 //! the two setgate edges running those files.
 
 use anyhow::Context;
-use lapin::options::ExchangeDeclareOptions;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::ExchangeKind;
 use setgate_testkit::node::{Node, NodeOptions};
@@ -111,13 +111,34 @@ async fn prepare(name: &str, node: &Node) -> anyhow::Result<()> {
     node.ctl(&["set_cluster_name", name]).await?;
     let conn = amqp::connect(&node.amqp_uri()).await?;
     let ch = conn.create_channel().await?;
-    ch.exchange_declare(
-        "orders".into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
+    // `orders` is federated dc1 -> dc2; the center publishes to `notify`, which dc1's shovel
+    // routes per user to `inbox` of the user's SET, where a queue `inbox` collects them.
+    for exchange in ["orders", "notify", "inbox"] {
+        ch.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    ch.queue_declare(
+        "inbox".into(),
+        QueueDeclareOptions {
             durable: true,
             ..Default::default()
         },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        "inbox".into(),
+        "inbox".into(),
+        "#".into(),
+        QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await?;

@@ -4,6 +4,7 @@
 //! Names follow RabbitMQ's federation plugin (`reconnect-delay`, `prefetch-count`, `ack-mode`,
 //! `max-hops`, `expires`, `message-ttl`, `queue-type`, `trust-user-id`) with TOML underscores.
 
+use crate::route::{OnSetDown, RouteKind};
 use crate::uri::AmqpUri;
 use serde::Deserialize;
 use std::time::Duration;
@@ -128,19 +129,47 @@ impl LinkConfig {
     pub fn name(&self) -> String {
         match &self.name {
             Some(n) => n.clone(),
-            None => format!("{}->{}", self.upstreams.join("+"), self.downstream.name),
+            None => format!("{}->{}", self.upstreams.join("+"), self.downstream.label()),
         }
     }
 }
 
-/// The downstream cluster of a link.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// The downstream of a link: one cluster (`{ name, uris }`), or the SETs' clusters of
+/// `[routing]` (`{ route = "sets", key, exchange, on_set_down }` or `{ route = "all-sets",
+/// exchange, include_default }`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DownstreamConfig {
-    /// The cluster's name: part of the upstream queue name `federation: X -> NAME`.
+    /// The cluster's name: part of the upstream queue name `federation: X -> NAME`. Routed
+    /// downstreams default to `sets` / `all-sets`.
+    #[serde(default)]
     pub name: String,
-    /// Tried in order within one connection attempt.
+    /// Tried in order within one connection attempt (not with `route`).
+    #[serde(default)]
     pub uris: Vec<AmqpUri>,
+    /// Route each message to its SET's cluster, or to every SET's.
+    pub route: Option<RouteKind>,
+    /// `route = "sets"`: where the message's key is read (`header:NAME`, `property:NAME`,
+    /// `routing_key`).
+    pub key: Option<String>,
+    /// With `route`: the exchange published to on the SETs' clusters. Default: the federated
+    /// exchange.
+    pub exchange: Option<String>,
+    /// `route = "sets"`: what happens to messages of a SET that is down. Default hold.
+    pub on_set_down: Option<OnSetDown>,
+    /// `route = "all-sets"`: the default (center) cluster receives them too. Default false.
+    pub include_default: Option<bool>,
+}
+
+impl DownstreamConfig {
+    /// The name used in queue names and labels: the configured one, or the route's.
+    pub fn label(&self) -> &str {
+        match (self.name.is_empty(), self.route) {
+            (true, Some(RouteKind::Sets)) => "sets",
+            (true, Some(RouteKind::AllSets)) => "all-sets",
+            _ => &self.name,
+        }
+    }
 }
 
 fn default_reconnect_delay() -> Duration {

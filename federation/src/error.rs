@@ -61,6 +61,16 @@ pub enum LinkError {
         /// Virtual host.
         vhost: String,
     },
+    /// A queue a flow consumes or publishes to does not exist.
+    #[error("{side} queue \"{queue}\" does not exist on {cluster}; declare it there")]
+    QueueMissing {
+        /// Which side.
+        side: Side,
+        /// Queue name.
+        queue: String,
+        /// Configured cluster name.
+        cluster: String,
+    },
     /// The two exchanges route differently.
     #[error(
         "exchange \"{exchange}\" is of type {downstream_type} on downstream {downstream} but {upstream_type} on \

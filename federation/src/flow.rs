@@ -1,5 +1,6 @@
-//! One flow's life: connect (downstream, then upstream, each trying its URIs in order), set up,
-//! forward; on any failure close both connections, wait `reconnect_delay`, start over.
+//! One flow's life: connect (the destination, then the source, each trying its URIs in
+//! order), set up, forward; on any failure close both connections, wait `reconnect_delay`,
+//! start over. Links and shovels run the same flow; only what `plan` put in the spec differs.
 //!
 //! Closing the upstream connection is what makes the upstream requeue every delivery that was
 //! not acknowledged, so an attempt that ends for any reason loses nothing.
@@ -7,15 +8,22 @@
 use crate::config::AckMode;
 use crate::connect::{connect, Endpoint};
 use crate::error::{LinkError, Side};
-use crate::forward::{Events, Forwarder};
+use crate::forward::{Ended, Events, Forwarder};
 use crate::hops::{HopPolicy, Origin};
 use crate::metrics::FlowMetrics;
-use crate::plan::FlowSpec;
+use crate::outlet::{Dial, Outlet, OutletEvent, Outlets};
+use crate::plan::{hold_queue, Downstream, FlowSpec, Headers};
+use crate::shovel::DeleteAfter;
+use crate::shovelled::Shovelled;
 use crate::status::{Connected, FlowStatus};
 use crate::stop::stopped;
-use crate::topology::{check_exchanges, consume_upstream, ExchangeSide};
+use crate::topology::{
+    check_exchanges, check_source, check_target, consume_upstream, hold_queue_arguments,
+    ExchangeSide,
+};
 use futures_util::StreamExt;
-use lapin::options::ConfirmSelectOptions;
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::{Channel, Connection};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,27 +34,48 @@ use tracing::Instrument;
 /// How long closing a connection may take (a stopped broker never answers).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a routed flow waits for its clusters' first connections before it consumes:
+/// messages for a cluster not yet connected would be parked, which costs a detour.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
+
+/// How a flow ends after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnError {
+    /// Retry after `reconnect_delay` (links, shovels).
+    Retry,
+    /// Stop (the one-shot `setgate shovel`).
+    GiveUp,
+}
+
 /// A running flow: its status and how to stop it.
 #[derive(Debug)]
 pub(crate) struct FlowHandle {
     pub status: Arc<FlowStatus>,
     /// `Some(grace)` asks the flow to stop, draining for at most `grace`.
     stop: watch::Sender<Option<Duration>>,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), LinkError>>,
 }
 
 impl FlowHandle {
     /// Spawns the flow on the current runtime.
-    pub fn spawn(spec: FlowSpec) -> FlowHandle {
-        let status = Arc::new(FlowStatus::new(
+    pub fn spawn(spec: FlowSpec, on_error: OnError) -> FlowHandle {
+        let sets: Vec<String> = match &spec.downstream {
+            Downstream::Sets { routes, .. } => {
+                routes.clusters.iter().map(|c| c.name.clone()).collect()
+            }
+            Downstream::Cluster { .. } => Vec::new(),
+        };
+        let status = Arc::new(FlowStatus::with_sets(
             &spec.upstream.name,
             &spec.exchange,
             &spec.queue_name(),
+            &sets,
         ));
         let (stop, stop_rx) = watch::channel(None);
-        let span = tracing::info_span!("federation", link = %spec.link, upstream = %spec.upstream.name,
-            exchange = %spec.exchange, downstream = %spec.downstream.name);
-        let task = tokio::spawn(run(Arc::new(spec), status.clone(), stop_rx).instrument(span));
+        let span = tracing::info_span!("flow", link = %spec.link, upstream = %spec.upstream.name,
+            exchange = %spec.exchange, downstream = %spec.downstream_name());
+        let task =
+            tokio::spawn(run(Arc::new(spec), status.clone(), stop_rx, on_error).instrument(span));
         FlowHandle { status, stop, task }
     }
 
@@ -64,15 +93,31 @@ impl FlowHandle {
         }
         self.status.set_stopped();
     }
+
+    /// Waits for the flow to end by itself (`delete_after`, or an error with
+    /// [`OnError::GiveUp`]); its last error, if it gave up.
+    pub async fn finished(self) -> Result<(), LinkError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(LinkError::Broker {
+                what: "running the flow".into(),
+                side: Side::Upstream,
+                cluster: self.status.upstream.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
 }
 
 async fn run(
     spec: Arc<FlowSpec>,
     status: Arc<FlowStatus>,
     mut stop: watch::Receiver<Option<Duration>>,
-) {
+    on_error: OnError,
+) -> Result<(), LinkError> {
     let metrics = FlowMetrics::new(&spec.link, &spec.upstream.name, &spec.exchange);
     let mut compare_types = true;
+    let mut outcome = Ok(());
     loop {
         let result = attempt(&spec, &status, &metrics, &mut stop, &mut compare_types).await;
         metrics.running.set(0.0);
@@ -80,7 +125,15 @@ async fn run(
             break;
         }
         let err = match result {
-            Ok(()) => break,
+            Ok(Ended::Stopped) => break,
+            Ok(Ended::Completed) => {
+                status.set_completed();
+                tracing::info!(
+                    moved = status.counters.forwarded.load(Relaxed),
+                    "delete_after reached; the flow is complete"
+                );
+                return Ok(());
+            }
             Err(e) => e,
         };
         if matches!(
@@ -90,7 +143,12 @@ async fn run(
             compare_types = true;
         }
         let delay = retry_delay(&spec, &err);
-        tracing::warn!(error = %err, retry_in = ?delay, "federation link attempt failed; retrying");
+        if on_error == OnError::GiveUp {
+            status.set_reconnecting(err.to_string(), SystemTime::now());
+            outcome = Err(err);
+            break;
+        }
+        tracing::warn!(error = %err, retry_in = ?delay, "flow attempt failed; retrying");
         status.set_reconnecting(err.to_string(), SystemTime::now() + delay);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -100,7 +158,8 @@ async fn run(
         metrics.reconnects.increment(1);
     }
     status.set_stopped();
-    tracing::info!("federation link stopped");
+    tracing::info!("flow stopped");
+    outcome
 }
 
 /// How long to wait before the next attempt after `err`.
@@ -116,26 +175,28 @@ fn retry_delay(spec: &FlowSpec, err: &LinkError) -> Duration {
     }
 }
 
-/// One attempt: connect both sides, set up, forward until an error or a stop.
+/// One attempt: connect both sides, set up, forward until an error, a stop or the end.
 async fn attempt(
     spec: &Arc<FlowSpec>,
     status: &Arc<FlowStatus>,
     metrics: &FlowMetrics,
     stop: &mut watch::Receiver<Option<Duration>>,
     compare_types: &mut bool,
-) -> Result<(), LinkError> {
+) -> Result<Ended, LinkError> {
     let name = format!(
-        "setgate federation {}: {} -> {}",
-        spec.link, spec.exchange, spec.downstream.name
+        "setgate {}: {} -> {}",
+        spec.link,
+        spec.exchange,
+        spec.downstream_name()
     );
     let connecting = async {
-        let down = connect(
-            Side::Downstream,
-            &spec.downstream.name,
-            &spec.downstream.uris,
-            &name,
-        )
-        .await?;
+        let down = match &spec.downstream {
+            Downstream::Cluster {
+                name: cluster,
+                uris,
+            } => Some(connect(Side::Downstream, cluster, uris, &name).await?),
+            Downstream::Sets { .. } => None,
+        };
         match connect(
             Side::Upstream,
             &spec.upstream.name,
@@ -146,16 +207,28 @@ async fn attempt(
         {
             Ok(up) => Ok((up, down)),
             Err(e) => {
-                close(&down).await;
+                if let Some(down) = &down {
+                    close(down).await;
+                }
                 Err(e)
             }
         }
     };
     let (up, down) = tokio::select! {
         r = connecting => r?,
-        _ = stopped(stop) => return Ok(()),
+        _ = stopped(stop) => return Ok(Ended::Stopped),
     };
-    let result = connected(spec, status, metrics, stop, &up, &down, compare_types).await;
+    let result = connected(
+        spec,
+        status,
+        metrics,
+        stop,
+        &up,
+        down.as_ref(),
+        compare_types,
+        &name,
+    )
+    .await;
     if let Err(e) = &result {
         // Say so before closing: closing a side that went silent waits out CLOSE_TIMEOUT.
         metrics.running.set(0.0);
@@ -163,26 +236,134 @@ async fn attempt(
         status.set_reconnecting(e.to_string(), next);
     }
     metrics.connected_uri("upstream", up.uri.masked(), false);
-    metrics.connected_uri("downstream", down.uri.masked(), false);
     // Upstream first: from here on it requeues whatever was not acknowledged.
     close(&up).await;
-    close(&down).await;
+    if let Some(down) = &down {
+        metrics.connected_uri("downstream", down.uri.masked(), false);
+        close(down).await;
+    }
     result
 }
 
+/// Checks what the flow needs on both sides, opens its destination(s) and its consumer.
+#[allow(clippy::too_many_arguments)]
 async fn connected(
     spec: &Arc<FlowSpec>,
     status: &Arc<FlowStatus>,
     metrics: &FlowMetrics,
     stop: &mut watch::Receiver<Option<Duration>>,
     up: &Endpoint,
+    down: Option<&Endpoint>,
+    compare_types: &mut bool,
+    conn_name: &str,
+) -> Result<Ended, LinkError> {
+    // Listen before anything can fail, so a connection error is never missed.
+    let up_events = up.conn.events_listener().boxed();
+    let down_events = down.map(|d| (d.conn.events_listener().boxed(), d.conn.status().clone()));
+    let confirm = spec.upstream.ack_mode == AckMode::OnConfirm;
+    let setup = async {
+        let outlets = match down {
+            Some(down) => {
+                check(spec, up, down, compare_types).await?;
+                let channel =
+                    confirm_channel(&down.conn, Side::Downstream, &down_label(spec), confirm)
+                        .await?;
+                let mut o =
+                    Outlet::fixed(spec.downstream_name(), channel, down.conn.status().clone());
+                o.cluster_name = down.cluster_name.clone();
+                o.uri = down.uri.without_credentials().to_string();
+                Outlets(vec![o])
+            }
+            None => {
+                check_source(&up.conn, spec, up.uri.vhost()).await?;
+                routed_outlets(spec, status, &up.conn, conn_name, confirm).await?
+            }
+        };
+        let limit = delete_after_limit(spec, status);
+        let queue = consume_upstream(&up.conn, spec, |depth| {
+            let remaining = limit(depth);
+            let prefetch = u64::from(spec.upstream.prefetch_count);
+            // validate() keeps prefetch_count within 1..=65535; a limit lowers it so that no
+            // more is delivered than may be moved.
+            let p = remaining.map_or(prefetch, |r| r.clamp(1, prefetch));
+            (u16::try_from(p).unwrap_or(u16::MAX), remaining)
+        })
+        .await?;
+        let depth_channel = up.conn.create_channel().await.map_err(|e| {
+            LinkError::broker("opening a channel", Side::Upstream, &spec.upstream.name, &e)
+        })?;
+        Ok::<_, LinkError>((outlets, queue, depth_channel))
+    };
+    let (mut outlets, queue, depth_channel) = tokio::select! {
+        r = setup => r?,
+        _ = stopped(stop) => return Ok(Ended::Stopped),
+    };
+    if down.is_none() {
+        first_connections(&mut outlets).await;
+    }
+    status
+        .counters
+        .queue_depth
+        .store(u64::from(queue.depth), Relaxed);
+    metrics.queue_depth.set(f64::from(queue.depth));
+    metrics.connected_uri("upstream", up.uri.masked(), true);
+    if let Some(down) = down {
+        metrics.connected_uri("downstream", down.uri.masked(), true);
+    }
+    metrics.running.set(1.0);
+    status.set_running(Connected {
+        upstream_uri: up.uri.masked().into(),
+        downstream_uri: down.map_or_else(|| "sets".into(), |d| d.uri.masked().into()),
+        upstream_cluster: up.cluster_name.clone(),
+        downstream_cluster: down.map_or_else(|| "sets".into(), |d| d.cluster_name.clone()),
+    });
+    tracing::info!(upstream_uri = up.uri.masked(), downstream = spec.downstream_name(),
+        upstream_cluster = %up.cluster_name, "flow running");
+    let shovelled = matches!(spec.headers, Headers::Shovel { forward: true })
+        .then(|| Shovelled::new(spec, up.uri.without_credentials(), up.uri.vhost()));
+    let forwarder = Forwarder {
+        spec: spec.clone(),
+        status: status.clone(),
+        metrics: metrics.clone(),
+        depth_channel,
+        up: queue.channel,
+        up_status: up.conn.status().clone(),
+        outlets,
+        consumer: queue.consumer,
+        origin: Origin {
+            uri: up.uri.without_credentials().into(),
+            exchange: spec.exchange.clone(),
+            cluster_name: up.cluster_name.clone(),
+            vhost: up.uri.vhost().into(),
+        },
+        policy: HopPolicy {
+            max_hops: spec.upstream.max_hops,
+            downstream_cluster: down.map_or_else(String::new, |d| d.cluster_name.clone()),
+            downstream_vhost: down.map_or_else(String::new, |d| d.uri.vhost().into()),
+        },
+        shovelled,
+        limit: queue.remaining,
+    };
+    let events = Events {
+        up: up_events,
+        down: down_events,
+    };
+    forwarder.run(events, stop).await
+}
+
+fn down_label(spec: &FlowSpec) -> String {
+    spec.downstream_name().to_string()
+}
+
+/// The checks before forwarding to one cluster: federation compares the exchange on both
+/// sides; shovels and hold releases check that their source and their target exist.
+async fn check(
+    spec: &FlowSpec,
+    up: &Endpoint,
     down: &Endpoint,
     compare_types: &mut bool,
 ) -> Result<(), LinkError> {
-    // Listen before anything can fail, so a connection error is never missed.
-    let up_events = up.conn.events_listener().boxed();
-    let down_events = down.conn.events_listener().boxed();
-    let setup = async {
+    if spec.compares_exchanges() {
         check_exchanges(
             &spec.exchange,
             ExchangeSide {
@@ -193,7 +374,7 @@ async fn connected(
             },
             ExchangeSide {
                 side: Side::Downstream,
-                cluster: &spec.downstream.name,
+                cluster: spec.downstream_name(),
                 vhost: down.uri.vhost(),
                 conn: &down.conn,
             },
@@ -201,87 +382,137 @@ async fn connected(
         )
         .await?;
         *compare_types = false;
-        let down_channel = down.conn.create_channel().await.map_err(|e| {
+        return Ok(());
+    }
+    check_source(&up.conn, spec, up.uri.vhost()).await?;
+    check_target(
+        &down.conn,
+        spec.downstream_name(),
+        down.uri.vhost(),
+        &spec.target,
+    )
+    .await
+}
+
+/// A channel, in confirm mode for `on-confirm`.
+async fn confirm_channel(
+    conn: &Connection,
+    side: Side,
+    cluster: &str,
+    confirm: bool,
+) -> Result<Channel, LinkError> {
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|e| LinkError::broker("opening a channel", side, cluster, &e))?;
+    if confirm {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| LinkError::broker("enabling publisher confirms", side, cluster, &e))?;
+    }
+    Ok(channel)
+}
+
+/// A routed destination's outlets: one per cluster (connecting now, each on its own), then
+/// the hold outlet, a channel on the upstream connection with every hold queue declared.
+async fn routed_outlets(
+    spec: &FlowSpec,
+    status: &FlowStatus,
+    up: &Connection,
+    conn_name: &str,
+    confirm: bool,
+) -> Result<Outlets, LinkError> {
+    let Downstream::Sets {
+        routes,
+        hold_prefix,
+    } = &spec.downstream
+    else {
+        unreachable!("called for routed destinations");
+    };
+    let mut outlets: Vec<Outlet> = routes
+        .clusters
+        .iter()
+        .zip(&status.sets)
+        .map(|(c, (_, stats))| {
+            let dial = Dial {
+                uris: c.uris.clone(),
+                conn_name: conn_name.to_string(),
+                target: spec.target.clone(),
+                confirm,
+                reconnect_delay: spec.upstream.reconnect_delay,
+            };
+            Outlet::dialed(&c.name, dial, stats.clone())
+        })
+        .collect();
+    let cluster = spec.upstream.name.as_str();
+    let hold = confirm_channel(up, Side::Upstream, cluster, confirm).await?;
+    for c in &routes.clusters {
+        let queue = hold_queue(hold_prefix, &c.name);
+        hold.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            hold_queue_arguments(&spec.upstream, false),
+        )
+        .await
+        .map_err(|e| {
             LinkError::broker(
-                "opening a channel",
-                Side::Downstream,
-                &spec.downstream.name,
+                format!("declaring hold queue \"{queue}\""),
+                Side::Upstream,
+                cluster,
                 &e,
             )
         })?;
-        if spec.upstream.ack_mode == AckMode::OnConfirm {
-            down_channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| {
-                    LinkError::broker(
-                        "enabling publisher confirms",
-                        Side::Downstream,
-                        &spec.downstream.name,
-                        &e,
-                    )
-                })?;
+    }
+    outlets.push(Outlet::fixed("hold", hold, up.status().clone()));
+    Ok(Outlets(outlets))
+}
+
+/// Waits (a little) for a routed flow's clusters to connect for the first time.
+async fn first_connections(outlets: &mut Outlets) {
+    let wait = async {
+        while outlets.connecting() {
+            match outlets.next().await {
+                OutletEvent::ConnectFailed(i, e) => {
+                    tracing::warn!(cluster = %outlets.0[i].name, error = %e, "destination down; its messages are held or failed over until it is back");
+                }
+                OutletEvent::Connected(_) => {}
+                // Nothing is published yet: no confirms, and a loss is seen again later.
+                OutletEvent::Confirm(..) | OutletEvent::Lost(..) => {}
+            }
         }
-        let queue = consume_upstream(&up.conn, spec).await?;
-        let depth_channel = up.conn.create_channel().await.map_err(|e| {
-            LinkError::broker("opening a channel", Side::Upstream, &spec.upstream.name, &e)
-        })?;
-        Ok::<_, LinkError>((down_channel, queue, depth_channel))
     };
-    let (down_channel, queue, depth_channel) = tokio::select! {
-        r = setup => r?,
-        _ = stopped(stop) => return Ok(()),
-    };
-    status
-        .counters
-        .queue_depth
-        .store(u64::from(queue.depth), Relaxed);
-    metrics.queue_depth.set(f64::from(queue.depth));
-    metrics.connected_uri("upstream", up.uri.masked(), true);
-    metrics.connected_uri("downstream", down.uri.masked(), true);
-    metrics.running.set(1.0);
-    status.set_running(Connected {
-        upstream_uri: up.uri.masked().into(),
-        downstream_uri: down.uri.masked().into(),
-        upstream_cluster: up.cluster_name.clone(),
-        downstream_cluster: down.cluster_name.clone(),
-    });
-    tracing::info!(upstream_uri = up.uri.masked(), downstream_uri = down.uri.masked(),
-        upstream_cluster = %up.cluster_name, downstream_cluster = %down.cluster_name, "federation link running");
-    let forwarder = Forwarder {
-        spec: spec.clone(),
-        status: status.clone(),
-        metrics: metrics.clone(),
-        depth_channel,
-        up: queue.channel,
-        up_status: up.conn.status().clone(),
-        down: down_channel,
-        down_status: down.conn.status().clone(),
-        consumer: queue.consumer,
-        origin: Origin {
-            uri: up.uri.without_credentials().into(),
-            exchange: spec.exchange.clone(),
-            cluster_name: up.cluster_name.clone(),
-            vhost: up.uri.vhost().into(),
-        },
-        policy: HopPolicy {
-            max_hops: spec.upstream.max_hops,
-            downstream_cluster: down.cluster_name.clone(),
-            downstream_vhost: down.uri.vhost().into(),
-        },
-    };
-    let events = Events {
-        up: up_events,
-        down: down_events,
-    };
-    forwarder.run(events, stop).await
+    let _ = tokio::time::timeout(FIRST_CONNECT_WAIT, wait).await;
+}
+
+/// `delete_after`: a function of the queue depth at this attempt's start giving how many
+/// messages it may still move. The limit is fixed at the flow's first attempt (the depth
+/// then, for `queue-length`) and kept across reconnects.
+fn delete_after_limit<'a>(
+    spec: &'a FlowSpec,
+    status: &'a FlowStatus,
+) -> impl Fn(u32) -> Option<u64> + 'a {
+    move |depth| {
+        let c = &status.counters;
+        let limit = match spec.delete_after {
+            DeleteAfter::Never => return None,
+            DeleteAfter::QueueLength => u64::from(depth),
+            DeleteAfter::Messages(n) => n,
+        };
+        let _ = c.limit.compare_exchange(u64::MAX, limit, Relaxed, Relaxed);
+        Some(
+            c.limit
+                .load(Relaxed)
+                .saturating_sub(c.forwarded.load(Relaxed)),
+        )
+    }
 }
 
 async fn close(ep: &Endpoint) {
     if ep.conn.status().connected() {
         let _ = tokio::time::timeout(
             CLOSE_TIMEOUT,
-            ep.conn.close(200, "setgate federation link closing".into()),
+            ep.conn.close(200, "setgate flow closing".into()),
         )
         .await;
     }

@@ -1,10 +1,16 @@
-//! The hot loop of a flow: take upstream deliveries, republish them downstream, acknowledge
-//! upstream according to `ack_mode`.
+//! The hot loop of a flow: take upstream deliveries, republish them to their destination,
+//! acknowledge upstream according to `ack_mode`.
 //!
 //! Publishing never waits for a confirm: up to `prefetch_count` publishes are in flight. Ready
 //! deliveries are republished as one batch (one wake-up of lapin's I/O thread), confirms are
-//! taken in publish order, and the [`AckTracker`] turns the confirmed prefix into `multiple`
-//! acks, sent every quarter of the prefetch under load and at once when nothing is in flight.
+//! taken in publish order per destination ([`Outlets`]), and the [`AckTracker`] turns the
+//! confirmed prefix into `multiple` acks, sent every quarter of the prefetch under load and at
+//! once when nothing is in flight.
+//!
+//! A destination that routes each message to a SET picks the message's cluster through the
+//! router; a message whose SET is down is parked in that SET's hold queue on the source (or sent
+//! to its failover SET), and a SET that goes down mid-stream has its unconfirmed publishes
+//! requeued upstream (from where they are parked), while the other SETs go on.
 //!
 //! A message the downstream refused (nack, e.g. a queue at its `x-max-length` with
 //! `x-overflow = reject-publish`; or returned, with `mandatory`) is requeued upstream, and the
@@ -15,26 +21,29 @@
 //! Watchdogs make a silent peer an error instead of a stall (heartbeats, negotiated in
 //! `connect`, are the first line): a publish unconfirmed for [`CONFIRM_DEADLINE`] (unless the
 //! downstream said it is blocked by a resource alarm) and a queue-depth request unanswered for
-//! [`REQUEST_DEADLINE`] end the attempt with [`LinkError::Silent`]. What the flow is doing
-//! (forwarding, idle and why, backing off, blocked) is kept in its status.
+//! [`REQUEST_DEADLINE`] end the attempt with [`LinkError::Silent`] (for a SET of a routed
+//! destination: take that SET down). What the flow is doing (forwarding, idle and why, backing
+//! off, blocked) is kept in its status.
 
 use crate::config::AckMode;
 use crate::error::{LinkError, Side};
 use crate::hops::{outgoing_properties, with_received_from, HopPolicy, Origin, Verdict};
 use crate::metrics::FlowMetrics;
-use crate::plan::FlowSpec;
+use crate::outlet::{Confirmed, OutletEvent, Outlets};
+use crate::plan::{hold_queue, Downstream, FlowSpec, Headers, Target, HOLD_ROUTING_KEY};
+use crate::route::Choice;
+use crate::shovelled::Shovelled;
 use crate::status::FlowStatus;
 use crate::stop::stopped;
-use crate::tracker::{AckTracker, Outcome, Seq, UpstreamAck};
+use crate::tracker::{AckTracker, Outcome, UpstreamAck};
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, ConnectionStatus, Consumer, Event, PublisherConfirm};
-use std::collections::VecDeque;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Confirmation, ConnectionStatus, Consumer, Event};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,42 +69,6 @@ pub(crate) const STALL_NAMED_AFTER: Duration = Duration::from_secs(1);
 /// How often an operation in progress checks that its connection is still open.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
-/// A publish's confirm with its sequence number and publish time.
-type Confirmed = (Seq, Instant, lapin::Result<Confirmation>);
-
-/// Publishes awaiting their confirm, oldest first. Only the oldest is awaited: the tracker acks
-/// nothing past an unconfirmed publish anyway, and the broker confirms in order in practice,
-/// so this costs no latency and saves a task and an allocation per message.
-#[derive(Default)]
-struct Pending(VecDeque<(Seq, Instant, PublisherConfirm)>);
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn push(&mut self, seq: Seq, start: Instant, confirm: PublisherConfirm) {
-        self.0.push_back((seq, start, confirm));
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// When the oldest publish still waiting for its confirm went out.
-    fn oldest(&self) -> Option<Instant> {
-        self.0.front().map(|p| p.1)
-    }
-
-    /// The oldest publish's confirm. Cancel-safe: it is removed only once resolved.
-    async fn next(&mut self) -> Option<Confirmed> {
-        let front = self.0.front_mut()?;
-        let result = (&mut front.2).await;
-        let (seq, start, _) = self.0.pop_front()?;
-        Some((seq, start, result))
-    }
-}
-
 /// A connected, set-up flow.
 pub(crate) struct Forwarder {
     pub spec: Arc<FlowSpec>,
@@ -105,30 +78,44 @@ pub(crate) struct Forwarder {
     pub depth_channel: Channel,
     pub up: Channel,
     pub up_status: ConnectionStatus,
-    pub down: Channel,
-    pub down_status: ConnectionStatus,
+    /// Where messages go: the one destination, or (routed) each cluster then the hold outlet.
+    pub outlets: Outlets,
     pub consumer: Consumer,
     pub origin: Origin,
     pub policy: HopPolicy,
+    /// A shovel with `add_forward_headers`: the `x-shovelled` entry's fixed part.
+    pub shovelled: Option<Shovelled>,
+    /// `delete_after`: how many more messages this attempt may take (`None`: no limit).
+    pub limit: Option<u64>,
+}
+
+/// How a forwarder ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// A stop was requested; what was confirmed is acked, the rest stays upstream.
+    Stopped,
+    /// `delete_after` is done: every message it asked for was moved.
+    Completed,
 }
 
 /// The connection events of both sides (kept apart from [`Forwarder`], which must be `Sync`).
 ///
 /// lapin reports channel errors (a refused declare, say) on the same stream as connection
-/// errors; only an error that left the connection unusable ends the attempt.
+/// errors; only an error that left the connection unusable ends the attempt. `down` is the
+/// plain destination's connection; routed destinations' outlets watch their own.
 pub(crate) struct Events {
     pub up: BoxStream<'static, Event>,
-    pub down: BoxStream<'static, Event>,
+    pub down: Option<(BoxStream<'static, Event>, ConnectionStatus)>,
 }
 
 /// Per-run state of the loop.
 struct Run {
-    exchange: ShortString,
     tracker: AckTracker,
-    confirms: Pending,
     /// The downstream returned (mandatory) or nacked a publish since the last acks went out.
     returned: bool,
     nacked: bool,
+    /// Publishes given up with their destination are to be requeued upstream now.
+    requeue_now: bool,
     /// The current refusal backoff (zero while publishes are confirmed).
     backoff: Duration,
     /// Consuming is paused until then.
@@ -141,49 +128,77 @@ struct Run {
     /// Consumers on the upstream queue at the last look (others: single active consumer).
     consumers: u32,
     activity: Activity,
+    /// `delete_after`: deliveries accepted (forwarded or in flight) this attempt, and whether
+    /// the consumer was cancelled because they reached the limit.
+    taken: u64,
+    limit_reached: bool,
 }
 
 impl Forwarder {
-    /// Forwards until an error (the flow reconnects) or a stop request (drains, then `Ok`).
+    /// Forwards until an error (the flow reconnects), a stop request (drains, then
+    /// [`Ended::Stopped`]) or, with `delete_after`, the last message moved.
     pub async fn run(
         mut self,
         events: Events,
         stop: &mut watch::Receiver<Option<Duration>>,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Ended, LinkError> {
+        let result = self.forward_loop(events, stop).await;
+        std::mem::take(&mut self.outlets).close().await;
+        result
+    }
+
+    async fn forward_loop(
+        &mut self,
+        events: Events,
+        stop: &mut watch::Receiver<Option<Duration>>,
+    ) -> Result<Ended, LinkError> {
         let Events {
             up: mut up_events,
-            down: mut down_events,
+            down,
         } = events;
+        let (mut down_events, down_status) = match down {
+            Some((e, s)) => (Some(e), Some(s)),
+            None => (None, None),
+        };
         let mut run = Run {
-            exchange: self.spec.exchange.as_str().into(),
             tracker: AckTracker::default(),
-            confirms: Pending::default(),
             returned: false,
             nacked: false,
+            requeue_now: false,
             backoff: Duration::ZERO,
             paused_until: None,
             last_delivery: Instant::now(),
             depth_at: Instant::now(),
             consumers: 1,
             activity: Activity::Starting,
+            taken: 0,
+            limit_reached: false,
         };
+        if self.limit == Some(0) {
+            return Ok(Ended::Completed);
+        }
         let mut depth_tick = tokio::time::interval(DEPTH_INTERVAL);
         depth_tick.tick().await; // the first tick is immediate; the queue was just declared
         let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
         let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+        let down_name = self.spec.downstream_name().to_string();
         loop {
             tokio::select! {
                 biased;
                 _ = stopped(stop) => {
                     let grace = stop.borrow().unwrap_or_default();
-                    return self.drain(&mut run, grace).await;
+                    self.drain(&mut run, grace).await?;
+                    return Ok(Ended::Stopped);
                 }
                 ev = up_events.next() => lost(Side::Upstream, &self.spec.upstream.name, &self.up_status, ev)?,
-                ev = down_events.next() => lost(Side::Downstream, &self.spec.downstream.name, &self.down_status, ev)?,
-                Some(c) = run.confirms.next(), if !run.confirms.is_empty() => self.on_confirm(&mut run, c)?,
+                ev = next_event(&mut down_events), if down_events.is_some() => {
+                    let status = down_status.as_ref().expect("with its events");
+                    lost(Side::Downstream, &down_name, status, ev)?
+                }
+                ev = self.outlets.next() => self.on_outlet(&mut run, ev)?,
                 _ = tokio::time::sleep_until(run.paused_until.unwrap_or_else(tokio::time::Instant::now)),
                     if run.paused_until.is_some() => run.paused_until = None,
-                d = self.consumer.next(), if run.paused_until.is_none() => {
+                d = self.consumer.next(), if run.paused_until.is_none() && !run.limit_reached => {
                     run.last_delivery = Instant::now();
                     batch.push(self.delivery(d)?);
                     // Take what else is already here: one wake-up of the I/O thread per batch.
@@ -199,10 +214,35 @@ impl Forwarder {
                 _ = depth_tick.tick() => self.refresh_depth(&mut run).await?,
                 _ = watch_tick.tick() => self.watch(&mut run)?,
             }
-            while let Some(Some(c)) = run.confirms.next().now_or_never() {
-                self.on_confirm(&mut run, c)?;
+            while let Some(ev) = self.outlets.next_now() {
+                self.on_outlet(&mut run, ev)?;
             }
             self.maybe_send_acks(&mut run).await?;
+            if run.limit_reached && run.tracker.outstanding() == 0 && self.outlets.settled() {
+                return self.limit_done();
+            }
+        }
+    }
+
+    /// Every message `delete_after` allowed was taken and answered: done, unless the
+    /// destination refused some (requeued), which the next attempt takes again.
+    fn limit_done(&self) -> Result<Ended, LinkError> {
+        let c = &self.status.counters;
+        let limit = c.limit.load(Relaxed);
+        let moved = c.forwarded.load(Relaxed);
+        if moved >= limit {
+            tracing::info!(moved, "delete_after reached: every message moved");
+            Ok(Ended::Completed)
+        } else {
+            Err(LinkError::Broker {
+                what: "moving the last messages".into(),
+                side: Side::Downstream,
+                cluster: self.spec.downstream_name().into(),
+                reason: format!(
+                    "{} of {limit} moved; the destination refused the others, which are taken again",
+                    moved
+                ),
+            })
         }
     }
 
@@ -222,119 +262,341 @@ impl Forwarder {
         }
     }
 
-    /// Checks hops and republishes a batch of deliveries. All publishes of the batch are queued
-    /// before any is awaited, in delivery order (lapin queues a publish's frames and assigns its
-    /// confirm sequence number when the future is first polled, which `join_all` does in order).
-    async fn forward(&self, run: &mut Run, batch: &mut Vec<Delivery>) -> Result<(), LinkError> {
+    fn on_outlet(&mut self, run: &mut Run, ev: OutletEvent) -> Result<(), LinkError> {
+        match ev {
+            OutletEvent::Confirm(i, c) => self.on_confirm(run, i, c),
+            OutletEvent::Lost(i, e) if self.outlets.0[i].fatal => Err(e),
+            OutletEvent::Lost(i, e) => {
+                self.outlet_down(run, i, &e);
+                Ok(())
+            }
+            OutletEvent::Connected(i) => {
+                tracing::info!(cluster = %self.outlets.0[i].name, "destination back; its messages flow again");
+                Ok(())
+            }
+            OutletEvent::ConnectFailed(i, e) => {
+                tracing::debug!(cluster = %self.outlets.0[i].name, error = %e, "destination still down");
+                Ok(())
+            }
+        }
+    }
+
+    /// A destination of a routed flow went down: what it had not confirmed goes back upstream
+    /// (and from there to its hold queue or failover SET); the others go on.
+    fn outlet_down(&mut self, run: &mut Run, i: usize, err: &LinkError) {
+        for seq in self.outlets.0[i].go_down(err) {
+            run.tracker.resolve(seq, Outcome::Rejected);
+            run.requeue_now = true;
+        }
+    }
+
+    /// Chooses each delivery's destination, checks hops and republishes a batch. All publishes
+    /// of the batch are queued before any is awaited, in delivery order per destination (lapin
+    /// queues a publish's frames and assigns its confirm sequence number when the future is
+    /// first polled, which `join_all` does in order).
+    async fn forward(&mut self, run: &mut Run, batch: &mut Vec<Delivery>) -> Result<(), LinkError> {
         let counters = &self.status.counters;
         let mode = self.spec.upstream.ack_mode;
         let options = BasicPublishOptions {
             mandatory: self.spec.mandatory,
             immediate: false,
         };
-        let mut publishes = Vec::with_capacity(batch.len());
-        let mut seqs = Vec::with_capacity(batch.len());
+        let n_outlets = self.outlets.0.len();
+        let channels: Vec<Option<Channel>> = self
+            .outlets
+            .0
+            .iter()
+            .map(|o| o.up().map(|u| u.channel.clone()))
+            .collect();
+        let mut groups: Vec<Vec<_>> = (0..n_outlets).map(|_| Vec::new()).collect();
+        let mut seqs: Vec<Vec<Option<u64>>> = (0..n_outlets).map(|_| Vec::new()).collect();
+        let limit = self.limit;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         for d in batch.iter() {
+            if let Some(limit) = limit {
+                if run.taken >= limit {
+                    // Delivered before the consumer was cancelled: not ours to move.
+                    let seq = run.tracker.push(d.delivery_tag);
+                    run.tracker.resolve(seq, Outcome::Rejected);
+                    run.requeue_now = true;
+                    continue;
+                }
+                run.taken += 1;
+            }
             if d.redelivered {
                 counters.redelivered.fetch_add(1, Relaxed);
                 self.metrics.redelivered.increment(1);
             }
             let seq = (mode != AckMode::NoAck).then(|| run.tracker.push(d.delivery_tag));
-            let verdict = self.policy.verdict(d.properties.headers().as_ref());
-            if verdict != Verdict::Forward {
-                counters.dropped.fetch_add(1, Relaxed);
-                match verdict {
-                    Verdict::MaxHops => self.metrics.dropped_max_hops.increment(1),
-                    _ => self.metrics.dropped_cycle.increment(1),
+            let headers = d.properties.headers().as_ref();
+            // Where the message goes: an outlet, and the routing key it is published with.
+            let routing_key: ShortString = match (&self.spec.target, &self.spec.headers) {
+                (_, Headers::Release) => {
+                    match headers.and_then(|h| h.inner().get(HOLD_ROUTING_KEY)) {
+                        Some(AMQPValue::LongString(k)) => {
+                            String::from_utf8_lossy(k.as_bytes()).as_ref().into()
+                        }
+                        _ => d.routing_key.clone(),
+                    }
                 }
-                tracing::trace!(reason = verdict.reason(), "message not forwarded");
-                if let Some(seq) = seq {
-                    run.tracker.resolve(seq, Outcome::Done);
+                (
+                    Target::Exchange {
+                        routing_key: Some(k),
+                        ..
+                    },
+                    _,
+                ) => k.as_str().into(),
+                (Target::Exchange { .. }, _) => d.routing_key.clone(),
+                (Target::Queue(q), _) => q.as_str().into(),
+            };
+            let (outlet, hold_for) = match &self.spec.downstream {
+                Downstream::Cluster { .. } => (0, None),
+                Downstream::Sets { routes, .. } => {
+                    let key = routes.key.of(&d.properties, d.routing_key.as_str());
+                    if key.is_none() {
+                        counters.unkeyed.fetch_add(1, Relaxed);
+                        self.metrics.unkeyed.increment(1);
+                    }
+                    let home = routes.cluster_of(key.as_deref());
+                    match routes.choose(home, |i| self.outlets.0[i].is_up()) {
+                        Choice::Cluster { index, failed_over } => {
+                            if failed_over {
+                                if let Some(s) = &self.outlets.0[home].stats {
+                                    s.failed_over.fetch_add(1, Relaxed);
+                                }
+                            }
+                            (index, None)
+                        }
+                        Choice::Hold(home) => {
+                            if let Some(s) = &self.outlets.0[home].stats {
+                                s.held.fetch_add(1, Relaxed);
+                            }
+                            self.metrics.held(&self.outlets.0[home].name).increment(1);
+                            (n_outlets - 1, Some(home))
+                        }
+                    }
                 }
-                continue;
-            }
-            let headers =
-                with_received_from(d.properties.headers().as_ref(), &self.origin, d.redelivered);
-            let props =
-                outgoing_properties(&d.properties, headers, self.spec.upstream.trust_user_id);
-            seqs.push(seq);
-            publishes.push(self.down.basic_publish(
-                run.exchange.clone(),
-                d.routing_key.clone(),
+            };
+            let headers = match &self.spec.headers {
+                Headers::Federation => {
+                    let verdict = match &self.spec.downstream {
+                        Downstream::Cluster { .. } => self.policy.verdict(headers),
+                        Downstream::Sets { .. } => {
+                            let o = &self.outlets.0[hold_for.unwrap_or(outlet)];
+                            self.policy.verdict_at(headers, &o.cluster_name)
+                        }
+                    };
+                    if verdict != Verdict::Forward {
+                        counters.dropped.fetch_add(1, Relaxed);
+                        match verdict {
+                            Verdict::MaxHops => self.metrics.dropped_max_hops.increment(1),
+                            _ => self.metrics.dropped_cycle.increment(1),
+                        }
+                        tracing::trace!(reason = verdict.reason(), "message not forwarded");
+                        if let Some(seq) = seq {
+                            run.tracker.resolve(seq, Outcome::Done);
+                        }
+                        continue;
+                    }
+                    Some(with_received_from(headers, &self.origin, d.redelivered))
+                }
+                Headers::Shovel { forward: true } => {
+                    let s = self
+                        .shovelled
+                        .as_ref()
+                        .expect("set up with forward headers");
+                    let dest_uri = &self.outlets.0[hold_for.unwrap_or(outlet)].uri;
+                    Some(s.prepend(headers, dest_uri, now_ms))
+                }
+                Headers::Shovel { forward: false } => headers.cloned(),
+                Headers::Release => headers.map(|h| {
+                    // FieldTable has no remove: rebuild it without the parked routing key.
+                    let kept: std::collections::BTreeMap<ShortString, AMQPValue> = h
+                        .inner()
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != HOLD_ROUTING_KEY)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    FieldTable::from(kept)
+                }),
+            };
+            let (exchange, routing_key, headers): (ShortString, ShortString, _) = match hold_for {
+                None => {
+                    let exchange = match &self.spec.target {
+                        Target::Exchange { name, .. } => name.as_str().into(),
+                        Target::Queue(_) => ShortString::from(""),
+                    };
+                    (exchange, routing_key, headers)
+                }
+                Some(home) => {
+                    let Downstream::Sets { hold_prefix, .. } = &self.spec.downstream else {
+                        unreachable!("only routed destinations hold");
+                    };
+                    let mut h = headers.unwrap_or_default();
+                    h.insert(
+                        HOLD_ROUTING_KEY.into(),
+                        AMQPValue::LongString(LongString::from(routing_key.as_str())),
+                    );
+                    let queue = hold_queue(hold_prefix, &self.outlets.0[home].name);
+                    ("".into(), queue.as_str().into(), Some(h))
+                }
+            };
+            let props = outgoing_properties(
+                &d.properties,
+                headers.unwrap_or_default(),
+                self.spec.upstream.trust_user_id,
+            );
+            let Some(channel) = &channels[outlet] else {
+                unreachable!("messages are only sent to outlets that are up");
+            };
+            seqs[outlet].push(seq);
+            groups[outlet].push(channel.basic_publish(
+                exchange,
+                routing_key,
                 options,
                 &d.data,
                 props,
             ));
         }
+        if let Some(limit) = limit {
+            if run.taken >= limit && !run.limit_reached {
+                run.limit_reached = true;
+                let tag = self.consumer.tag();
+                let _ = tokio::time::timeout(
+                    REQUEST_DEADLINE,
+                    self.up.basic_cancel(tag, BasicCancelOptions::default()),
+                )
+                .await;
+            }
+        }
         let start = Instant::now();
-        let n = publishes.len();
-        let results = {
-            let sent = while_open(
-                Side::Downstream,
-                &self.spec.downstream.name,
-                &self.down_status,
-                "publishing",
-                futures_util::future::join_all(publishes),
-            );
-            tokio::pin!(sent);
-            // A downstream whose socket stays open but which stops reading (no reset, no heartbeat
-            // missed yet) would hold the loop here, and with it the watchdog: bound the wait too.
-            // Only a resource alarm the broker announced (connection.blocked) is waited out.
-            let bounded = async {
-                loop {
-                    match tokio::time::timeout(CONFIRM_DEADLINE, &mut sent).await {
-                        Ok(r) => break r,
-                        Err(_) if self.down_status.blocked() => continue,
-                        Err(_) => {
-                            return Err(LinkError::Silent {
-                                side: Side::Downstream,
-                                cluster: self.spec.downstream.name.clone(),
-                                what: format!(
-                                    "publishing {n} messages did not complete in {}s",
-                                    CONFIRM_DEADLINE.as_secs()
-                                ),
-                            })
+        let sends = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .map(|(i, g)| {
+                let o = &self.outlets.0[i];
+                let status = o.up().expect("published to it").status.clone();
+                let name = o.name.clone();
+                async move {
+                    let n = g.len();
+                    let sent = while_open(
+                        Side::Downstream,
+                        &name,
+                        &status,
+                        "publishing",
+                        futures_util::future::join_all(g),
+                    );
+                    tokio::pin!(sent);
+                    // A downstream whose socket stays open but which stops reading (no reset, no
+                    // heartbeat missed yet) would hold the loop here, and with it the watchdog:
+                    // bound the wait too. Only a resource alarm the broker announced
+                    // (connection.blocked) is waited out.
+                    let r = loop {
+                        match tokio::time::timeout(CONFIRM_DEADLINE, &mut sent).await {
+                            Ok(r) => break r,
+                            Err(_) if status.blocked() => continue,
+                            Err(_) => {
+                                break Err(LinkError::Silent {
+                                    side: Side::Downstream,
+                                    cluster: name.clone(),
+                                    what: format!(
+                                        "publishing {n} messages did not complete in {}s",
+                                        CONFIRM_DEADLINE.as_secs()
+                                    ),
+                                })
+                            }
                         }
-                    }
+                    };
+                    (i, r)
+                }
+            });
+        let sends = futures_util::future::join_all(sends);
+        let results = self.named(run, Side::Downstream, "publishing", sends).await;
+        batch.clear();
+        for (i, result) in results {
+            let seqs = std::mem::take(&mut seqs[i]);
+            let confirms = match result {
+                Ok(c) => c,
+                Err(e) if self.outlets.0[i].fatal => return Err(e),
+                Err(e) => {
+                    self.give_back(run, &seqs);
+                    self.outlet_down(run, i, &e);
+                    continue;
                 }
             };
-            self.named(run, Side::Downstream, "publishing", bounded)
-                .await?
-        };
-        batch.clear();
-        for (seq, result) in seqs.into_iter().zip(results) {
-            let confirm = result.map_err(|e| {
-                LinkError::broker(
-                    format!("publishing to exchange \"{}\"", self.spec.exchange),
-                    Side::Downstream,
-                    &self.spec.downstream.name,
-                    &e,
-                )
-            })?;
-            match (mode, seq) {
-                (AckMode::OnConfirm, Some(seq)) => run.confirms.push(seq, start, confirm),
-                (_, seq) => {
-                    drop(confirm);
-                    if let Some(seq) = seq {
-                        run.tracker.resolve(seq, Outcome::Done);
+            for (seq, result) in seqs.iter().zip(confirms) {
+                let confirm = match result {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let o = &self.outlets.0[i];
+                        let err = LinkError::broker(
+                            match &self.spec.target {
+                                Target::Exchange { name, .. } => {
+                                    format!("publishing to exchange \"{name}\"")
+                                }
+                                Target::Queue(q) => format!("publishing to queue \"{q}\""),
+                            },
+                            Side::Downstream,
+                            &o.name,
+                            &e,
+                        );
+                        if o.fatal {
+                            return Err(err);
+                        }
+                        self.give_back(run, &seqs);
+                        self.outlet_down(run, i, &err);
+                        break;
                     }
-                    counters.forwarded.fetch_add(1, Relaxed);
-                    self.metrics.forwarded.increment(1);
+                };
+                match (mode, seq) {
+                    (AckMode::OnConfirm, Some(seq)) => {
+                        self.outlets.0[i].confirms.push(*seq, start, confirm)
+                    }
+                    (_, seq) => {
+                        drop(confirm);
+                        if let Some(seq) = seq {
+                            run.tracker.resolve(*seq, Outcome::Done);
+                        }
+                        self.count_forwarded(i);
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn on_confirm(&self, run: &mut Run, (seq, start, result): Confirmed) -> Result<(), LinkError> {
+    /// Publishes to a destination that failed before they were all sent: requeued upstream.
+    fn give_back(&self, run: &mut Run, seqs: &[Option<u64>]) {
+        for seq in seqs.iter().flatten() {
+            run.tracker.resolve(*seq, Outcome::Rejected);
+            run.requeue_now = true;
+        }
+    }
+
+    fn count_forwarded(&self, outlet: usize) {
+        self.status.counters.forwarded.fetch_add(1, Relaxed);
+        self.metrics.forwarded.increment(1);
+        if let Some(s) = &self.outlets.0[outlet].stats {
+            s.forwarded.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn on_confirm(
+        &mut self,
+        run: &mut Run,
+        i: usize,
+        (seq, start, result): Confirmed,
+    ) -> Result<(), LinkError> {
         let counters = &self.status.counters;
         let outcome = match result {
             Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
                 self.metrics
                     .confirm_latency
                     .record(start.elapsed().as_secs_f64());
-                counters.forwarded.fetch_add(1, Relaxed);
-                self.metrics.forwarded.increment(1);
+                self.count_forwarded(i);
                 run.backoff = Duration::ZERO;
                 Outcome::Done
             }
@@ -351,12 +613,19 @@ impl Forwarder {
                 Outcome::Rejected
             }
             Err(e) => {
-                return Err(LinkError::broker(
+                let err = LinkError::broker(
                     "waiting for a publish confirm",
                     Side::Downstream,
-                    &self.spec.downstream.name,
+                    &self.outlets.0[i].name,
                     &e,
-                ))
+                );
+                if self.outlets.0[i].fatal {
+                    return Err(err);
+                }
+                run.tracker.resolve(seq, Outcome::Rejected);
+                run.requeue_now = true;
+                self.outlet_down(run, i, &err);
+                return Ok(());
             }
         };
         run.tracker.resolve(seq, outcome);
@@ -367,7 +636,13 @@ impl Forwarder {
     /// frames for the upstream's channel and queue), and everything ready once none is.
     async fn maybe_send_acks(&self, run: &mut Run) -> Result<(), LinkError> {
         let batch = (self.spec.upstream.prefetch_count as usize / 4).max(1);
-        if run.tracker.ready() >= batch || run.confirms.is_empty() || run.returned || run.nacked {
+        if run.tracker.ready() >= batch
+            || self.outlets.settled()
+            || run.returned
+            || run.nacked
+            || run.requeue_now
+        {
+            run.requeue_now = false;
             self.send_acks(run).await?;
         }
         Ok(())
@@ -435,29 +710,35 @@ impl Forwarder {
         self.show(run, activity);
     }
 
-    /// Once a second: a downstream that stopped confirming ends the attempt, and the status
-    /// says what the flow is doing.
-    fn watch(&self, run: &mut Run) -> Result<(), LinkError> {
-        let blocked = self.down_status.blocked();
-        if let Some(oldest) = run.confirms.oldest() {
+    /// Twice a second: a destination that stopped confirming ends the attempt (or, one SET of
+    /// a routed destination, goes down), and the status says what the flow is doing.
+    fn watch(&mut self, run: &mut Run) -> Result<(), LinkError> {
+        if let Some((i, oldest)) = self.outlets.oldest() {
+            let o = &self.outlets.0[i];
             let waited = oldest.elapsed();
+            let blocked = o.up().is_some_and(|u| u.status.blocked());
             if waited >= CONFIRM_DEADLINE && !blocked {
-                return Err(LinkError::Silent {
+                let err = LinkError::Silent {
                     side: Side::Downstream,
-                    cluster: self.spec.downstream.name.clone(),
+                    cluster: o.name.clone(),
                     what: format!(
                         "{} publishes unconfirmed, the oldest for {}s",
-                        run.confirms.len(),
+                        o.confirms.len(),
                         waited.as_secs()
                     ),
-                });
+                };
+                if o.fatal {
+                    return Err(err);
+                }
+                self.outlet_down(run, i, &err);
             }
         }
         // Messages wait upstream, this is the queue's only consumer, nothing is in flight, and
         // yet nothing was delivered: the upstream stopped delivering.
         let ready = self.status.counters.queue_depth.load(Relaxed);
         let starved = run.last_delivery.elapsed();
-        if run.paused_until.is_none()
+        let consuming = run.paused_until.is_none() && !run.limit_reached;
+        if consuming
             && ready > 0
             && ready != u64::MAX
             && run.consumers <= 1
@@ -473,21 +754,27 @@ impl Forwarder {
                 ),
             });
         }
+        let blocked = self
+            .outlets
+            .0
+            .iter()
+            .any(|o| o.up().is_some_and(|u| u.status.blocked()));
         let activity = if run.paused_until.is_some() {
             run.activity
         } else if blocked {
             Activity::Blocked
-        } else if let Some(waited) = run
-            .confirms
+        } else if let Some(waited) = self
+            .outlets
             .oldest()
-            .map(|o| o.elapsed())
+            .map(|(_, o)| o.elapsed())
             .filter(|w| *w >= STALL_NAMED_AFTER)
         {
             Activity::AwaitingConfirms {
-                publishes: run.confirms.len(),
+                publishes: self.outlets.unconfirmed(),
                 secs: waited.as_secs(),
             }
-        } else if ready > 0
+        } else if consuming
+            && ready > 0
             && ready != u64::MAX
             && run.depth_at > run.last_delivery
             && run.consumers <= 1
@@ -498,8 +785,10 @@ impl Forwarder {
                 ready,
                 secs: starved.as_secs(),
             }
-        } else if !run.confirms.is_empty() || run.last_delivery.elapsed() < 2 * WATCH_INTERVAL {
+        } else if !self.outlets.settled() || run.last_delivery.elapsed() < 2 * WATCH_INTERVAL {
             Activity::Forwarding
+        } else if run.limit_reached {
+            Activity::Finishing
         } else if run.consumers > 1 {
             Activity::Standby
         } else {
@@ -543,10 +832,9 @@ impl Forwarder {
         )
         .await;
         let deadline = tokio::time::Instant::now() + grace;
-        while !run.confirms.is_empty() {
-            match tokio::time::timeout_at(deadline, run.confirms.next()).await {
-                Ok(Some(c)) => self.on_confirm(run, c)?,
-                Ok(None) => break,
+        while !self.outlets.settled() {
+            match tokio::time::timeout_at(deadline, self.outlets.next()).await {
+                Ok(ev) => self.on_outlet(run, ev)?,
                 Err(_) => {
                     tracing::warn!(
                         unconfirmed = run.tracker.unconfirmed(),
@@ -624,6 +912,8 @@ enum Activity {
     Idle,
     /// Another consumer holds the single-active-consumer queue (another setgate on this link).
     Standby,
+    /// `delete_after` took its last message; waiting for the last confirms.
+    Finishing,
     /// The downstream announced `connection.blocked` (memory or disk alarm).
     Blocked,
     BackingOff {
@@ -654,6 +944,9 @@ impl Activity {
             Activity::Starting => "starting".into(),
             Activity::Forwarding => "forwarding".into(),
             Activity::Idle => "idle: nothing to forward".into(),
+            Activity::Finishing => {
+                "finishing: delete_after took its last message; waiting for its confirms".into()
+            }
             Activity::Standby => {
                 "idle: another consumer holds the upstream queue (single active consumer)".into()
             }
@@ -711,6 +1004,14 @@ async fn while_open<T>(
             }
             Err(_) => {}
         }
+    }
+}
+
+/// The next event of a stream that may be absent (`select!` polls this branch only when present).
+async fn next_event(events: &mut Option<BoxStream<'static, Event>>) -> Option<Event> {
+    match events {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
     }
 }
 

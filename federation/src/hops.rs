@@ -58,6 +58,12 @@ impl Verdict {
 impl HopPolicy {
     /// Decides from the message's headers.
     pub fn verdict(&self, headers: Option<&FieldTable>) -> Verdict {
+        self.verdict_at(headers, &self.downstream_cluster)
+    }
+
+    /// Decides from the message's headers, for a message going to `downstream_cluster` (one
+    /// of the clusters of a routed destination, or the downstream's).
+    pub fn verdict_at(&self, headers: Option<&FieldTable>, downstream_cluster: &str) -> Verdict {
         let entries = received_from(headers);
         if entries.len() >= self.max_hops as usize {
             return Verdict::MaxHops;
@@ -67,7 +73,7 @@ impl HopPolicy {
                 return false;
             };
             let name_matches =
-                str_field(t, "cluster-name").is_some_and(|n| n == self.downstream_cluster);
+                str_field(t, "cluster-name").is_some_and(|n| n == downstream_cluster);
             // Entries written before the plugin recorded a vhost match on the cluster alone.
             let vhost_matches = str_field(t, "vhost").is_none_or(|v| v == self.downstream_vhost);
             name_matches && vhost_matches

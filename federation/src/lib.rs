@@ -26,24 +26,33 @@ pub mod config;
 pub mod error;
 pub mod uri;
 
+pub mod route;
+pub mod shovel;
+
 mod connect;
 mod flow;
 mod forward;
 mod hops;
 mod metrics;
+mod oneshot;
+mod outlet;
 mod plan;
+mod shovelled;
 mod status;
 mod stop;
 mod supervisor;
 mod topology;
 mod tracker;
 mod validate;
+mod validate_messaging;
 
 pub use config::{
     AckMode, DownstreamConfig, FederationConfig, LinkConfig, QueueType, UpstreamConfig,
 };
 pub use error::{LinkError, Side};
 pub use hops::RECEIVED_FROM;
-pub use plan::{diff_config as diff, Change as LinkChange};
-pub use supervisor::Federation;
+pub use oneshot::OneShot;
+pub use plan::{diff_config as diff, Change as LinkChange, MessagingConfig, UnitKind};
+pub use shovel::{DeleteAfter, ShovelConfig};
+pub use supervisor::{Control, ControlError, Federation};
 pub use uri::AmqpUri;

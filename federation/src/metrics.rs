@@ -23,6 +23,8 @@ pub(crate) struct FlowMetrics {
     backoff_nack: Counter,
     backoff_returned: Counter,
     pub confirm_latency: Histogram,
+    /// Routed destinations: messages with no key.
+    pub unkeyed: Counter,
     pub queue_depth: Gauge,
     pub running: Gauge,
 }
@@ -56,6 +58,7 @@ impl FlowMetrics {
             returned: counter!("setgate_federation_returned_total", &labels),
             reconnects: counter!("setgate_federation_reconnects_total", &labels),
             confirm_latency: histogram!("setgate_federation_confirm_latency_seconds", &labels),
+            unkeyed: counter!("setgate_flow_unkeyed_total", "flow" => link.to_string()),
             queue_depth: gauge!("setgate_federation_upstream_queue_messages", &labels),
             running: gauge!("setgate_federation_flow_running", &labels),
             labels,
@@ -68,6 +71,11 @@ impl FlowMetrics {
             "nack" => &self.backoff_nack,
             _ => &self.backoff_returned,
         }
+    }
+
+    /// `setgate_flow_held_total{flow, set}`: messages parked because their SET was down.
+    pub fn held(&self, set: &str) -> Counter {
+        counter!("setgate_flow_held_total", "flow" => self.labels[0].1.clone(), "set" => set.to_string())
     }
 
     /// `setgate_federation_connected_uri{side, uri}`: 1 for the URI in use, 0 after it was left.
@@ -118,6 +126,14 @@ fn describe() {
         describe_gauge!(
             "setgate_federation_upstream_queue_messages",
             "Ready messages in the upstream queue at the last look."
+        );
+        describe_counter!(
+            "setgate_flow_unkeyed_total",
+            "Routed destinations: messages without a key, sent to the default cluster."
+        );
+        describe_counter!(
+            "setgate_flow_held_total",
+            "Routed destinations: messages parked in a hold queue because their SET was down."
         );
         describe_gauge!(
             "setgate_federation_flow_running",

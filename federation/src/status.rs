@@ -4,8 +4,10 @@
 //! A flow writes its state at transitions only (a `Mutex` taken rarely and never across an
 //! await) and its counters on every message (atomics); the admin server reads both.
 
+use crate::plan::UnitKind;
+use crate::shovel::DeleteAfter;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -13,8 +15,12 @@ use std::time::SystemTime;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum State {
     Running,
+    /// A shovel with `delete_after` moved what it had to and stopped.
+    Completed,
     Starting,
     Reconnecting,
+    /// Stopped through the API; `resume` starts it again.
+    Paused,
     Stopped,
 }
 
@@ -25,6 +31,8 @@ impl State {
             State::Running => "running",
             State::Reconnecting => "reconnecting",
             State::Stopped => "stopped",
+            State::Completed => "completed",
+            State::Paused => "paused",
         }
     }
 }
@@ -41,6 +49,36 @@ pub(crate) struct Counters {
     pub backoffs: AtomicU64,
     /// Ready messages in the upstream queue at the last look; `u64::MAX` before the first.
     pub queue_depth: AtomicU64,
+    /// Routed destinations: messages with no key (sent to the default cluster).
+    pub unkeyed: AtomicU64,
+    /// `delete_after`: how many messages to move (`u64::MAX` until known).
+    pub limit: AtomicU64,
+}
+
+/// One cluster of a routed destination, as the status shows it.
+#[derive(Debug, Default)]
+pub(crate) struct SetStats {
+    pub forwarded: AtomicU64,
+    /// Parked in the hold queue because the cluster was down.
+    pub held: AtomicU64,
+    /// Sent to this cluster's failover SET instead.
+    pub failed_over: AtomicU64,
+    down: Mutex<Option<String>>,
+}
+
+impl SetStats {
+    pub fn set_down(&self, why: String) {
+        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    pub fn set_up(&self) {
+        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why the cluster is down, if it is.
+    pub fn down(&self) -> Option<String> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[derive(Debug)]
@@ -65,6 +103,8 @@ pub(crate) struct FlowStatus {
     pub exchange: String,
     pub queue: String,
     pub counters: Counters,
+    /// Routed destinations: each cluster's counters, by name (the default first).
+    pub sets: Vec<(String, Arc<SetStats>)>,
     state: Mutex<FlowState>,
 }
 
@@ -78,14 +118,25 @@ pub(crate) struct Connected {
 }
 
 impl FlowStatus {
+    #[cfg(test)]
     pub fn new(upstream: &str, exchange: &str, queue: &str) -> FlowStatus {
+        FlowStatus::with_sets(upstream, exchange, queue, &[])
+    }
+
+    /// The status of a flow whose destination routes to these clusters.
+    pub fn with_sets(upstream: &str, exchange: &str, queue: &str, sets: &[String]) -> FlowStatus {
         let counters = Counters::default();
         counters.queue_depth.store(u64::MAX, Relaxed);
+        counters.limit.store(u64::MAX, Relaxed);
         FlowStatus {
             upstream: upstream.into(),
             exchange: exchange.into(),
             queue: queue.into(),
             counters,
+            sets: sets
+                .iter()
+                .map(|n| (n.clone(), Arc::new(SetStats::default())))
+                .collect(),
             state: Mutex::new(FlowState {
                 state: State::Starting,
                 since: SystemTime::now(),
@@ -144,8 +195,33 @@ impl FlowStatus {
         });
     }
 
+    /// A flow that did what `delete_after` asked.
+    pub fn set_completed(&self) {
+        self.update(|s| {
+            s.state = State::Completed;
+            s.upstream_uri = None;
+            s.downstream_uri = None;
+            s.next_attempt = None;
+            s.activity = None;
+        });
+    }
+
+    /// Stopped through the API.
+    pub fn set_paused(&self) {
+        self.update(|s| {
+            s.state = State::Paused;
+            s.upstream_uri = None;
+            s.downstream_uri = None;
+            s.next_attempt = None;
+            s.activity = None;
+        });
+    }
+
     pub fn set_stopped(&self) {
         self.update(|s| {
+            if matches!(s.state, State::Completed | State::Paused) {
+                return;
+            }
             s.state = State::Stopped;
             s.upstream_uri = None;
             s.downstream_uri = None;
@@ -190,6 +266,19 @@ impl FlowStatus {
             "queue_depth": (depth != u64::MAX).then_some(depth),
         })
     }
+
+    /// A flow that releases a hold queue (its label is `hold SET`).
+    pub fn releases(&self) -> bool {
+        self.exchange.starts_with("hold ")
+    }
+
+    fn activity(&self) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .activity
+            .clone()
+    }
 }
 
 fn time(t: Option<SystemTime>) -> Value {
@@ -198,20 +287,50 @@ fn time(t: Option<SystemTime>) -> Value {
     })
 }
 
-/// The status of one link: its flows, and a summary state.
+/// The status of one link or shovel: its flows, and a summary state.
 #[derive(Debug)]
 pub(crate) struct LinkStatus {
     pub name: String,
+    pub kind: UnitKind,
     pub downstream: String,
     pub downstream_uris: Vec<String>,
     pub flows: Vec<Arc<FlowStatus>>,
+    /// `delete_after` of a shovel.
+    pub delete_after: DeleteAfter,
+    /// Set while paused through the API.
+    pub paused: AtomicBool,
 }
 
 impl LinkStatus {
-    /// The link is as good as its worst flow: running only when every flow runs.
+    pub fn new(
+        name: &str,
+        kind: UnitKind,
+        downstream: &str,
+        downstream_uris: Vec<String>,
+        flows: Vec<Arc<FlowStatus>>,
+        delete_after: DeleteAfter,
+    ) -> LinkStatus {
+        LinkStatus {
+            name: name.into(),
+            kind,
+            downstream: downstream.into(),
+            downstream_uris,
+            flows,
+            delete_after,
+            paused: AtomicBool::new(false),
+        }
+    }
+
+    /// The link is as good as its worst flow: running only when every flow runs. The flows
+    /// that release hold queues are left out: a SET that is down shows in `sets`, and the
+    /// unit keeps running for the others.
     pub fn state(&self) -> State {
+        if self.paused.load(Relaxed) {
+            return State::Paused;
+        }
         self.flows
             .iter()
+            .filter(|f| !f.releases())
             .map(|f| f.state())
             .max()
             .unwrap_or(State::Stopped)
@@ -222,7 +341,12 @@ impl LinkStatus {
         let problem = self.flows.iter().find_map(|f| {
             f.problem().map(|(e, next)| {
                 (
-                    format!("upstream {} exchange {}: {e}", f.upstream, f.exchange),
+                    match self.kind {
+                        UnitKind::Link => {
+                            format!("upstream {} exchange {}: {e}", f.upstream, f.exchange)
+                        }
+                        UnitKind::Shovel => format!("{}: {e}", f.exchange),
+                    },
                     next,
                 )
             })
@@ -233,16 +357,80 @@ impl LinkStatus {
                 .map(|f| get(&f.counters).load(Relaxed))
                 .sum()
         };
-        json!({
+        // Messages are counted where they are first forwarded: by the flows that consume the
+        // source, not again by those that release parked ones.
+        let first_hop: Vec<&Arc<FlowStatus>> =
+            self.flows.iter().filter(|f| !f.releases()).collect();
+        let forwarded: u64 = first_hop
+            .iter()
+            .map(|f| f.counters.forwarded.load(Relaxed))
+            .sum();
+        let mut out = json!({
             "name": self.name,
             "state": state.as_str(),
             "downstream": { "name": self.downstream, "uris": self.downstream_uris },
             "last_error": problem.as_ref().map(|p| p.0.clone()),
             "next_attempt": time(problem.and_then(|p| p.1)),
-            "forwarded": sum(|c| &c.forwarded),
+            "forwarded": forwarded,
             "dropped": sum(|c| &c.dropped),
             "flows": self.flows.iter().map(|f| f.json()).collect::<Vec<_>>(),
-        })
+        });
+        if self.kind == UnitKind::Shovel {
+            let limit = first_hop
+                .iter()
+                .map(|f| f.counters.limit.load(Relaxed))
+                .find(|l| *l != u64::MAX);
+            out["activity"] = json!(first_hop.iter().find_map(|f| f.activity()));
+            out["delete_after"] = match self.delete_after {
+                DeleteAfter::Messages(n) => json!(n),
+                d => json!(d.describe()),
+            };
+            out["moved"] = json!(forwarded);
+            out["remaining"] = json!(limit.map(|l| l.saturating_sub(forwarded)));
+        }
+        if self.flows.iter().any(|f| !f.sets.is_empty()) {
+            out["unkeyed"] = json!(sum(|c| &c.unkeyed));
+            out["sets"] = self.sets_json();
+        }
+        out
+    }
+
+    /// Per cluster of a routed destination: up or down (and why), forwarded, parked, failed
+    /// over, and the depth of its hold queue (read by the flow that releases it).
+    fn sets_json(&self) -> Value {
+        let mut sets = serde_json::Map::new();
+        for f in &self.flows {
+            for (name, st) in &f.sets {
+                let e = sets.entry(name.clone()).or_insert_with(|| {
+                    json!({"state": "up", "forwarded": 0, "held": 0, "failed_over": 0,
+                           "held_queue_depth": Value::Null, "error": Value::Null})
+                });
+                let add = |e: &mut Value, k: &str, v: &AtomicU64| {
+                    e[k] = json!(e[k].as_u64().unwrap_or(0) + v.load(Relaxed));
+                };
+                add(e, "forwarded", &st.forwarded);
+                add(e, "held", &st.held);
+                add(e, "failed_over", &st.failed_over);
+                if let Some(why) = st.down() {
+                    e["state"] = json!("down");
+                    e["error"] = json!(why);
+                }
+            }
+        }
+        for f in &self.flows {
+            if let Some(name) = f.exchange.strip_prefix("hold ") {
+                if let (Some(e), Some((why, _))) = (sets.get_mut(name), f.problem()) {
+                    e["state"] = json!("down");
+                    e["error"] = json!(why);
+                }
+                let depth = f.counters.queue_depth.load(Relaxed);
+                if let (Some(e), true) = (sets.get_mut(name), depth != u64::MAX) {
+                    e["held_queue_depth"] =
+                        json!(e["held_queue_depth"].as_u64().unwrap_or(0) + depth);
+                }
+            }
+        }
+        Value::Object(sets)
     }
 }
 
@@ -252,15 +440,17 @@ mod tests {
     use std::time::Duration;
 
     fn link() -> LinkStatus {
-        LinkStatus {
-            name: "dc1->dc2".into(),
-            downstream: "dc2".into(),
-            downstream_uris: vec!["amqp://fed:***@h:5672/%2f".into()],
-            flows: vec![
+        LinkStatus::new(
+            "dc1->dc2",
+            UnitKind::Link,
+            "dc2",
+            vec!["amqp://fed:***@h:5672/%2f".into()],
+            vec![
                 Arc::new(FlowStatus::new("dc1", "x", "federation: x -> dc2")),
                 Arc::new(FlowStatus::new("dc1", "y", "federation: y -> dc2")),
             ],
-        }
+            DeleteAfter::Never,
+        )
     }
 
     fn connected() -> Connected {

@@ -2,8 +2,9 @@
 //! queue, its bindings and the consumer. Run again after every reconnect.
 
 use crate::config::AckMode;
+use crate::config::UpstreamConfig;
 use crate::error::{describe, LinkError, Side};
-use crate::plan::FlowSpec;
+use crate::plan::{FlowSpec, Source, Target};
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -142,9 +143,18 @@ async fn open_channel(conn: &Connection, side: Side, cluster: &str) -> Result<Ch
         .map_err(|e| LinkError::broker("opening a channel", side, cluster, &e))
 }
 
-/// The arguments of the upstream queue.
+/// The arguments of a queue setgate declares on the upstream (hold queues: the same, without
+/// `expires` and `message_ttl`, which their flows never have).
 pub(crate) fn queue_arguments(spec: &FlowSpec) -> FieldTable {
-    let up = &spec.upstream;
+    hold_queue_arguments(
+        &spec.upstream,
+        !matches!(spec.source, Source::Own { hold: true, .. }),
+    )
+}
+
+/// The arguments of a queue setgate declares: its type, single active consumer, and (unless
+/// it is a hold queue) the upstream's `expires` and `message_ttl`.
+pub(crate) fn hold_queue_arguments(up: &UpstreamConfig, with_limits: bool) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -152,6 +162,9 @@ pub(crate) fn queue_arguments(spec: &FlowSpec) -> FieldTable {
     );
     // Several setgate instances may run the same link: exactly one of them consumes.
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    if !with_limits {
+        return args;
+    }
     if let Some(d) = up.expires {
         args.insert(
             "x-expires".into(),
@@ -173,20 +186,81 @@ pub(crate) struct UpstreamQueue {
     pub consumer: Consumer,
     /// Ready messages when the queue was declared.
     pub depth: u32,
+    /// `delete_after`: messages this attempt may still move.
+    pub remaining: Option<u64>,
 }
 
-/// Declares the durable upstream queue, binds it with every key, sets the prefetch and starts
-/// consuming (manual acks unless `no-ack`).
+/// Declares (or, for an existing queue, looks up) the upstream queue, binds it with every key,
+/// sets the prefetch and starts consuming (manual acks unless `no-ack`).
+///
+/// `prefetch_for` gets the queue's ready messages and answers the prefetch and, with
+/// `delete_after`, how many messages the flow may still move.
 pub(crate) async fn consume_upstream(
     conn: &Connection,
     spec: &FlowSpec,
+    prefetch_for: impl FnOnce(u32) -> (u16, Option<u64>),
 ) -> Result<UpstreamQueue, LinkError> {
     let cluster = spec.upstream.name.as_str();
     let queue = spec.queue_name();
     let channel = open_channel(conn, Side::Upstream, cluster).await?;
+    let depth = match &spec.source {
+        Source::Own {
+            exchange,
+            binding_keys,
+            ..
+        } => {
+            let declared = declare_own(&channel, spec, &queue).await?;
+            if let Some(exchange) = exchange {
+                bind(&channel, cluster, &queue, exchange, binding_keys).await?;
+            }
+            declared
+        }
+        Source::Existing { .. } => {
+            queue_depth(&channel, Side::Upstream, cluster, &queue)
+                .await?
+                .0
+        }
+    };
+    let (prefetch, remaining) = prefetch_for(depth);
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| {
+            LinkError::broker("setting the prefetch count", Side::Upstream, cluster, &e)
+        })?;
+    let options = BasicConsumeOptions {
+        no_ack: spec.upstream.ack_mode == AckMode::NoAck,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            format!("setgate {}", spec.link).as_str().into(),
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            LinkError::broker(
+                format!("consuming from queue \"{queue}\""),
+                Side::Upstream,
+                cluster,
+                &e,
+            )
+        })?;
+    Ok(UpstreamQueue {
+        channel,
+        consumer,
+        depth,
+        remaining,
+    })
+}
+
+async fn declare_own(channel: &Channel, spec: &FlowSpec, queue: &str) -> Result<u32, LinkError> {
+    let cluster = spec.upstream.name.as_str();
     let declared = channel
         .queue_declare(
-            queue.as_str().into(),
+            queue.into(),
             QueueDeclareOptions::durable(),
             queue_arguments(spec),
         )
@@ -207,11 +281,21 @@ pub(crate) async fn consume_upstream(
             }
             err
         })?;
-    for key in &spec.binding_keys {
+    Ok(declared.message_count())
+}
+
+async fn bind(
+    channel: &Channel,
+    cluster: &str,
+    queue: &str,
+    exchange: &str,
+    keys: &[String],
+) -> Result<(), LinkError> {
+    for key in keys {
         channel
             .queue_bind(
-                queue.as_str().into(),
-                spec.exchange.as_str().into(),
+                queue.into(),
+                exchange.into(),
                 key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -226,37 +310,84 @@ pub(crate) async fn consume_upstream(
                 )
             })?;
     }
-    // validate() keeps prefetch_count within 1..=65535.
-    let prefetch = u16::try_from(spec.upstream.prefetch_count).unwrap_or(u16::MAX);
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|e| {
-            LinkError::broker("setting the prefetch count", Side::Upstream, cluster, &e)
-        })?;
-    let options = BasicConsumeOptions {
-        no_ack: spec.upstream.ack_mode == AckMode::NoAck,
+    Ok(())
+}
+
+/// A passive declare: (ready messages, consumers) of a queue that must exist.
+pub(crate) async fn queue_depth(
+    channel: &Channel,
+    side: Side,
+    cluster: &str,
+    queue: &str,
+) -> Result<(u32, u32), LinkError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
         ..Default::default()
     };
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            format!("setgate federation {}", spec.link).as_str().into(),
-            options,
-            FieldTable::default(),
-        )
+    match channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
         .await
-        .map_err(|e| {
-            LinkError::broker(
-                format!("consuming from queue \"{queue}\""),
-                Side::Upstream,
+    {
+        Ok(q) => Ok((q.message_count(), q.consumer_count())),
+        Err(e) if soft_error(&e) == Some(AMQPSoftError::NOTFOUND) => Err(LinkError::QueueMissing {
+            side,
+            queue: queue.into(),
+            cluster: cluster.into(),
+        }),
+        Err(e) => Err(LinkError::broker(
+            format!("looking up queue \"{queue}\""),
+            side,
+            cluster,
+            &e,
+        )),
+    }
+}
+
+/// Checks that what a flow publishes to exists: the target exchange, or the target queue.
+pub(crate) async fn check_target(
+    conn: &Connection,
+    cluster: &str,
+    vhost: &str,
+    target: &Target,
+) -> Result<(), LinkError> {
+    match target {
+        Target::Exchange { name, .. } if !name.is_empty() => {
+            let side = ExchangeSide {
+                side: Side::Downstream,
                 cluster,
-                &e,
-            )
-        })?;
-    Ok(UpstreamQueue {
-        channel,
-        consumer,
-        depth: declared.message_count(),
-    })
+                vhost,
+                conn,
+            };
+            exchange_type(name, &side, false).await.map(|_| ())
+        }
+        Target::Exchange { .. } => Ok(()),
+        Target::Queue(q) => {
+            let ch = open_channel(conn, Side::Downstream, cluster).await?;
+            queue_depth(&ch, Side::Downstream, cluster, q).await?;
+            let _ = ch.close(200, "OK".into()).await;
+            Ok(())
+        }
+    }
+}
+
+/// Checks that a shovel's source exchange exists (an existing queue is checked as it is
+/// consumed).
+pub(crate) async fn check_source(
+    conn: &Connection,
+    spec: &FlowSpec,
+    vhost: &str,
+) -> Result<(), LinkError> {
+    if let Source::Own {
+        exchange: Some(x), ..
+    } = &spec.source
+    {
+        let side = ExchangeSide {
+            side: Side::Upstream,
+            cluster: &spec.upstream.name,
+            vhost,
+            conn,
+        };
+        exchange_type(x, &side, false).await?;
+    }
+    Ok(())
 }

@@ -95,16 +95,20 @@ impl FederationConfig {
                     errs.push(format!("{at}.upstreams: upstream \"{up}\" is listed twice"));
                 }
             }
-            if link.downstream.name.trim().is_empty() {
-                errs.push(format!(
-                    "{at}.downstream.name: is empty; name the downstream cluster (it is part of the upstream queue name)"
-                ));
+            if link.downstream.route.is_some() {
+                // The SETs' URIs come from [routing]; the rest is checked with it (MessagingConfig).
+            } else {
+                if link.downstream.name.trim().is_empty() {
+                    errs.push(format!(
+                        "{at}.downstream.name: is empty; name the downstream cluster (it is part of the upstream queue name)"
+                    ));
+                }
+                check_uris(
+                    &mut errs,
+                    &format!("{at}.downstream.uris"),
+                    &link.downstream.uris,
+                );
             }
-            check_uris(
-                &mut errs,
-                &format!("{at}.downstream.uris"),
-                &link.downstream.uris,
-            );
             if link.exchanges.is_empty() {
                 errs.push(format!(
                     "{at}.exchanges: is empty; list the exchanges to federate"
@@ -202,7 +206,7 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn check_uris(errs: &mut Vec<String>, at: &str, uris: &[AmqpUri]) {
+pub(crate) fn check_uris(errs: &mut Vec<String>, at: &str, uris: &[AmqpUri]) {
     if uris.is_empty() {
         errs.push(format!(
             "{at}: is empty; list at least one amqp:// or amqps:// URI"

@@ -18,14 +18,26 @@ use tracing::{info, warn};
 /// A JSON document the binary adds to the API (federation links, VRRP state).
 pub type JsonFn = Arc<dyn Fn() -> Value + Send + Sync>;
 
-/// What the binary plugs into the admin server: the metrics renderer and extra JSON endpoints.
-/// This keeps `proxy` free of `federation` and `vrrp`: it serves their status without knowing them.
+/// An action the binary adds to the API: called with the path segments after its prefix,
+/// answers an HTTP status code and a JSON body.
+pub type ActionFn = Arc<
+    dyn Fn(Vec<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = (u16, Value)> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What the binary plugs into the admin server: the metrics renderer, extra JSON endpoints and
+/// actions. This keeps `proxy` free of `federation` and `vrrp`: it serves their status and
+/// controls without knowing them.
 #[derive(Clone, Default)]
 pub struct AdminExtensions {
     /// Renders `/metrics` (Prometheus text).
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// `GET PATH` answers the function's JSON, e.g. `("/api/links", ...)`.
     pub json: Vec<(String, JsonFn)>,
+    /// `POST PREFIX/...` (bearer token when set) calls the action with the rest of the path,
+    /// e.g. `("/api/links", ...)` for `POST /api/links/NAME/pause`.
+    pub actions: Vec<(String, ActionFn)>,
 }
 
 impl std::fmt::Debug for AdminExtensions {
@@ -35,6 +47,10 @@ impl std::fmt::Debug for AdminExtensions {
             .field(
                 "json",
                 &self.json.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .field(
+                "actions",
+                &self.actions.iter().map(|(p, _)| p).collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -180,6 +196,28 @@ async fn route(req: Request<Incoming>, shared: &Shared, ext: &AdminExtensions) -
             }
             set_state(req, shared, &pool, &server).await
         }
+        (&Method::POST, _) if action_of(ext, &path).is_some() => {
+            let Some((action, rest)) = action_of(ext, &path) else {
+                unreachable!("matched above");
+            };
+            if let Err(resp) = authorize(&req, shared) {
+                return resp;
+            }
+            let args = rest
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .collect();
+            let (code, body) = action(args).await;
+            json_resp(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &body,
+            )
+        }
         (&Method::GET, _) => match ext.json.iter().find(|(p, _)| *p == path) {
             Some((_, f)) => json_resp(StatusCode::OK, &f()),
             None => error(StatusCode::NOT_FOUND, format!("no endpoint {path}")),
@@ -189,6 +227,14 @@ async fn route(req: Request<Incoming>, shared: &Shared, ext: &AdminExtensions) -
             format!("{} {path} is not supported", req.method()),
         ),
     }
+}
+
+/// The action whose prefix the path starts with (as whole segments), and the rest.
+fn action_of<'a>(ext: &'a AdminExtensions, path: &'a str) -> Option<(&'a ActionFn, &'a str)> {
+    ext.actions.iter().find_map(|(prefix, f)| {
+        let rest = path.strip_prefix(prefix.as_str())?;
+        rest.starts_with('/').then_some((f, rest))
+    })
 }
 
 #[allow(clippy::result_large_err)]

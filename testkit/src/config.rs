@@ -163,8 +163,8 @@ macro_rules! setters {
     };
 }
 
-/// A whole config file: top-level keys, `[admin]`, listeners, pools, `[routing]`, federation and
-/// raw TOML, written in that order.
+/// A whole config file: top-level keys, `[admin]`, listeners, pools, `[routing]`, federation,
+/// shovels and raw TOML, written in that order.
 #[derive(Debug, Clone)]
 pub struct Config {
     top: Entries,
@@ -174,6 +174,7 @@ pub struct Config {
     routing: Option<Routing>,
     upstreams: Vec<Upstream>,
     links: Vec<Link>,
+    shovels: Vec<Shovel>,
     raw: String,
 }
 
@@ -196,6 +197,7 @@ impl Config {
             routing: None,
             upstreams: Vec::new(),
             links: Vec::new(),
+            shovels: Vec::new(),
             raw: String::new(),
         }
     }
@@ -267,6 +269,12 @@ impl Config {
         self
     }
 
+    /// Adds a `[[shovel]]`.
+    pub fn shovel(mut self, s: Shovel) -> Self {
+        self.shovels.push(s);
+        self
+    }
+
     /// Appends TOML as written, at the end of the file (for what the builders do not cover).
     pub fn raw(mut self, toml: &str) -> Self {
         self.raw.push_str(toml);
@@ -312,6 +320,9 @@ impl Display for Config {
         }
         for l in &self.links {
             section(&mut out, "[[federation.link]]", &l.0);
+        }
+        for s in &self.shovels {
+            section(&mut out, "[[shovel]]", &s.0);
         }
         if !self.raw.is_empty() {
             out.push('\n');
@@ -548,7 +559,7 @@ impl Check {
 #[derive(Debug, Clone)]
 pub struct Routing {
     entries: Entries,
-    sets: Vec<Value>,
+    sets: Vec<Entries>,
     overrides: Entries,
 }
 
@@ -570,7 +581,44 @@ impl Routing {
         e.set("name", name);
         e.set("pool", pool);
         e.set("failover", failover);
-        self.sets.push(e.table());
+        self.sets.push(e);
+        self
+    }
+
+    /// `uris` of SET `set` (added with [`Routing::set`] before): its cluster's messaging URIs,
+    /// for flows that route messages to SETs.
+    pub fn uris<S: AsRef<str>>(mut self, set: &str, uris: &[S]) -> Self {
+        let entry = self
+            .sets
+            .iter_mut()
+            .find(|e| e.get("name") == Some(&Value::from(set)))
+            .unwrap_or_else(|| {
+                panic!("Routing::uris: no SET {set:?}; add it with Routing::set first")
+            });
+        entry.set("uris", strings(uris));
+        self
+    }
+
+    /// `default_uris`: the messaging URIs of the default (center) cluster.
+    pub fn default_uris<S: AsRef<str>>(mut self, uris: &[S]) -> Self {
+        self.entries.set("default_uris", strings(uris));
+        self
+    }
+
+    /// `strategy = "buckets"` with `buckets = n` and `bucket_map` from `(range, set)` pairs.
+    pub fn buckets(mut self, n: u32, map: &[(&str, &str)]) -> Self {
+        self.entries.set("strategy", "buckets");
+        self.entries.set("buckets", n);
+        let map: Vec<Value> = map
+            .iter()
+            .map(|(range, set)| {
+                let mut e = Entries::default();
+                e.set("range", *range);
+                e.set("set", *set);
+                e.table()
+            })
+            .collect();
+        self.entries.set("bucket_map", Value::Array(map));
         self
     }
 
@@ -594,7 +642,8 @@ impl Routing {
 
     fn entries(&self) -> Entries {
         let mut e = self.entries.clone();
-        e.set("sets", Value::Array(self.sets.clone()));
+        let sets = self.sets.iter().map(|s| s.clone().table()).collect();
+        e.set("sets", Value::Array(sets));
         if !self.overrides.0.is_empty() {
             e.set("overrides", self.overrides.clone().table());
         }
@@ -657,6 +706,170 @@ impl Link {
         e.set("downstream", down.table());
         e.set("exchanges", strings(exchanges));
         Link(e)
+    }
+
+    /// Link `name` from `upstreams` for `exchanges` whose downstream routes each message
+    /// ([`Destination::sets`]) or sends it to every SET ([`Destination::all_sets`]).
+    pub fn routed(
+        name: &str,
+        upstreams: &[&str],
+        downstream: Destination,
+        exchanges: &[&str],
+    ) -> Link {
+        let mut e = Entries::default();
+        e.set("name", name);
+        e.set("upstreams", strings(upstreams));
+        e.set("downstream", downstream.0.table());
+        e.set("exchanges", strings(exchanges));
+        Link(e)
+    }
+
+    /// Any other key.
+    pub fn with(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.0.set(k, v);
+        self
+    }
+}
+
+/// A `[[shovel]]`: moves the messages of a queue (or of an exchange, through a queue setgate
+/// declares) to an exchange or a queue of another cluster, or to the clusters of SETs.
+#[derive(Debug, Clone)]
+pub struct Shovel(Entries);
+
+impl Shovel {
+    /// Shovel `name` from `source` to `destination`, with a 1 s reconnect delay.
+    pub fn new(name: &str, source: Source, destination: Destination) -> Shovel {
+        let mut e = Entries::default();
+        e.set("name", name);
+        e.set("source", source.0.table());
+        e.set("destination", destination.0.table());
+        e.set("reconnect_delay", "1s");
+        Shovel(e)
+    }
+
+    /// `delete_after = "never" | "queue-length"` (or anything else, to test how it is refused).
+    pub fn delete_after(mut self, when: &str) -> Self {
+        self.0.set("delete_after", when);
+        self
+    }
+
+    /// `delete_after = N`: move `n` messages, then stop.
+    pub fn delete_after_messages(mut self, n: u32) -> Self {
+        self.0.set("delete_after", n);
+        self
+    }
+
+    /// Any other key.
+    pub fn with(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.0.set(k, v);
+        self
+    }
+
+    setters! {
+        0;
+        /// `ack_mode`: on-confirm | on-publish | no-ack.
+        ack_mode: &str => "ack_mode";
+        /// `prefetch_count`.
+        prefetch_count: u32 => "prefetch_count";
+        /// `reconnect_delay`.
+        reconnect_delay: &str => "reconnect_delay";
+        /// `add_forward_headers`: the plugin's `x-shovelled` header.
+        add_forward_headers: bool => "add_forward_headers";
+    }
+}
+
+/// A shovel's `source`.
+#[derive(Debug, Clone)]
+pub struct Source(Entries);
+
+impl Source {
+    /// `{ uris, queue }`: an existing queue.
+    pub fn queue<S: AsRef<str>>(uris: &[S], queue: &str) -> Source {
+        let mut e = Entries::default();
+        e.set("uris", strings(uris));
+        e.set("queue", queue);
+        Source(e)
+    }
+
+    /// `{ uris, exchange }`: setgate declares and binds its own queue `shovel: NAME`.
+    pub fn exchange<S: AsRef<str>>(uris: &[S], exchange: &str) -> Source {
+        let mut e = Entries::default();
+        e.set("uris", strings(uris));
+        e.set("exchange", exchange);
+        Source(e)
+    }
+
+    /// `binding_keys` of an exchange source's queue.
+    pub fn binding_keys(mut self, keys: &[&str]) -> Self {
+        self.0.set("binding_keys", strings(keys));
+        self
+    }
+
+    /// Any other key.
+    pub fn with(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.0.set(k, v);
+        self
+    }
+}
+
+/// Where a shovel sends messages (`destination`), or the routed `downstream` of a link.
+#[derive(Debug, Clone)]
+pub struct Destination(Entries);
+
+impl Destination {
+    /// `{ uris, exchange }`: the message's routing key is kept unless [`Destination::routing_key`].
+    pub fn exchange<S: AsRef<str>>(uris: &[S], exchange: &str) -> Destination {
+        let mut e = Entries::default();
+        e.set("uris", strings(uris));
+        e.set("exchange", exchange);
+        Destination(e)
+    }
+
+    /// `{ uris, queue }`.
+    pub fn queue<S: AsRef<str>>(uris: &[S], queue: &str) -> Destination {
+        let mut e = Entries::default();
+        e.set("uris", strings(uris));
+        e.set("queue", queue);
+        Destination(e)
+    }
+
+    /// `{ route = "sets", key }`: each message to the cluster of the SET its `key` routes to
+    /// (`header:NAME`, `property:NAME` or `routing_key`), by `[routing]`.
+    pub fn sets(key: &str) -> Destination {
+        let mut e = Entries::default();
+        e.set("route", "sets");
+        e.set("key", key);
+        Destination(e)
+    }
+
+    /// `{ route = "all-sets", exchange }`: every message to every SET's cluster.
+    pub fn all_sets(exchange: &str) -> Destination {
+        let mut e = Entries::default();
+        e.set("route", "all-sets");
+        e.set("exchange", exchange);
+        Destination(e)
+    }
+
+    /// `exchange` of a routed destination (it defaults to the source's exchange).
+    pub fn exchange_name(mut self, exchange: &str) -> Self {
+        self.0.set("exchange", exchange);
+        self
+    }
+
+    /// Any other key.
+    pub fn with(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.0.set(k, v);
+        self
+    }
+
+    setters! {
+        0;
+        /// `routing_key`: replaces the message's.
+        routing_key: &str => "routing_key";
+        /// `on_set_down`: hold | failover.
+        on_set_down: &str => "on_set_down";
+        /// `include_default`: all-sets also delivers to the default (center) cluster.
+        include_default: bool => "include_default";
     }
 }
 
@@ -777,6 +990,143 @@ vrid = 51
             Some("dc2")
         );
         assert_eq!(parsed["vrrp"]["vrid"].as_integer(), Some(51));
+    }
+
+    #[test]
+    fn writes_shovels_routed_destinations_and_set_uris_as_a_user_would() {
+        let c = "amqp://u:p@center:5672/%2f";
+        let cfg = Config::new()
+            .admin("127.0.0.1:9090")
+            .pool(Pool::new("center").server("c1", "10.0.0.1:5672"))
+            .routing(
+                Routing::new("center")
+                    .buckets(10, &[("0-4", "set-a"), ("5-9", "set-b")])
+                    .default_uris(&[c])
+                    .set("set-a", "set-a", "set-b")
+                    .set("set-b", "set-b", "set-a")
+                    .uris("set-a", &["amqp://u:p@set-a-1:5672/%2f"])
+                    .uris("set-b", &["amqp://u:p@set-b-1:5672/%2f"])
+                    .override_key("user-007", "center"),
+            )
+            .upstream(Upstream::new("hq", &["amqp://u:p@hq:5672/%2f"]))
+            .link(Link::routed(
+                "orders-to-sets",
+                &["hq"],
+                Destination::sets("header:x-user-id").on_set_down("failover"),
+                &["orders"],
+            ))
+            .shovel(
+                Shovel::new(
+                    "dlq-replay",
+                    Source::queue(&[c], "orders.dlq"),
+                    Destination::exchange(&["amqp://u:p@dc2:5672/%2f"], "orders").routing_key("k"),
+                )
+                .ack_mode("on-publish")
+                .prefetch_count(10)
+                .delete_after("queue-length")
+                .add_forward_headers(true),
+            )
+            .shovel(
+                Shovel::new(
+                    "to-sets",
+                    Source::exchange(&[c], "orders").binding_keys(&["eu.#"]),
+                    Destination::sets("property:user_id")
+                        .exchange_name("deliver")
+                        .on_set_down("hold"),
+                )
+                .delete_after_messages(5),
+            )
+            .shovel(Shovel::new(
+                "catalog",
+                Source::exchange(&[c], "catalog.in"),
+                Destination::all_sets("catalog").include_default(true),
+            ))
+            .shovel(Shovel::new(
+                "to-queue",
+                Source::queue(&[c], "a"),
+                Destination::queue(&[c], "b"),
+            ));
+        let want = r#"[admin]
+listen = "127.0.0.1:9090"
+
+[[pool]]
+name = "center"
+servers = [{ name = "c1", addr = "10.0.0.1:5672" }]
+
+[routing]
+default = "center"
+strategy = "buckets"
+buckets = 10
+bucket_map = [
+  { range = "0-4", set = "set-a" },
+  { range = "5-9", set = "set-b" },
+]
+default_uris = ["amqp://u:p@center:5672/%2f"]
+sets = [
+  { name = "set-a", pool = "set-a", failover = "set-b", uris = ["amqp://u:p@set-a-1:5672/%2f"] },
+  { name = "set-b", pool = "set-b", failover = "set-a", uris = ["amqp://u:p@set-b-1:5672/%2f"] },
+]
+overrides = { user-007 = "center" }
+
+[[federation.upstream]]
+name = "hq"
+uris = ["amqp://u:p@hq:5672/%2f"]
+reconnect_delay = "1s"
+
+[[federation.link]]
+name = "orders-to-sets"
+upstreams = ["hq"]
+downstream = { route = "sets", key = "header:x-user-id", on_set_down = "failover" }
+exchanges = ["orders"]
+
+[[shovel]]
+name = "dlq-replay"
+source = { uris = ["amqp://u:p@center:5672/%2f"], queue = "orders.dlq" }
+destination = { uris = ["amqp://u:p@dc2:5672/%2f"], exchange = "orders", routing_key = "k" }
+reconnect_delay = "1s"
+ack_mode = "on-publish"
+prefetch_count = 10
+delete_after = "queue-length"
+add_forward_headers = true
+
+[[shovel]]
+name = "to-sets"
+source = { uris = ["amqp://u:p@center:5672/%2f"], exchange = "orders", binding_keys = ["eu.#"] }
+destination = { route = "sets", key = "property:user_id", exchange = "deliver", on_set_down = "hold" }
+reconnect_delay = "1s"
+delete_after = 5
+
+[[shovel]]
+name = "catalog"
+source = { uris = ["amqp://u:p@center:5672/%2f"], exchange = "catalog.in" }
+destination = { route = "all-sets", exchange = "catalog", include_default = true }
+reconnect_delay = "1s"
+
+[[shovel]]
+name = "to-queue"
+source = { uris = ["amqp://u:p@center:5672/%2f"], queue = "a" }
+destination = { uris = ["amqp://u:p@center:5672/%2f"], queue = "b" }
+reconnect_delay = "1s"
+"#;
+        assert_eq!(cfg.to_string(), want);
+        let parsed: toml::Value = toml::from_str(&cfg.to_toml()).expect("valid TOML");
+        assert_eq!(
+            parsed["routing"]["sets"][1]["uris"][0].as_str(),
+            Some("amqp://u:p@set-b-1:5672/%2f")
+        );
+        assert_eq!(parsed["shovel"][1]["delete_after"].as_integer(), Some(5));
+        assert_eq!(
+            parsed["federation"]["link"][0]["downstream"]["route"].as_str(),
+            Some("sets")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no SET \"set-c\"")]
+    fn uris_of_an_unknown_set_is_a_mistake_in_the_test() {
+        let _ = Routing::new("center")
+            .set("set-a", "a", "set-a")
+            .uris("set-c", &["amqp://x"]);
     }
 
     #[test]

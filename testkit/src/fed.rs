@@ -47,6 +47,16 @@ pub async fn declare_exchange(uri: &str, name: &str, kind: &str) -> anyhow::Resu
 
 /// Declares a durable queue bound to `exchange` with `#`.
 pub async fn declare_bound_queue(uri: &str, queue: &str, exchange: &str) -> anyhow::Result<()> {
+    declare_queue_bound_by(uri, queue, exchange, &["#"]).await
+}
+
+/// Declares a durable queue bound to `exchange` with each of `keys`.
+pub async fn declare_queue_bound_by(
+    uri: &str,
+    queue: &str,
+    exchange: &str,
+    keys: &[&str],
+) -> anyhow::Result<()> {
     let conn = connect(uri).await?;
     let ch = conn.create_channel().await?;
     ch.queue_declare(
@@ -56,15 +66,17 @@ pub async fn declare_bound_queue(uri: &str, queue: &str, exchange: &str) -> anyh
     )
     .await
     .with_context(|| format!("declare queue {queue}"))?;
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .with_context(|| format!("bind queue {queue} to {exchange}"))?;
+    for key in keys {
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            (*key).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("bind queue {queue} to {exchange} with {key}"))?;
+    }
     let _ = conn.close(200, "OK".into()).await;
     Ok(())
 }
@@ -84,6 +96,44 @@ pub struct PublishOptions {
     pub patience: Duration,
     /// Body size in bytes (at least the id's digits).
     pub body_size: usize,
+    /// Who each message is for, in a header (the key of SET-routed flows); none by default.
+    pub key_header: Option<KeyHeader>,
+}
+
+/// Who each message is for: message `id` carries header `name` = `users[id % users.len()]`.
+#[derive(Debug, Clone)]
+pub struct KeyHeader {
+    /// The header, e.g. `x-user-id`.
+    pub name: String,
+    /// The users, taken in turn.
+    pub users: Vec<String>,
+}
+
+impl KeyHeader {
+    /// Header `name` naming `users` in turn.
+    pub fn new(name: &str, users: Vec<String>) -> KeyHeader {
+        assert!(!users.is_empty(), "KeyHeader needs at least one user");
+        KeyHeader {
+            name: name.into(),
+            users,
+        }
+    }
+
+    /// The user message `id` is for.
+    pub fn user_of(&self, id: u64) -> &str {
+        &self.users[(id % self.users.len() as u64) as usize]
+    }
+
+    /// [`message_properties`] of `id` with this header added.
+    pub fn properties(&self, id: u64) -> BasicProperties {
+        let props = message_properties(id);
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(
+            self.name.as_str().into(),
+            AMQPValue::LongString(LongString::from(self.user_of(id).as_bytes().to_vec())),
+        );
+        props.with_headers(headers)
+    }
 }
 
 impl PublishOptions {
@@ -96,6 +146,7 @@ impl PublishOptions {
             window: 500,
             patience: Duration::from_secs(60),
             body_size: 0,
+            key_header: None,
         }
     }
 }
@@ -158,13 +209,17 @@ pub async fn publish(
             }
             let body = body(id, opts.body_size);
             let rk = format!("k{}", id % opts.keys.max(1));
+            let props = match &opts.key_header {
+                Some(k) => k.properties(id),
+                None => message_properties(id),
+            };
             match ch
                 .basic_publish(
                     opts.exchange.as_str().into(),
                     rk.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,
-                    message_properties(id),
+                    props,
                 )
                 .await
             {
@@ -367,11 +422,21 @@ impl Tally {
 
 /// The status of link `name` from `/api/links`.
 pub async fn link_status(sg: &Setgate, name: &str) -> anyhow::Result<serde_json::Value> {
-    let all = sg.get_json("/api/links").await?;
-    all["links"]
+    status_of(sg, "links", name).await
+}
+
+/// The status of shovel `name` from `/api/shovels`.
+pub async fn shovel_status(sg: &Setgate, name: &str) -> anyhow::Result<serde_json::Value> {
+    status_of(sg, "shovels", name).await
+}
+
+/// Entry `name` of `/api/{kind}` (`links` or `shovels`), which answers `{"kind": [...]}`.
+async fn status_of(sg: &Setgate, kind: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    let all = sg.get_json(&format!("/api/{kind}")).await?;
+    all[kind]
         .as_array()
         .and_then(|l| l.iter().find(|l| l["name"] == name).cloned())
-        .ok_or_else(|| anyhow::anyhow!("no link {name} in {all}"))
+        .ok_or_else(|| anyhow::anyhow!("no {kind} entry named {name} in {all}"))
 }
 
 /// Waits until link `name` is running (every flow consumes).
@@ -469,12 +534,40 @@ pub async fn wait_state(
     name: &str,
     state: &str,
 ) -> anyhow::Result<serde_json::Value> {
+    wait_state_of(sg, "links", name, state).await
+}
+
+/// Waits until shovel `name` is in `state`; returns its status.
+pub async fn wait_shovel_state(
+    sg: &Setgate,
+    name: &str,
+    state: &str,
+) -> anyhow::Result<serde_json::Value> {
+    wait_state_of(sg, "shovels", name, state).await
+}
+
+async fn wait_state_of(
+    sg: &Setgate,
+    kind: &str,
+    name: &str,
+    state: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let what = match kind {
+        "shovels" => "shovel",
+        _ => "link",
+    };
     let last = std::sync::Mutex::new(serde_json::Value::Null);
     let found = wait_until(
-        &format!("link {name} {state}"),
+        &format!("{what} {name} {state}"),
         Duration::from_secs(60),
         || async {
-            let s = link_status(sg, name).await.ok()?;
+            let s = match status_of(sg, kind, name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    *last.lock().unwrap() = serde_json::Value::String(format!("{e:#}"));
+                    return None;
+                }
+            };
             if s["state"] == state {
                 return Some(s);
             }
@@ -483,15 +576,58 @@ pub async fn wait_state(
         },
     )
     .await;
-    // On a timeout, say what the link showed instead and what setgate logged.
+    // On a timeout, say what it showed instead and what setgate logged.
     found.map_err(|e| {
-        let log = sg.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
         e.context(format!(
-            "last status of link {name}: {}\n---- setgate log (last 40 lines) ----\n{}",
+            "last status of {what} {name}: {}\n---- setgate log (last 40 lines) ----\n{}",
             last.lock().unwrap(),
-            tail.join("\n")
+            log_tail(sg, 40)
         ))
     })
+}
+
+/// The last `n` lines of setgate's log.
+pub fn log_tail(sg: &Setgate, n: usize) -> String {
+    let log = sg.log();
+    let tail: Vec<&str> = log.lines().rev().take(n).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    tail.join("\n")
+}
+
+/// The management API's view of queue `queue` on the default vhost of `node`, or `None` when it
+/// does not exist. Its `messages` (ready + unacknowledged) is sampled every second.
+pub async fn queue_info(node: &Node, queue: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let r = node
+        .mgmt(
+            "GET",
+            &format!("/api/queues/%2f/{}", path_segment(queue)),
+            None,
+        )
+        .await?;
+    match r.status {
+        200 => Ok(Some(r.json()?)),
+        404 => Ok(None),
+        other => anyhow::bail!("GET queue {queue} on {}: {other} {}", node.name, r.body),
+    }
+}
+
+/// `messages` (ready + unacknowledged) of `queue` on `node`, once the management API has a
+/// figure for it; `None` while the queue does not exist.
+pub async fn queue_messages(node: &Node, queue: &str) -> anyhow::Result<Option<u64>> {
+    Ok(queue_info(node, queue)
+        .await?
+        .and_then(|q| q["messages"].as_u64()))
+}
+
+/// `s` percent-encoded for one path segment of a management API URL (queue names such as
+/// `shovel: x -> set-a` have spaces, colons and `>`).
+pub fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

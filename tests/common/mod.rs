@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use setgate_testkit::Node;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -62,4 +64,37 @@ pub async fn wait_connections(nodes: &[&Node], user: &str, want: &[usize]) -> an
 /// `amqp://user:user@127.0.0.1:PORT/%2f`.
 pub fn uri(port: u16, user: &str) -> String {
     format!("amqp://{user}:{user}@127.0.0.1:{port}/%2f")
+}
+
+/// `setgate route --json` for `keys`: key -> (set, pool, reason).
+pub fn route_cli(
+    config: &Path,
+    keys: &[String],
+) -> BTreeMap<String, (Option<String>, String, String)> {
+    let out = std::process::Command::new(BIN)
+        .args(["route", "--json", "--config"])
+        .arg(config)
+        .args(keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["key"].as_str().unwrap().to_string(),
+                (
+                    v["set"].as_str().map(str::to_owned),
+                    v["pool"].as_str().unwrap().to_string(),
+                    v["reason"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
 }

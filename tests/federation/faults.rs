@@ -27,7 +27,7 @@ async fn no_loss_when_the_downstream_is_killed_and_restarted() -> anyhow::Result
     );
     down.restart().await?;
     let confirmed = publisher.await??;
-    assert_no_loss("kill -9 downstream", &confirmed, &sink, before).await;
+    assert_no_loss(&sg, "kill -9 downstream", &confirmed, &sink, before).await;
     assert_eq!(link_status(&sg, "kd").await?["state"], "running");
     Ok(())
 }
@@ -56,7 +56,7 @@ async fn no_loss_when_the_upstream_is_killed_and_restarted() -> anyhow::Result<(
     );
     up.restart().await?;
     let confirmed = publisher.await??;
-    assert_no_loss("kill -9 upstream", &confirmed, &sink, before).await;
+    assert_no_loss(&sg, "kill -9 upstream", &confirmed, &sink, before).await;
     let reconnects = metric(
         &sg,
         "setgate_federation_reconnects_total",
@@ -84,7 +84,7 @@ async fn no_loss_when_setgate_is_killed_and_started_again() -> anyhow::Result<()
     sg.restart().await?;
     wait_running(&sg, "ks").await?;
     let confirmed = publisher.await??;
-    assert_no_loss("kill -9 setgate", &confirmed, &sink, before).await;
+    assert_no_loss(&sg, "kill -9 setgate", &confirmed, &sink, before).await;
     Ok(())
 }
 
@@ -117,7 +117,7 @@ async fn no_loss_when_the_downstream_is_stopped_for_20_seconds() -> anyhow::Resu
     let forwarded_while_stopped = sink.count() - before;
     down.sigcont();
     let confirmed = publisher.await??;
-    assert_no_loss("SIGSTOP downstream 20 s", &confirmed, &sink, before).await;
+    assert_no_loss(&sg, "SIGSTOP downstream 20 s", &confirmed, &sink, before).await;
     assert_eq!(
         forwarded_while_stopped, 0,
         "a stopped broker delivered messages"
@@ -143,7 +143,7 @@ async fn sigterm_drains_and_acks_what_was_confirmed() -> anyhow::Result<()> {
     let before = sink.count();
     sg.restart().await?;
     let confirmed = publisher.await??;
-    let tally = assert_no_loss("SIGTERM then start", &confirmed, &sink, before).await;
+    let tally = assert_no_loss(&sg, "SIGTERM then start", &confirmed, &sink, before).await;
     assert_eq!(
         tally.duplicates, 0,
         "confirmed messages were not acked on SIGTERM"
@@ -232,6 +232,7 @@ async fn two_instances_on_one_link_one_forwards_and_the_other_takes_over() -> an
     let before = sink.count();
     let confirmed = publisher.await??;
     assert_no_loss(
+        &b,
         "two instances, active one killed",
         &confirmed,
         &sink,

@@ -96,12 +96,23 @@ fn publish_in_background(
 /// Waits (up to 90 s) for every confirmed message, then checks the outcome of a fault test and
 /// prints the tally.
 async fn assert_no_loss(
+    sg: &Setgate,
     case: &str,
     confirmed: &BTreeSet<u64>,
     sink: &Collector,
     before_fault: usize,
 ) -> Tally {
-    sink.wait_for(confirmed, Duration::from_secs(90)).await;
+    let missing = sink.wait_for(confirmed, Duration::from_secs(90)).await;
+    if !missing.is_empty() {
+        // Where the flow was when messages stopped arriving: the first thing to read.
+        match sg.get_json("/api/links").await {
+            Ok(links) => eprintln!(
+                "{case}: links while {} messages are missing: {links:#}",
+                missing.len()
+            ),
+            Err(e) => eprintln!("{case}: /api/links did not answer: {e}"),
+        }
+    }
     let received = sink.received();
     let tally = Tally::of(confirmed, &received);
     tally.print(case);

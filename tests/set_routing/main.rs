@@ -12,7 +12,7 @@ mod failover;
 mod routing;
 
 // What every module uses; each starts with `use super::*`.
-use common::BIN;
+use common::{route_cli, BIN};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, LongString};
@@ -101,39 +101,6 @@ async fn shared_edge(s: &Sets, routing: Routing) -> anyhow::Result<(Setgate, u16
     sg.wait_ready().await?;
     let port = sg.port("amqp").await?;
     Ok((sg, port))
-}
-
-/// `setgate route --json` for `keys`: key -> (set, pool, reason).
-fn route_cli(
-    config: &PathBuf,
-    keys: &[String],
-) -> BTreeMap<String, (Option<String>, String, String)> {
-    let out = std::process::Command::new(BIN)
-        .args(["route", "--json", "--config"])
-        .arg(config)
-        .args(keys)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["key"].as_str().unwrap().to_string(),
-                (
-                    v["set"].as_str().map(str::to_owned),
-                    v["pool"].as_str().unwrap().to_string(),
-                    v["reason"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect()
 }
 
 fn node_of<'a>(s: &'a Sets, pool: &str) -> &'a Node {

@@ -1,0 +1,359 @@
+//! Shovels with the plugin's semantics: `delete_after = "queue-length"` moves exactly what was
+//! there when it started and stops; an exchange source gets its own bound queue; the
+//! `x-shovelled` header is the one RabbitMQ's shovel plugin writes, compared with the plugin
+//! itself on the same broker.
+
+use super::*;
+use lapin::types::{AMQPValue, FieldTable};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_after_queue_length_moves_exactly_what_was_there_then_completes(
+) -> anyhow::Result<()> {
+    let s = steady().await;
+    let c = &s.clusters;
+    let (entry, src, out) = ("t4q.in", "t4q.src", "t4q.out");
+    const PRESENT: u64 = 500;
+    const LATER: u64 = 300;
+    declare_exchange(&c.center.amqp_uri(), entry, "topic").await?;
+    declare_bound_queue(&c.center.amqp_uri(), src, entry).await?;
+    declare_exchange(&c.a.amqp_uri(), out, "topic").await?;
+    declare_bound_queue(&c.a.amqp_uri(), "t4q.sink", out).await?;
+    let sink = Collector::start(&c.a.amqp_uri(), "t4q.sink");
+    let opts = PublishOptions::new(entry);
+    let present = publish(&c.center.amqp_uri(), 0..PRESENT, &opts).await?;
+    assert_eq!(present.len() as u64, PRESENT);
+
+    let cfg = Config::new().shutdown_grace("2s").shovel(
+        Shovel::new(
+            "t4q",
+            Source::queue(&[c.center.amqp_uri()], src),
+            Destination::exchange(&[c.a.amqp_uri()], out),
+        )
+        .delete_after("queue-length"),
+    );
+    let sg = Setgate::start(BIN, &cfg).await?;
+    wait_until(
+        "shovel t4q to start (running or already completed)",
+        Duration::from_secs(60),
+        || async {
+            let st = shovel_status(&sg, "t4q").await.ok()?;
+            (st["state"] == "running" || st["state"] == "completed").then_some(())
+        },
+    )
+    .await
+    .map_err(|e| e.context(format!("setgate log:\n{}", log_tail(&sg, 40))))?;
+    // More arrive after the start: not the shovel's to move.
+    let later = publish(&c.center.amqp_uri(), PRESENT..PRESENT + LATER, &opts).await?;
+    assert_eq!(later.len() as u64, LATER);
+
+    let st = wait_shovel_state(&sg, "t4q", "completed").await?;
+    println!("t4q completed: {st}");
+    assert_eq!(st["delete_after"], "queue-length", "{st}");
+    assert_eq!(
+        st["moved"], PRESENT,
+        "moved should be the {PRESENT} messages in the queue at start: {st}"
+    );
+    // What was left stays in the source queue, and nobody consumes it any more.
+    let left = wait_until(
+        "the source queue to settle at the messages published after the start",
+        Duration::from_secs(15),
+        || async {
+            let q = queue_info(&c.center, src).await.ok()??;
+            (q["messages"].as_u64() == Some(LATER) && q["consumers"].as_u64() == Some(0))
+                .then_some(q)
+        },
+    )
+    .await
+    .map_err(|e| {
+        e.context(format!(
+            "after completing, {src} should keep the {LATER} later messages with no consumer"
+        ))
+    })?;
+    println!(
+        "{src} after completion: {} messages, {} consumers",
+        left["messages"], left["consumers"]
+    );
+    let missing = sink.wait_for(&present, Duration::from_secs(10)).await;
+    let got = sink.ids();
+    let extra: Vec<u64> = got.difference(&present).copied().collect();
+    Tally::of(&present, &sink.received()).print("delete_after queue-length");
+    assert!(
+        missing.is_empty(),
+        "messages present at start not moved: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "moved messages published after the start ({} of them, e.g. {:?})",
+        extra.len(),
+        &extra[..extra.len().min(10)]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_source_declares_its_own_queue_bound_with_the_binding_keys(
+) -> anyhow::Result<()> {
+    let s = steady().await;
+    let c = &s.clusters;
+    let (source_x, out) = ("t4x.orders", "t4x.out");
+    declare_exchange(&c.center.amqp_uri(), source_x, "topic").await?;
+    declare_exchange(&c.a.amqp_uri(), out, "topic").await?;
+    declare_bound_queue(&c.a.amqp_uri(), "t4x.sink", out).await?;
+    let sink = Collector::start(&c.a.amqp_uri(), "t4x.sink");
+    let cfg = Config::new().shutdown_grace("2s").shovel(Shovel::new(
+        "t4x",
+        Source::exchange(&[c.center.amqp_uri()], source_x).binding_keys(&["k1", "k2"]),
+        Destination::exchange(&[c.a.amqp_uri()], out),
+    ));
+    let sg = Setgate::start(BIN, &cfg).await?;
+    wait_shovel_state(&sg, "t4x", "running").await?;
+
+    let queue = "shovel: t4x";
+    let info = queue_info(&c.center, queue).await?.unwrap_or_else(|| {
+        panic!("an exchange source should have its own queue {queue:?} on the source cluster")
+    });
+    assert_eq!(info["durable"], true, "{queue} should be durable: {info}");
+    let bindings = c
+        .center
+        .mgmt(
+            "GET",
+            &format!(
+                "/api/queues/%2f/{}/bindings",
+                setgate_testkit::fed::path_segment(queue)
+            ),
+            None,
+        )
+        .await?
+        .json()?;
+    let mut keys: Vec<String> = bindings
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["source"] == source_x)
+        .filter_map(|b| b["routing_key"].as_str().map(str::to_owned))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["k1", "k2"],
+        "{queue} should be bound to {source_x} with the binding keys: {bindings}"
+    );
+
+    // Routing keys k0..k9: only k1 and k2 match, and they arrive with their own routing key.
+    let confirmed = publish(&c.center.amqp_uri(), 0..200, &PublishOptions::new(source_x)).await?;
+    let want: BTreeSet<u64> = confirmed
+        .iter()
+        .copied()
+        .filter(|id| id % 10 == 1 || id % 10 == 2)
+        .collect();
+    let missing = sink.wait_for(&want, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "not shovelled: {missing:?}");
+    wait_until(
+        "the shovel's queue to be empty",
+        Duration::from_secs(15),
+        || async { (queue_messages(&c.center, queue).await.ok()?? == 0).then_some(()) },
+    )
+    .await?;
+    let got = sink.received();
+    Tally::of(&want, &got).print("exchange source");
+    let unexpected: Vec<u64> = got
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| !want.contains(id))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "messages no binding key matches were shovelled: {unexpected:?}"
+    );
+    for r in &got {
+        assert_eq!(
+            r.routing_key,
+            format!("k{}", r.id % 10),
+            "the routing key is kept"
+        );
+    }
+    Ok(())
+}
+
+/// The entries of a message's `x-shovelled` header, newest first.
+fn shovelled(r: &Received) -> Vec<FieldTable> {
+    match header(r, "x-shovelled") {
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .filter_map(|v| v.as_field_table().cloned())
+            .collect(),
+        other => panic!("message {} has no x-shovelled array but {other:?}", r.id),
+    }
+}
+
+/// Each key of an `x-shovelled` entry with its value's AMQP type.
+fn shape(t: &FieldTable) -> BTreeMap<String, String> {
+    t.inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), format!("{:?}", v.get_type())))
+        .collect()
+}
+
+/// An `x-shovelled` entry as text, for people.
+fn readable(t: &FieldTable) -> BTreeMap<String, String> {
+    t.inner()
+        .keys()
+        .map(|k| {
+            let v = text(t, k.as_str()).unwrap_or_else(|| format!("{:?}", t.inner()[k]));
+            (k.as_str().to_string(), v)
+        })
+        .collect()
+}
+
+fn text(t: &FieldTable, key: &str) -> Option<String> {
+    match t.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_forward_headers_writes_x_shovelled_as_the_rabbitmq_plugin_does() -> anyhow::Result<()>
+{
+    let s = steady().await;
+    let (hq, center) = (&s.hq, &s.clusters.center);
+    // hq: t4h.entry -> t4h.in -(plugin shovel)-> t4h.mid (fanout) -> t4h.plugin-out, t4h.setgate-in
+    // setgate: t4h.setgate-in -> center's t4h.out -> t4h.sink
+    declare_exchange(&hq.amqp_uri(), "t4h.entry", "topic").await?;
+    declare_bound_queue(&hq.amqp_uri(), "t4h.in", "t4h.entry").await?;
+    declare_exchange(&hq.amqp_uri(), "t4h.mid", "fanout").await?;
+    declare_bound_queue(&hq.amqp_uri(), "t4h.plugin-out", "t4h.mid").await?;
+    declare_bound_queue(&hq.amqp_uri(), "t4h.setgate-in", "t4h.mid").await?;
+    declare_exchange(&center.amqp_uri(), "t4h.out", "topic").await?;
+    declare_bound_queue(&center.amqp_uri(), "t4h.sink", "t4h.out").await?;
+    let r = hq
+        .mgmt(
+            "PUT",
+            "/api/parameters/shovel/%2f/t4h-plugin",
+            Some(serde_json::json!({"value": {
+                "src-uri": hq.amqp_uri(), "src-queue": "t4h.in",
+                "dest-uri": hq.amqp_uri(), "dest-exchange": "t4h.mid",
+                "add-forward-headers": true, "add-timestamp-header": true,
+                "ack-mode": "on-confirm",
+            }})),
+        )
+        .await?;
+    assert!(
+        (200..300).contains(&r.status),
+        "creating the plugin's shovel: {} {}",
+        r.status,
+        r.body
+    );
+    // The plugin first: its output waits in t4h.setgate-in for setgate's shovel.
+    let plugin_out = Collector::start(&hq.amqp_uri(), "t4h.plugin-out");
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let confirmed = publish(&hq.amqp_uri(), 0..3, &PublishOptions::new("t4h.entry")).await?;
+    let missing = plugin_out
+        .wait_for(&confirmed, Duration::from_secs(30))
+        .await;
+    assert!(
+        missing.is_empty(),
+        "the plugin's shovel did not deliver {missing:?}"
+    );
+    let by_plugin = plugin_out.received().swap_remove(0);
+    let plugin_entries = shovelled(&by_plugin);
+    assert_eq!(plugin_entries.len(), 1, "{plugin_entries:?}");
+    let plugin_entry = &plugin_entries[0];
+    println!(
+        "the plugin's x-shovelled entry: {:?}; x-shovelled-timestamp: {:?}",
+        readable(plugin_entry),
+        header(&by_plugin, "x-shovelled-timestamp")
+    );
+    let _ = hq
+        .mgmt("DELETE", "/api/parameters/shovel/%2f/t4h-plugin", None)
+        .await;
+
+    let sink = Collector::start(&center.amqp_uri(), "t4h.sink");
+    let cfg = Config::new().shutdown_grace("2s").shovel(
+        Shovel::new(
+            "t4h",
+            Source::queue(&[hq.amqp_uri()], "t4h.setgate-in"),
+            Destination::exchange(&[center.amqp_uri()], "t4h.out"),
+        )
+        .add_forward_headers(true),
+    );
+    let sg = Setgate::start(BIN, &cfg).await?;
+    wait_shovel_state(&sg, "t4h", "running").await?;
+    let missing = sink.wait_for(&confirmed, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "setgate's shovel did not deliver {missing:?}"
+    );
+
+    let by_setgate = sink
+        .received()
+        .into_iter()
+        .find(|r| r.id == by_plugin.id)
+        .unwrap();
+    let entries = shovelled(&by_setgate);
+    let ours = &entries[0];
+    println!("setgate's x-shovelled entry: {:?}", readable(ours));
+    // Prepended: setgate's entry first, the plugin's kept after it as it was.
+    assert_eq!(
+        entries.len(),
+        2,
+        "setgate should prepend its entry to the plugin's: {entries:?}"
+    );
+    assert_eq!(
+        &entries[1], plugin_entry,
+        "the earlier entry is kept as it was"
+    );
+    // The same keys, each with the same type (the plugin writes them all as long strings).
+    assert_eq!(
+        shape(ours),
+        shape(plugin_entry),
+        "setgate's x-shovelled entry should have the plugin's keys and types"
+    );
+    // Values: this shovel's name, source and destination, URIs without credentials.
+    let plugin_src = text(plugin_entry, "src-uri").expect("the plugin writes src-uri");
+    let hq_addr = hq.amqp_addr().to_string();
+    assert!(
+        plugin_src.contains(&hq_addr) && !plugin_src.contains("guest"),
+        "{plugin_src}"
+    );
+    let expect = [
+        ("shovel-name", "t4h".to_string()),
+        ("shovel-vhost", "/".to_string()),
+        ("src-queue", "t4h.setgate-in".to_string()),
+        ("dest-exchange", "t4h.out".to_string()),
+        ("src-uri", plugin_src.clone()),
+        (
+            "dest-uri",
+            plugin_src.replace(&hq_addr, &center.amqp_addr().to_string()),
+        ),
+    ];
+    for (key, want) in expect {
+        assert_eq!(
+            text(ours, key).as_deref(),
+            Some(want.as_str()),
+            "x-shovelled {key}"
+        );
+    }
+    // The timestamp header: the plugin's type, set now.
+    let ts_type =
+        |r: &Received| header(r, "x-shovelled-timestamp").map(|v| format!("{:?}", v.get_type()));
+    assert_eq!(
+        ts_type(&by_setgate),
+        ts_type(&by_plugin),
+        "x-shovelled-timestamp should be there, with the plugin's type"
+    );
+    let ts = match header(&by_setgate, "x-shovelled-timestamp") {
+        Some(AMQPValue::LongLongInt(n)) => *n as u64,
+        Some(AMQPValue::LongInt(n)) => *n as u64,
+        Some(AMQPValue::Timestamp(n)) => *n,
+        other => panic!("x-shovelled-timestamp is {other:?}"),
+    };
+    assert!(
+        ts + 5 >= start && ts <= start + 120,
+        "x-shovelled-timestamp {ts} should be the time (seconds) it was shovelled, about {start}"
+    );
+    Ok(())
+}
