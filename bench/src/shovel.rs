@@ -3,7 +3,8 @@
 //!
 //! Every shovel moves the durable queue `bench.shovel.src` of the source node, on-confirm, with a
 //! prefetch of `--prefetch`; messages are persistent, published with confirms. Each case runs
-//! `--runs` times per mover, interleaved, and prints one JSON line with the medians:
+//! `--runs` times per mover, interleaved (after one uncounted warm-up run each, the movers taking
+//! turns at going first), and prints one JSON line with the medians:
 //! - `drain`: `--messages` published while no shovel runs (setgate not started, the plugin's
 //!   shovel not declared); then the shovel starts and a consumer on the destination queue times
 //!   the arrivals, first to last.
@@ -23,7 +24,7 @@ use crate::cpu::Cpu;
 use crate::measure::{line, median, publish, purge, ratio, Acks, Arrivals, Load, Throughput};
 use serde_json::{json, Value};
 use setgate::Destination;
-use setgate_testkit::fed::{declare_bound_queue, declare_exchange};
+use setgate_testkit::fed::{declare_bound_queue, declare_exchange, shovel_status};
 use setgate_testkit::{Node, NodeOptions, Setgate};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -183,18 +184,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         let mut runs: Vec<Vec<Run>> = movers.iter().map(|_| Vec::new()).collect();
-        for i in 1..=args.common.runs {
-            for ((name, mover), runs) in movers.iter().zip(&mut runs) {
-                let r = lab.run_once(*mover, mode, load).await?;
+        // Run 0 warms the brokers up (the first run on fresh nodes is slower) and is not
+        // counted; the movers take turns at going first.
+        for i in 0..=args.common.runs {
+            let mut order: Vec<usize> = (0..movers.len()).collect();
+            if i % 2 == 1 {
+                order.reverse();
+            }
+            for m in order {
+                let (name, mover) = movers[m];
+                let r = lab.run_once(mover, mode, load).await?;
                 eprintln!(
-                    "{case:?} run {i}: {name} {:.0} msg/s{}; cpu s {}",
+                    "{case:?} run {i}{}: {name} {:.0} msg/s{}; cpu s {}",
+                    if i == 0 { " (warm-up)" } else { "" },
                     r.rate,
                     r.published
                         .map(|p| format!(" (published {p:.0} msg/s)"))
                         .unwrap_or_default(),
                     r.cpu
                 );
-                runs.push(r);
+                if i > 0 {
+                    runs[m].push(r);
+                }
             }
         }
         let mut result = common.clone();
@@ -223,8 +234,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if *case == Case::Routed {
             result["users"] = json!(args.users);
             // How the last run's messages spread over the SETs, as setgate counted them.
-            let last = runs.last().and_then(|r| r.last());
-            result["sets_last_run"] = last.and_then(|r| r.sets.clone()).into();
+            let last = runs
+                .last()
+                .and_then(|r| r.last())
+                .and_then(|r| r.sets.as_ref());
+            let forwarded: serde_json::Map<String, Value> = last
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(set, s)| (set.clone(), s["forwarded"].clone()))
+                .collect();
+            result["forwarded_per_set_last_run"] = Value::Object(forwarded);
         }
         result["loadavg"] = json!(loadavg());
         line("shovel", case_name, result);
@@ -253,6 +273,9 @@ impl Lab {
             declare_exchange(uri, ORDERS_X, "topic").await?;
             declare_bound_queue(uri, ORDERS_Q, ORDERS_X).await?;
         }
+        // The center (the source's cluster) receives messages without a user id: none here,
+        // but its flow needs the exchange to be up.
+        declare_exchange(&su, ORDERS_X, "topic").await?;
         // Shovels publish to it through the default exchange; nothing publishes to amq.direct
         // with the key `#`.
         declare_bound_queue(&du, DST_Q, "amq.direct").await
@@ -300,8 +323,7 @@ impl Lab {
         let cpu = cpu.since(running.setgate(), &nodes);
         let sets = match (&running, mover) {
             (Started::Setgate(sg), Mover::Setgate(Destination::Sets)) => {
-                let status = sg.get_json("/api/shovels").await?;
-                Some(status["shovels"][0]["sets"].clone())
+                Some(shovel_status(sg, "bench").await?["sets"].clone())
             }
             _ => None,
         };

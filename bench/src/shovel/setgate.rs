@@ -1,11 +1,11 @@
 //! setgate's shovels as the benchmark runs them: the source queue to a queue, to an exchange of
 //! one cluster, or SET-routed over two SETs' clusters by the `x-user-id` header.
 
-use setgate_testkit::config::Config;
+use setgate_testkit::config::{self, Config, Pool, Routing, Source};
+use setgate_testkit::fed::wait_shovel_state;
 use setgate_testkit::setgate::SetgateOptions;
-use setgate_testkit::{wait_until, Node, Setgate};
+use setgate_testkit::{Node, Setgate};
 use std::path::Path;
-use std::time::Duration;
 
 /// Where a setgate shovel publishes.
 #[derive(Debug, Clone, Copy)]
@@ -20,11 +20,15 @@ pub enum Destination {
 
 /// The brokers and names a shovel is made of.
 pub struct Shovel<'a> {
+    /// The source node (the center of `routed`).
     pub src: &'a Node,
     pub src_queue: &'a str,
+    /// The destination node; set-a's cluster when routed.
     pub set_a: &'a Node,
     pub set_b: &'a Node,
+    /// The destination queue of [`Destination::Queue`].
     pub queue: &'a str,
+    /// The destination exchange of the others.
     pub exchange: &'a str,
     pub prefetch: u32,
 }
@@ -32,34 +36,43 @@ pub struct Shovel<'a> {
 impl Shovel<'_> {
     /// The config of a setgate running this shovel, named `bench`, to `dest`.
     pub fn config(&self, dest: Destination) -> Config {
-        let q = |s: &str| format!("{s:?}");
+        let a = [self.set_a.amqp_uri()];
         let destination = match dest {
-            Destination::Queue => format!(
-                "{{ uris = [{}], queue = {} }}",
-                q(&self.set_a.amqp_uri()),
-                q(self.queue)
-            ),
-            Destination::Exchange => format!(
-                "{{ uris = [{}], exchange = {} }}",
-                q(&self.set_a.amqp_uri()),
-                q(self.exchange)
-            ),
-            Destination::Sets => format!(
-                "{{ route = \"sets\", key = \"header:x-user-id\", exchange = {} }}",
-                q(self.exchange)
-            ),
+            Destination::Queue => config::Destination::queue(&a, self.queue),
+            Destination::Exchange => config::Destination::exchange(&a, self.exchange),
+            Destination::Sets => {
+                config::Destination::sets("header:x-user-id").exchange_name(self.exchange)
+            }
         };
-        let mut toml = format!(
-            "[[shovel]]\nname = \"bench\"\nsource = {{ uris = [{}], queue = {} }}\ndestination = {destination}\nack_mode = \"on-confirm\"\nprefetch_count = {}\nreconnect_delay = \"1s\"\n",
-            q(&self.src.amqp_uri()), q(self.src_queue), self.prefetch
-        );
-        if let Destination::Sets = dest {
-            toml = format!(
-                "[routing]\ndefault = \"center\"\ndefault_uris = [{}]\nsets = [\n  {{ name = \"set-a\", pool = \"set-a\", failover = \"set-b\", uris = [{}] }},\n  {{ name = \"set-b\", pool = \"set-b\", failover = \"set-a\", uris = [{}] }},\n]\n\n{toml}",
-                q(&self.src.amqp_uri()), q(&self.set_a.amqp_uri()), q(&self.set_b.amqp_uri())
-            );
+        let shovel = config::Shovel::new(
+            "bench",
+            Source::queue(&[self.src.amqp_uri()], self.src_queue),
+            destination,
+        )
+        .ack_mode("on-confirm")
+        .prefetch_count(self.prefetch);
+        let cfg = Config::new().shovel(shovel);
+        match dest {
+            Destination::Sets => self.sets(cfg),
+            _ => cfg,
         }
-        Config::new().raw(&toml)
+    }
+
+    /// The pools and `[routing]` of two SETs (each the other's failover) with their messaging
+    /// URIs, the source's cluster as the center.
+    fn sets(&self, cfg: Config) -> Config {
+        let pool = |name: &str, node: &Node| Pool::new(name).server("n1", node.amqp_addr());
+        cfg.pool(pool("center", self.src))
+            .pool(pool("set-a", self.set_a))
+            .pool(pool("set-b", self.set_b))
+            .routing(
+                Routing::new("center")
+                    .default_uris(&[self.src.amqp_uri()])
+                    .set("set-a", "set-a", "set-b")
+                    .set("set-b", "set-b", "set-a")
+                    .uris("set-a", &[self.set_a.amqp_uri()])
+                    .uris("set-b", &[self.set_b.amqp_uri()]),
+            )
     }
 
     /// Starts setgate with the shovel; waits until `/api/shovels` says it runs.
@@ -69,15 +82,7 @@ impl Shovel<'_> {
             ..Default::default()
         };
         let sg = Setgate::start_with(bin, &self.config(dest), quiet).await?;
-        wait_until(
-            "setgate's shovel running",
-            Duration::from_secs(60),
-            || async {
-                let v = sg.get_json("/api/shovels").await.ok()?;
-                (v["shovels"][0]["state"] == "running").then_some(())
-            },
-        )
-        .await?;
+        wait_shovel_state(&sg, "bench", "running").await?;
         Ok(sg)
     }
 }
