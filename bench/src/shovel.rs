@@ -378,7 +378,8 @@ impl Lab {
     }
 }
 
-/// The runs of one mover: rates, the median, and the median CPU per message of each process.
+/// The runs of one mover: rates, the median, and the median CPU per message of each process and
+/// of all of them.
 fn summary(runs: &[Run], messages: u64) -> Value {
     let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
     let mut out = json!({
@@ -401,6 +402,13 @@ fn summary(runs: &[Run], messages: u64) -> Value {
         }
     }
     out["cpu_us_per_msg"] = Value::Object(cpu);
+    // All processes together: what moving a message costs the machine, less noisy than the
+    // rates on a shared one.
+    let total = |p: &Value| {
+        p.as_object()
+            .map_or(0.0, |m| m.values().filter_map(Value::as_f64).sum())
+    };
+    out["cpu_us_per_msg_all"] = json!(median(per_msg.iter().map(total).collect()));
     out
 }
 
