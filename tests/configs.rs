@@ -72,6 +72,8 @@ fn every_example_config_passes_check_and_broken_ones_fail_with_their_own_message
         (format!("[admin]\nlisten = \"localhost\"\n{base_listener}{base_pool}"), "admin.listen"),
         (format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"/nonexistent/token\"\n{base_listener}{base_pool}"), "token_file"),
         ("".to_string(), "configures nothing to run"),
+        (format!("{base_listener}{base_pool}[routing]\ndefault = \"p\"\nreroute = {{ window = \"0s\" }}\n"), "routing.reroute.window: is 0s"),
+        (format!("{base_listener}{base_pool}[routing]\ndefault = \"p\"\nreroute = {{ window = \"3h\" }}\n"), "routing.reroute.window: is 3h, more than 1h"),
     ];
     let dir = setgate_testkit::unique_dir("broken-configs");
     for (i, (text, expected)) in cases.iter().enumerate() {
