@@ -1,6 +1,7 @@
 //! `setgate-bench chaos --minutes N`: the chaos run of `setgate_testkit::chaos`, printed as one
 //! JSON line (confirmed, lost, duplicates, the longest silent stall of the link, setgate's RSS
-//! and descriptors at start and end, and every fault injected).
+//! and descriptors at start and end, and every fault injected); it fails when a figure is out
+//! of bounds (lost > 0, a silent stall, RSS or descriptors grown by more than 10%).
 
 use clap::Parser;
 use setgate_testkit::chaos::{self, ChaosOptions};
@@ -53,5 +54,22 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "{} confirmed messages were lost",
         report.lost
     );
+    anyhow::ensure!(
+        report.longest_silent_stall_s == 0.0,
+        "the link stalled silently for {:.1}s beyond the naming bound",
+        report.longest_silent_stall_s
+    );
+    for (what, (start, end)) in [
+        ("RSS (KiB)", report.rss_kib),
+        (
+            "open descriptors",
+            (report.fds.0 as u64, report.fds.1 as u64),
+        ),
+    ] {
+        anyhow::ensure!(
+            end as f64 <= start as f64 * 1.10,
+            "setgate's {what} grew from {start} to {end}"
+        );
+    }
     Ok(())
 }

@@ -210,10 +210,21 @@ impl Forwarder {
                         }
                     }
                     self.forward(&mut run, &mut batch).await?;
-                    self.show(&mut run, Activity::Forwarding);
+                    // New deliveries are no progress while older publishes wait for their
+                    // confirms (a downstream that stopped reading): keep naming that wait.
+                    if self.outlets.oldest().is_none_or(|(_, o)| o.elapsed() < STALL_NAMED_AFTER) {
+                        self.show(&mut run, Activity::Forwarding);
+                    }
                 }
                 _ = depth_tick.tick() => self.refresh_depth(&mut run).await?,
-                _ = watch_tick.tick() => self.watch(&mut run)?,
+                _ = watch_tick.tick() => {
+                    self.watch(&mut run)?;
+                    if let Activity::AskingUpstream { .. } = run.activity {
+                        self.refresh_depth(&mut run).await?;
+                        depth_tick.reset();
+                        self.watch(&mut run)?;
+                    }
+                }
             }
             while let Some(ev) = self.outlets.next_now() {
                 self.on_outlet(&mut run, ev)?;
@@ -792,6 +803,12 @@ impl Forwarder {
             Activity::Finishing
         } else if run.consumers > 1 {
             Activity::Standby
+        } else if run.depth_at < run.last_delivery {
+            // Deliveries stopped, and the depth on hand is older than the last one: only the
+            // upstream can say whether this is idle or a stall, so ask it (the loop does).
+            Activity::AskingUpstream {
+                secs: starved.as_secs(),
+            }
         } else {
             Activity::Idle
         };
@@ -960,6 +977,11 @@ enum Activity {
         ready: u64,
         secs: u64,
     },
+    /// Nothing delivered for a while and no depth read since: the queue depth is being asked
+    /// for, and the answer tells idle (empty queue) from a stall (messages ready, or no answer).
+    AskingUpstream {
+        secs: u64,
+    },
     /// Inside an operation on one side that has not completed for a while.
     AwaitingAnswer {
         side: Side,
@@ -988,6 +1010,9 @@ impl Activity {
             Activity::AwaitingAnswer { side, what } => format!(
                 "waiting: {what} on the {side} not done for over {}s",
                 STALL_NAMED_AFTER.as_secs()
+            ),
+            Activity::AskingUpstream { secs } => format!(
+                "waiting: nothing delivered for {secs}s; asking the upstream whether messages wait"
             ),
             Activity::AwaitingDeliveries { ready, secs } => {
                 format!("waiting: {ready} messages ready upstream, none delivered for {secs}s")
@@ -1130,6 +1155,9 @@ mod tests {
             stuck.describe(),
             "waiting: 120 publishes unconfirmed by the downstream for 3s"
         );
+        assert!(Activity::AskingUpstream { secs: 1 }
+            .describe()
+            .starts_with("waiting: nothing delivered for 1s"));
         assert!(Activity::AwaitingDeliveries { ready: 5, secs: 2 }
             .describe()
             .starts_with("waiting: 5 messages ready upstream"));

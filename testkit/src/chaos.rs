@@ -8,11 +8,16 @@
 //! the link drains, every queue is read out, and the report compares what the brokers confirmed
 //! with what arrived: lost must be 0 (duplicates are allowed: at-least-once).
 //!
-//! The link is watched all along (every 0.5 s): a flow that says `running` with messages waiting
-//! upstream and nothing forwarded, while it names no reason (its `activity` starts with
-//! `waiting` or `backing off`), is in a *silent stall*; the longest one is reported. A flow names
-//! why within 1.5 s of moving nothing, so with the poll a stall up to 2 s is that bound, and
-//! anything longer is a link that says `running` and moves nothing.
+//! The link is watched all along (every 0.5 s). It is in a *silent stall* while its flow says
+//! `running`, names no reason (its `activity` does not start with `waiting` or `backing off`),
+//! forwards nothing, and messages wait: the flow's last look at the upstream queue found some
+//! ready, or the center confirmed new messages since the link last moved (those may be held
+//! unconfirmed by the flow itself, where the upstream depth does not count them). A flow needs
+//! a moment to tell a stall from a gap between messages: it names why it moves nothing within
+//! 1.5 s, and the watcher sees it up to one poll later, so [`NAMING_BOUND`] (2 s) of every stall
+//! is that bound. What goes beyond it is a link that said `running` and moved nothing for no
+//! reason it could name: `longest_silent_stall_s` is the longest such excess (must be 0), and
+//! every stall over 1 s is listed with what the flow said at its first and last look.
 
 use crate::config::{Check, Config, Link, Listener, Pool, Routing, Upstream};
 use crate::fed::{declare_bound_queue, declare_exchange, Collector};
@@ -54,15 +59,23 @@ pub struct ChaosReport {
     pub lost: usize,
     /// Read out more than once.
     pub duplicates: usize,
-    /// The longest silent stall of the link (see the module doc), in seconds.
+    /// The longest time the link said `running`, named no reason and moved nothing while
+    /// messages waited, beyond [`NAMING_BOUND`] (see the module doc), in seconds: must be 0.
     pub longest_silent_stall_s: f64,
-    /// setgate's RSS (KiB) and open descriptors after start-up and at the end.
+    /// Every silent stall of 1 s or more (bound included), longest first, with what the flow
+    /// said.
+    pub silent_stalls: Vec<Stall>,
+    /// setgate's RSS (KiB) after start-up and at the end, each the least over 2 s of samples.
     pub rss_kib: (u64, u64),
     /// Open file descriptors, after start-up and at the end.
     pub fds: (usize, usize),
-    /// What the descriptors open at the end and not at the start point to (sockets by inode
-    /// are shown as `socket`), to say what a growth is.
+    /// Threads, after start-up and at the end.
+    pub threads: (usize, usize),
+    /// What the descriptors open at the end and not at the start point to (a TCP socket by
+    /// its peer), to say what a growth is.
     pub fds_new_kinds: Vec<String>,
+    /// What the descriptors open at the start and not at the end point to.
+    pub fds_gone_kinds: Vec<String>,
 }
 
 /// One kind of fault.
@@ -180,15 +193,45 @@ async fn publisher(
     }
 }
 
-/// What each open descriptor of a process points to, with `socket:[inode]` shortened to
-/// `socket` so two processes (setgate restarted) compare.
-fn fd_kinds(pid: i32) -> Vec<String> {
+/// What each open descriptor of a process points to, so two processes (setgate restarted)
+/// compare: a TCP socket is named by its peer (`tcp -> set-a:5672 ESTABLISHED`, the broker's
+/// name from `names`) or `tcp listen`, other sockets and pipes by their kind, without inodes.
+fn fd_kinds(pid: i32, names: &[(u16, String)]) -> Vec<String> {
+    let tcp = tcp_sockets(pid);
     let mut kinds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
                 .map(|t| {
                     let t = t.display().to_string();
-                    t.split(":[").next().unwrap_or(&t).to_string()
+                    if let Some(inode) =
+                        t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'))
+                    {
+                        return match tcp.iter().find(|s| s.inode == inode) {
+                            Some(s) if s.state == "0A" => "tcp listen".to_string(),
+                            Some(s) if names.iter().any(|(port, _)| *port == s.local_port) => {
+                                let (port, n) = names
+                                    .iter()
+                                    .find(|(port, _)| *port == s.local_port)
+                                    .unwrap();
+                                format!("tcp <- a client of {n}:{port} {}", tcp_state(&s.state))
+                            }
+                            Some(s) => {
+                                let peer = names
+                                    .iter()
+                                    .find(|(port, _)| *port == s.remote_port)
+                                    .map_or_else(
+                                        || format!(":{}", s.remote_port),
+                                        |(port, n)| format!("{n}:{port}"),
+                                    );
+                                format!("tcp -> {peer} {}", tcp_state(&s.state))
+                            }
+                            None => "socket (not tcp)".to_string(),
+                        };
+                    }
+                    match t.split_once(":[") {
+                        Some((kind, _)) if kind == "pipe" => kind.to_string(),
+                        _ => t,
+                    }
                 })
                 .collect()
         })
@@ -197,52 +240,244 @@ fn fd_kinds(pid: i32) -> Vec<String> {
     kinds
 }
 
-/// RSS in KiB and open descriptors of a process.
-fn usage(pid: i32) -> (u64, usize) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
+/// One line of `/proc/PID/net/tcp{,6}`.
+struct TcpSocket {
+    inode: String,
+    local_port: u16,
+    remote_port: u16,
+    state: String,
+}
+
+/// The TCP sockets of a process's network namespace, IPv4 and IPv6.
+fn tcp_sockets(pid: i32) -> Vec<TcpSocket> {
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    let port = |col: usize| {
+                        let hex = cols.get(col)?.rsplit(':').next()?;
+                        u16::from_str_radix(hex, 16).ok()
+                    };
+                    Some(TcpSocket {
+                        inode: cols.get(9)?.to_string(),
+                        local_port: port(1)?,
+                        remote_port: port(2)?,
+                        state: cols.get(3)?.to_string(),
+                    })
+                })
+                .collect::<Vec<_>>()
         })
-        .unwrap_or(0);
+        .collect()
+}
+
+/// The kernel's TCP state codes (include/net/tcp_states.h) that a client socket shows.
+fn tcp_state(code: &str) -> &'static str {
+    match code {
+        "01" => "ESTABLISHED",
+        "02" => "SYN_SENT",
+        "04" => "FIN_WAIT1",
+        "05" => "FIN_WAIT2",
+        "06" => "TIME_WAIT",
+        "07" => "CLOSE",
+        "08" => "CLOSE_WAIT",
+        "09" => "LAST_ACK",
+        "0B" => "CLOSING",
+        _ => "other",
+    }
+}
+
+/// The entries of `a` that `b` does not have (as multisets: one match per entry).
+fn missing_from(a: &[String], b: &[String]) -> Vec<String> {
+    let mut b = b.to_vec();
+    a.iter()
+        .filter(|k| match b.iter().position(|s| s == *k) {
+            Some(i) => {
+                b.remove(i);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// RSS in KiB, open descriptors and threads of a process.
+fn usage(pid: i32) -> (u64, usize, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
-    (rss, fds)
+    (field("VmRSS:"), fds, field("Threads:") as usize)
 }
 
-/// Watches `/api/links` until `stop`; returns the longest silent stall.
-async fn watch_link(admin: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Duration {
-    let mut longest = Duration::ZERO;
-    let mut stalled_since: Option<(Instant, u64)> = None;
+/// How long a flow may move nothing before it names why (1.5 s), plus one poll of the watcher.
+pub const NAMING_BOUND: Duration = Duration::from_secs(2);
+
+/// A silent stall of the link (see the module doc), with what the flow said through it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stall {
+    /// How long the link moved nothing without naming why, in seconds, from the look that last
+    /// saw it move.
+    pub secs: f64,
+    /// What of that went beyond [`NAMING_BOUND`].
+    pub beyond_bound_s: f64,
+    /// When the link last moved, in seconds on the faults' clock.
+    pub at_s: f64,
+    /// The flow as `/api/links` showed it at the first and at the last look of the stall.
+    pub first: serde_json::Value,
+    pub last: serde_json::Value,
+}
+
+/// Watches `/api/links` until `stop`; returns every silent stall of 1 s or more, longest
+/// first. `confirmed_upstream` is what the center confirmed of the link's exchange.
+async fn watch_link(
+    admin: std::net::SocketAddr,
+    clock: Instant,
+    stop: Arc<AtomicBool>,
+    confirmed_upstream: Arc<Mutex<BTreeSet<u64>>>,
+) -> Vec<Stall> {
+    let mut stalls: Vec<Stall> = Vec::new();
+    // The last look at which the link was not silently stalled: when it was sent, the flow's
+    // forwarded count and the center's confirmed count then.
+    let mut moved: Option<(Instant, u64, usize)> = None;
+    let mut current: Option<Stall> = None;
+    let mut close = |current: &mut Option<Stall>| {
+        if let Some(stall) = current.take().filter(|s| s.secs >= 1.0) {
+            stalls.push(stall);
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(r) = crate::http::get(admin, "/api/links").await else {
-            stalled_since = None; // setgate itself is down: that is not a link saying "running"
+        let sent = Instant::now();
+        let confirmed = confirmed_upstream.lock().unwrap().len();
+        let flow = match crate::http::get(admin, "/api/links")
+            .await
+            .map(|r| r.json())
+        {
+            Ok(Ok(v)) => v["links"][0]["flows"].get(0).cloned(),
+            _ => None,
+        };
+        // setgate itself down (or no flow yet) is not a link saying "running".
+        let Some(flow) = flow else {
+            moved = None;
+            close(&mut current);
             continue;
         };
-        let Ok(v) = r.json() else { continue };
-        let Some(flow) = v["links"][0]["flows"].get(0).cloned() else {
-            continue;
-        };
-        let running = flow["state"] == "running";
-        let waiting = flow["queue_depth"].as_u64().unwrap_or(0) > 0;
         let forwarded = flow["forwarded"].as_u64().unwrap_or(0);
         let activity = flow["activity"].as_str().unwrap_or("");
-        let names_a_reason = activity.starts_with("waiting") || activity.starts_with("backing off");
-        if running && waiting && !names_a_reason {
-            match stalled_since {
-                Some((since, at)) if at == forwarded => longest = longest.max(since.elapsed()),
-                _ => stalled_since = Some((Instant::now(), forwarded)),
+        let named = activity.starts_with("waiting") || activity.starts_with("backing off");
+        let silent = match moved {
+            Some((_, before, confirmed_then)) if flow["state"] == "running" && !named => {
+                let ready = flow["queue_depth"].as_u64().unwrap_or(0) > 0;
+                forwarded == before && (ready || confirmed > confirmed_then)
             }
-        } else {
-            stalled_since = None;
+            _ => false,
+        };
+        match (silent, moved) {
+            (true, Some((since, _, _))) => {
+                // From the sending of the look that saw it move to this answer: never shorter
+                // than the stall the flow showed.
+                let secs = since.elapsed().as_secs_f64();
+                let stall = current.get_or_insert_with(|| Stall {
+                    at_s: (since - clock).as_secs_f64(),
+                    first: flow.clone(),
+                    ..Stall::default()
+                });
+                stall.secs = secs;
+                stall.beyond_bound_s = (secs - NAMING_BOUND.as_secs_f64()).max(0.0);
+                stall.last = flow;
+            }
+            _ => {
+                moved = Some((sent, forwarded, confirmed));
+                close(&mut current);
+            }
         }
     }
-    longest
+    close(&mut current);
+    stalls.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+    stalls
+}
+
+/// setgate's RSS (KiB), open descriptors and what they point to, in the state the run keeps it
+/// in: every publisher connected, traffic flowing, the link running, and the link reconnected
+/// once by this process.
+///
+/// That reconnect is there because the first lapin connection a process closes starts a second,
+/// process-wide tokio runtime: lapin's I/O thread drops the connection's socket outside any
+/// tokio context, so async-compat's `Compat` wrapper (which must enter one to drop a tokio
+/// socket) starts its fallback runtime, once, with its thread, epoll, waker and a copy of the
+/// signal socket (4 descriptors, and they never grow: reconnects after the first reuse it).
+/// Any fault that touches the link does it in the run, so without this a start measured before
+/// the first reconnect and an end measured after it differ by those 4, and a setgate restarted
+/// late in the run may end without them; both measurements are taken after one.
+async fn footprint(
+    sg: &Setgate,
+    downstream: &Node,
+    confirmed: [&Arc<Mutex<BTreeSet<u64>>>; 2],
+    names: &[(u16, String)],
+) -> anyhow::Result<Footprint> {
+    let reconnects = |v: &serde_json::Value| v["links"][0]["flows"][0]["reconnects"].as_u64();
+    let before = reconnects(&sg.get_json("/api/links").await?).unwrap_or(0);
+    // The downstream broker has no other client than the link.
+    downstream
+        .ctl(&[
+            "close_all_connections",
+            "setgate chaos run: one link reconnect",
+        ])
+        .await?;
+    wait_until("the link to reconnect", Duration::from_secs(60), || async {
+        let v = sg.get_json("/api/links").await.ok()?;
+        (reconnects(&v)? > before && v["links"][0]["flows"][0]["state"] == "running").then_some(())
+    })
+    .await?;
+    let counts = || confirmed.map(|c| c.lock().unwrap().len());
+    let [a, b] = counts();
+    wait_until(
+        "traffic through setgate",
+        Duration::from_secs(120),
+        || async {
+            let [sets, feds] = counts();
+            (sets > a + 100 && feds > b + 50).then_some(())
+        },
+    )
+    .await?;
+    // Health checks, API calls and connection attempts open sockets and start threads for a
+    // moment (lapin runs one thread per connection, and a thread's stack and malloc arena are
+    // megabytes of RSS in a debug build): the steady footprint is the fewest descriptors,
+    // threads and the least RSS seen over 2 s of samples. A leak stays in every sample.
+    let pid = sg.pid().unwrap_or(0);
+    let mut seen = usage(pid);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = usage(pid);
+        seen = (seen.0.min(now.0), seen.1.min(now.1), seen.2.min(now.2));
+    }
+    Ok(Footprint {
+        rss_kib: seen.0,
+        fds: seen.1,
+        threads: seen.2,
+        fd_kinds: fd_kinds(pid, names),
+    })
+}
+
+/// What [`footprint`] measures.
+struct Footprint {
+    rss_kib: u64,
+    fds: usize,
+    threads: usize,
+    fd_kinds: Vec<String>,
 }
 
 /// Runs the whole thing; see the module doc.
@@ -296,35 +531,25 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         confirmed_fed.clone(),
     )));
     let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = tokio::spawn(watch_link(sg.admin, watch_stop.clone()));
+    // The faults' clock: stalls say when they began on it.
+    let clock = Instant::now();
+    let watcher = tokio::spawn(watch_link(
+        sg.admin,
+        clock,
+        watch_stop.clone(),
+        confirmed_fed.clone(),
+    ));
     // setgate's footprint with every publisher connected and the link running, before any
     // fault; the same state is measured again at the end.
-    let steady = |sg: &Setgate| {
-        let sets = confirmed_set.clone();
-        let feds = confirmed_fed.clone();
-        let pid = sg.pid().unwrap_or(0);
-        async move {
-            let (a, b) = (sets.lock().unwrap().len(), feds.lock().unwrap().len());
-            wait_until("traffic through setgate", Duration::from_secs(120), || {
-                let (sets, feds) = (sets.clone(), feds.clone());
-                async move {
-                    (sets.lock().unwrap().len() > a + 100 && feds.lock().unwrap().len() > b + 50)
-                        .then_some(())
-                }
-            })
-            .await?;
-            // Health checks and API calls open sockets for a moment: the steady footprint is the
-            // fewest descriptors seen over a few samples (and the RSS of the last).
-            let mut seen = usage(pid);
-            for _ in 0..10 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let now = usage(pid);
-                seen = (now.0, seen.1.min(now.1));
-            }
-            anyhow::Ok((seen.0, seen.1, fd_kinds(pid)))
-        }
-    };
-    let start_usage = steady(&sg).await?;
+    // Who is at each port, so a descriptor says what it is connected to.
+    let mut names: Vec<(u16, String)> = nodes
+        .iter()
+        .zip(NAMES)
+        .map(|(n, name)| (n.amqp_addr().port(), name.to_string()))
+        .collect();
+    names.push((port, "the set listener".into()));
+    names.push((sg.admin.port(), "the admin server".into()));
+    let start_usage = footprint(&sg, &nodes[3], [&confirmed_set, &confirmed_fed], &names).await?;
 
     let mut rng = Rng(opts.seed | 1);
     let mut faults = Vec::new();
@@ -338,7 +563,7 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
             4 => Fault::Blackhole(rng.below(4)),
             _ => Fault::Reload,
         };
-        let at = began.elapsed();
+        let at = clock.elapsed();
         let what = match fault {
             Fault::KillBroker(i)
             | Fault::StopBroker(i)
@@ -386,11 +611,11 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     // Every fault has healed: traffic flows again; measure, stop publishing, let the link drain,
     // read everything out.
     sg.wait_ready().await?;
-    let end_usage = steady(&sg).await?;
+    let end_usage = footprint(&sg, &nodes[3], [&confirmed_set, &confirmed_fed], &names).await?;
     // The watch ends while traffic still flows: once the publishers stop, the link is idle for
     // real, and its queue depth (read every 5 s) may lag behind.
     watch_stop.store(true, Ordering::Relaxed);
-    let stall = watcher.await?;
+    let stalls = watcher.await?;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;
@@ -439,24 +664,13 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         confirmed_fed: confirmed_fed.len(),
         lost: all_confirmed.difference(&distinct).count(),
         duplicates: received.len() - distinct.len(),
-        longest_silent_stall_s: stall.as_secs_f64(),
-        rss_kib: (start_usage.0, end_usage.0),
-        fds: (start_usage.1, end_usage.1),
-        fds_new_kinds: {
-            let mut start = start_usage.2.clone();
-            end_usage
-                .2
-                .iter()
-                .filter(|k| match start.iter().position(|s| s == *k) {
-                    Some(i) => {
-                        start.remove(i);
-                        false
-                    }
-                    None => true,
-                })
-                .cloned()
-                .collect()
-        },
+        longest_silent_stall_s: stalls.first().map_or(0.0, |s| s.beyond_bound_s),
+        silent_stalls: stalls,
+        rss_kib: (start_usage.rss_kib, end_usage.rss_kib),
+        fds: (start_usage.fds, end_usage.fds),
+        threads: (start_usage.threads, end_usage.threads),
+        fds_new_kinds: missing_from(&end_usage.fd_kinds, &start_usage.fd_kinds),
+        fds_gone_kinds: missing_from(&start_usage.fd_kinds, &end_usage.fd_kinds),
     };
     for c in sets.iter().chain(std::iter::once(&fed)) {
         c.stop();
