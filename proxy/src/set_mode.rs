@@ -35,6 +35,7 @@ pub(crate) async fn serve(
 ) {
     let listener = lst.cfg.name.as_str();
     let started = Instant::now();
+    let arrival = crate::limits::on_arrival(lst, info.source.ip());
     let hello = match tokio::time::timeout_at(
         deadline,
         handshake::accept_client(&mut client, &snap.client_start()),
@@ -70,6 +71,10 @@ pub(crate) async fn serve(
             close_client(&mut client, CONNECTION_FORCED, "setgate: handshake timeout").await;
             return;
         }
+    };
+    let mut permit = match crate::limits::admit_user(lst, arrival, &hello.start_ok) {
+        Ok(p) => p,
+        Err(r) => return refuse(&mut client, listener, &r).await,
     };
     let Some(router) = snap.router.clone() else {
         warn!("closing: set listener without [routing]");
@@ -115,7 +120,7 @@ pub(crate) async fn serve(
     };
     let outcome = tokio::time::timeout_at(deadline, attempts).await;
     drop(snap);
-    let (up, pool) = match outcome {
+    let (mut up, pool) = match outcome {
         Ok(Some(found)) => found,
         failed => {
             if failed.is_err() {
@@ -145,10 +150,32 @@ pub(crate) async fn serve(
             return;
         }
     };
+    let vhost = crate::limits::admit_vhost(lst, &mut permit, &mut client, &mut up.stream);
+    match tokio::time::timeout_at(deadline, vhost).await {
+        Ok(Ok(())) => {}
+        Ok(Err(crate::limits::VhostError::Refused(r))) => {
+            return refuse(&mut client, listener, &r).await
+        }
+        Ok(Err(crate::limits::VhostError::Frame(e))) => {
+            info!(error = %e, "closing: the AMQP handshake broke off before Connection.Open");
+            return handshake_failed(listener, e.cause());
+        }
+        Err(_) => {
+            info!(timeout = ?lst.cfg.handshake_timeout, "closing: no Connection.Open before the handshake deadline");
+            return handshake_failed(listener, "timeout");
+        }
+    }
     counter!("setgate_set_connections_total", "set" => set_label, "reason" => reason).increment(1);
     histogram!("setgate_handshake_duration_seconds", "listener" => listener.to_string())
         .record(started.elapsed().as_secs_f64());
     pump(shared, lst, &pool, client, up).await;
+}
+
+/// Refuses a connection over a limit with the Connection.Close RabbitMQ sends for its own
+/// connection limits (530 NOT_ALLOWED) and the reply text that names the limit.
+async fn refuse(client: &mut Stream, listener: &str, r: &crate::limits::Refusal) {
+    handshake_failed(listener, r.limit.as_str());
+    close_client(client, crate::limits::NOT_ALLOWED, &r.text).await;
 }
 
 /// Sends Connection.Close, then closes gracefully (see [`linger_close`]).
