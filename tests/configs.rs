@@ -71,6 +71,14 @@ fn every_example_config_passes_check_and_broken_ones_fail_with_their_own_message
         (format!("{base_listener}{base_pool}").replace("pool = \"p\"\n", "mode = \"set\"\n"), "needs a [routing] section"),
         (format!("[admin]\nlisten = \"localhost\"\n{base_listener}{base_pool}"), "admin.listen"),
         (format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"/nonexistent/token\"\n{base_listener}{base_pool}"), "token_file"),
+        (format!("{base_listener}rate_limit = 0\n{base_pool}"), "listener[0] (l).rate_limit: 0 would accept no connection"),
+        (format!("{base_listener}backlog = 100000\n{base_pool}"), "listener[0] (l).backlog: 100000 is out of range"),
+        (format!("{base_listener}limits = {{ user_maxconn = 5 }}\n{base_pool}"), "listener[0] (l).limits: per-user, per-vhost and per-source limits need mode = \"set\""),
+        (format!("{base_listener}limits = {{ user_maxconn = 0 }}\n{base_pool}"), "listener[0] (l).limits.user_maxconn: 0 would refuse every connection"),
+        (format!("{base_listener}limits = {{ source_rate = 0 }}\n{base_pool}"), "listener[0] (l).limits.source_rate: 0"),
+        (format!("{base_listener}limits = {{ overrides = {{ \"batch-svc\" = {{}} }} }}\n{base_pool}"), "listener[0] (l).limits.overrides.\"batch-svc\": sets nothing"),
+        (format!("{base_listener}limits = {{ user_maxcon = 5 }}\n{base_pool}"), "unknown field `user_maxcon`"),
+        (format!("{base_listener}limits = {{ user_maxconn = -1 }}\n{base_pool}"), "user_maxconn"),
         ("".to_string(), "configures nothing to run"),
     ];
     let dir = setgate_testkit::unique_dir("broken-configs");
