@@ -4,9 +4,11 @@
 //! `setgate-bench federation` — setgate's federation vs RabbitMQ's federation plugin
 //! `setgate-bench vrrp`       — VRRP takeover times, setgate vs Keepalived
 //! `setgate-bench chaos`      — a random mix of real faults; lost must be 0
+//! `setgate-bench limits`     — connection setup rate with connection limits on vs off
 
 mod chaos;
 mod federation;
+mod limits;
 mod proxy;
 mod vrrp;
 
@@ -28,6 +30,8 @@ enum Bench {
     Vrrp(vrrp::Args),
     /// Chaos: two datacenters under random real faults; lost must be 0.
     Chaos(chaos::Args),
+    /// Connection limits: setup rate through a set listener with limits on vs off.
+    Limits(limits::Args),
 }
 
 #[tokio::main]
@@ -37,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Federation(a) => federation::run(a).await,
         Bench::Vrrp(a) => vrrp::run(a).await,
         Bench::Chaos(a) => chaos::run(a).await,
+        Bench::Limits(a) => limits::run(a).await,
     }
 }
 
