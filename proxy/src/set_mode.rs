@@ -74,7 +74,12 @@ pub(crate) async fn serve(
     };
     let mut permit = match crate::limits::admit_user(lst, arrival, &hello.start_ok) {
         Ok(p) => p,
-        Err(r) => return refuse(&mut client, listener, &r).await,
+        Err(r) => {
+            // The Close RabbitMQ sends for its own connection limits: 530 NOT_ALLOWED.
+            handshake_failed(listener, r.limit.as_str());
+            close_client(&mut client, crate::limits::NOT_ALLOWED, &r.text).await;
+            return;
+        }
     };
     let Some(router) = snap.router.clone() else {
         warn!("closing: set listener without [routing]");
@@ -154,7 +159,9 @@ pub(crate) async fn serve(
     match tokio::time::timeout_at(deadline, vhost).await {
         Ok(Ok(())) => {}
         Ok(Err(crate::limits::VhostError::Refused(r))) => {
-            return refuse(&mut client, listener, &r).await
+            handshake_failed(listener, r.limit.as_str());
+            close_client(&mut client, crate::limits::NOT_ALLOWED, &r.text).await;
+            return;
         }
         Ok(Err(crate::limits::VhostError::Frame(e))) => {
             info!(error = %e, "closing: the AMQP handshake broke off before Connection.Open");
@@ -169,13 +176,6 @@ pub(crate) async fn serve(
     histogram!("setgate_handshake_duration_seconds", "listener" => listener.to_string())
         .record(started.elapsed().as_secs_f64());
     pump(shared, lst, &pool, client, up).await;
-}
-
-/// Refuses a connection over a limit with the Connection.Close RabbitMQ sends for its own
-/// connection limits (530 NOT_ALLOWED) and the reply text that names the limit.
-async fn refuse(client: &mut Stream, listener: &str, r: &crate::limits::Refusal) {
-    handshake_failed(listener, r.limit.as_str());
-    close_client(client, crate::limits::NOT_ALLOWED, &r.text).await;
 }
 
 /// Sends Connection.Close, then closes gracefully (see [`linger_close`]).
