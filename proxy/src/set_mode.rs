@@ -125,7 +125,7 @@ pub(crate) async fn serve(
     };
     let outcome = tokio::time::timeout_at(deadline, attempts).await;
     drop(snap);
-    let (mut up, pool) = match outcome {
+    let (up, pool) = match outcome {
         Ok(Some(found)) => found,
         failed => {
             if failed.is_err() {
@@ -155,6 +155,7 @@ pub(crate) async fn serve(
             return;
         }
     };
+    let mut up = up;
     let vhost = crate::limits::admit_vhost(lst, &mut permit, &mut client, &mut up.stream);
     match tokio::time::timeout_at(deadline, vhost).await {
         Ok(Ok(())) => {}
