@@ -4,8 +4,12 @@
 //! listener without limits, in one run, interleaved. Target: on / off >= 0.97.
 //!
 //! Cases: `connection_setup_per_s` (connections opened and closed one after the other, as in
-//! `setgate-bench proxy`) and `parallel_setup_per_s` (`--parallel` clients doing the same at once).
+//! `setgate-bench proxy`), `parallel_setup_per_s` (`--parallel` clients doing the same at once),
+//! and `setgate_cpu_us_per_connection`: CPU time setgate's threads spent per connection during
+//! the sequential runs (from /proc/PID/task/*/schedstat), which other load on the machine does
+//! not change the way it changes a rate.
 
+use anyhow::Context;
 use serde_json::json;
 use setgate_testkit::config::{Check, Config, Limits, Listener, Pool, Routing};
 use setgate_testkit::{amqp, Node, Setgate};
@@ -24,6 +28,10 @@ pub struct Args {
     /// Clients at once in the parallel case.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
+    /// Leave out the vhost limits (no frame-by-frame read up to Connection.Open), to see what
+    /// they cost apart from the rest.
+    #[arg(long)]
+    without_vhost: bool,
     /// The setgate binary (default: next to this one, i.e. target/release/setgate).
     #[arg(long)]
     setgate: Option<PathBuf>,
@@ -36,12 +44,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("starting a RabbitMQ node...");
     let node = Node::start().await?;
     // High enough never to refuse: the cost of checking, not of refusing.
-    let limits = Limits::new()
+    let mut limits = Limits::new()
         .user_maxconn(100_000)
         .user_rate(1_000_000)
-        .vhost_maxconn(100_000)
-        .vhost_rate(1_000_000)
         .source_rate(1_000_000);
+    if !args.without_vhost {
+        limits = limits.vhost_maxconn(100_000).vhost_rate(1_000_000);
+    }
     let cfg = Config::new()
         .listener(Listener::set("off"))
         .listener(Listener::set("on").rate_limit(1_000_000).limits(limits))
@@ -62,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for (_, port) in &paths {
         setup(&uri(*port), 100, 1).await?;
     }
+    let pid = sg.pid().context("setgate has no pid")?;
     let mut results: Vec<(&str, &str, Vec<f64>)> = Vec::new();
     for run in 0..args.runs {
         eprintln!("run {}/{}", run + 1, args.runs);
@@ -71,10 +81,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("parallel_setup_per_s", args.parallel),
         ] {
             for (name, port) in &paths {
+                let cpu_before = cpu_ns(pid)?;
                 let rate = setup(&uri(*port), args.connections, parallel).await?;
-                match results.iter_mut().find(|r| r.0 == case && r.1 == *name) {
-                    Some(r) => r.2.push(rate),
-                    None => results.push((case, name, vec![rate])),
+                let cpu_us = (cpu_ns(pid)? - cpu_before) as f64 / 1e3 / args.connections as f64;
+                let mut record =
+                    |case, v| match results.iter_mut().find(|r| r.0 == case && r.1 == *name) {
+                        Some(r) => r.2.push(v),
+                        None => results.push((case, name, vec![v])),
+                    };
+                record(case, rate);
+                if parallel == 1 {
+                    record("setgate_cpu_us_per_connection", cpu_us);
                 }
             }
         }
@@ -88,8 +105,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let m = median(runs);
         println!(
             "{}",
-            json!({"bench": "limits", "case": case, "path": path, "median": m.round(),
-                   "runs": runs.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            json!({"bench": "limits", "case": case, "path": path, "median": (m * 10.0).round() / 10.0,
+                   "runs": runs.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>(),
                    "vs_off": (m / off * 1000.0).round() / 1000.0})
         );
     }
@@ -111,6 +128,20 @@ async fn setup(uri: &str, n: usize, parallel: usize) -> anyhow::Result<f64> {
         r?;
     }
     Ok((per * parallel.max(1)) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// CPU time of every thread of `pid` so far, in nanoseconds.
+fn cpu_ns(pid: i32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 fn median(v: &[f64]) -> f64 {
