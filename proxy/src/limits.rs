@@ -29,6 +29,42 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::info;
 
+/// The limits of a listener for `setgate check`'s summary: `", rate_limit 500/s, limits:
+/// user_maxconn 50, ..., 1 override"`, or nothing when it has none.
+pub fn describe(l: &crate::config::ListenerConfig) -> String {
+    let mut out = String::new();
+    if let Some(r) = l.rate_limit {
+        out.push_str(&format!(", rate_limit {r}/s"));
+    }
+    let Some(limits) = &l.limits else {
+        return out;
+    };
+    let mut parts = Vec::new();
+    for (name, v, unit) in [
+        ("user_maxconn", limits.user_maxconn, ""),
+        ("user_rate", limits.user_rate, "/s"),
+        ("vhost_maxconn", limits.vhost_maxconn, ""),
+        ("vhost_rate", limits.vhost_rate, "/s"),
+        ("source_rate", limits.source_rate, "/s"),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name} {v}{unit}"));
+        }
+    }
+    if !limits.overrides.is_empty() {
+        let n = limits.overrides.len();
+        parts.push(format!(
+            "{n} user override{}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    if !limits.enforce {
+        parts.push("counting only (enforce = false)".into());
+    }
+    out.push_str(&format!(", limits: {}", parts.join(", ")));
+    out
+}
+
 /// The reply code RabbitMQ itself uses when a user or vhost connection limit is reached.
 pub(crate) const NOT_ALLOWED: u16 = 530;
 
