@@ -231,7 +231,7 @@ async fn user_maxconn_admits_exactly_the_limit_and_enforce_false_only_counts() -
 }
 
 #[tokio::test]
-async fn vhost_and_source_limits_refuse_with_the_limit_named() -> anyhow::Result<()> {
+async fn vhost_source_and_user_rate_limits_refuse_with_the_limit_named() -> anyhow::Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
     let n = node().await;
     let cfg = config(
@@ -303,6 +303,22 @@ async fn vhost_and_source_limits_refuse_with_the_limit_named() -> anyhow::Result
     );
     assert_eq!(refusals(&sg, "source_rate").await?, (5, 0));
     close_all(ok).await;
+    drop(sg);
+
+    // user_rate: 6 clients of one user at once against 3 a second; another user is not affected.
+    let cfg = config(n, Listener::set("amqp").limits(Limits::new().user_rate(3)));
+    let (sg, port) = start(&cfg).await?;
+    let (ok, refused) = storm("u3", port, "%2f", 6).await;
+    assert_eq!((ok.len(), refused.len()), (3, 3), "{refused:?}");
+    assert!(
+        refused[0].contains("setgate: user u3 opens more than 3 connections a second, the limit"),
+        "{refused:?}"
+    );
+    let (other, none) = storm("u5", port, "%2f", 3).await;
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(refusals(&sg, "user_rate").await?, (3, 0));
+    close_all(ok).await;
+    close_all(other).await;
     Ok(())
 }
 
