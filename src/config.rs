@@ -161,8 +161,12 @@ impl Config {
         }
         if let (Some(r), Some(router)) = (&self.routing, router) {
             {
+                let reroute = r
+                    .reroute
+                    .map(|x| format!(", reroute over {:?}", x.window))
+                    .unwrap_or_default();
                 line(format!(
-                    "routing: {} by {}, {} SETs, default pool {}, {} overrides, fingerprint {}",
+                    "routing: {} by {}, {} SETs, default pool {}, {} overrides{reroute}, fingerprint {}",
                     router.strategy(),
                     router.key_source(),
                     router.sets().len(),

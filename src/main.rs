@@ -1,10 +1,12 @@
 //! setgate: the network edge of a multi-datacenter RabbitMQ deployment.
 //!
-//! This file stays thin: parse arguments, then hand over to `check`, `route` or `run`.
+//! This file stays thin: parse arguments, then hand over to `check`, `route` (`route_diff`) or
+//! `run`.
 
 mod config;
 mod load;
 mod reload;
+mod route_diff;
 mod run;
 mod shovel;
 
@@ -44,16 +46,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Print, per key, the SET, the reason (override/hash/bucket/default) and the pool.
+    /// Print, per key, the SET, the reason (override/hash/bucket/default) and the pool; or,
+    /// with --diff OLD NEW, what a new routing table moves.
     Route {
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Print one JSON object per key instead of a table.
+        #[arg(long, short, required_unless_present = "diff", conflicts_with = "diff")]
+        config: Option<PathBuf>,
+        /// Compare two config files: the share of keys, the buckets, the overrides and the
+        /// listed keys that change SET.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        diff: Option<Vec<PathBuf>>,
+        /// With --diff: a file of keys, one per line, to check one by one.
+        #[arg(long, requires = "diff")]
+        keys: Option<PathBuf>,
+        /// Print JSON (one object per key; with --diff, one document) instead of a table.
         #[arg(long)]
         json: bool,
         /// User ids (or client property values) to route.
-        #[arg(required = true)]
-        keys: Vec<String>,
+        #[arg(required_unless_present = "diff")]
+        key: Vec<String>,
     },
     /// Move the messages a queue holds now to another queue or exchange (e.g. replay a
     /// dead-letter queue), at-least-once; prints how many.
@@ -81,7 +91,20 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Route { config, json, keys } => route(&config, json, &keys),
+        Command::Route {
+            diff: Some(files),
+            keys,
+            json,
+            key,
+            ..
+        } => route_diff::run(&files[0], &files[1], keys.as_deref(), &key, json),
+        Command::Route {
+            config, json, key, ..
+        } => route(
+            &config.expect("clap requires --config without --diff"),
+            json,
+            &key,
+        ),
         Command::Shovel {
             from,
             queue,

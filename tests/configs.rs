@@ -80,6 +80,8 @@ fn every_example_config_passes_check_and_broken_ones_fail_with_their_own_message
         (format!("{base_listener}limits = {{ user_maxcon = 5 }}\n{base_pool}"), "unknown field `user_maxcon`"),
         (format!("{base_listener}limits = {{ user_maxconn = -1 }}\n{base_pool}"), "user_maxconn"),
         ("".to_string(), "configures nothing to run"),
+        (format!("{base_listener}{base_pool}[routing]\ndefault = \"p\"\nreroute = {{ window = \"0s\" }}\n"), "routing.reroute.window: is 0s"),
+        (format!("{base_listener}{base_pool}[routing]\ndefault = \"p\"\nreroute = {{ window = \"3h\" }}\n"), "routing.reroute.window: is 3h, more than 1h"),
     ];
     let dir = setgate_testkit::unique_dir("broken-configs");
     for (i, (text, expected)) in cases.iter().enumerate() {

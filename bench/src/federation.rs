@@ -14,34 +14,21 @@
 //!
 //! Latency is the downstream arrival time minus the publish time carried in a header.
 
-mod measure;
 mod setup;
 
-use measure::{median, publish, purge, ratio, through, Acks, Load, Measured};
+use crate::cpu::Cpu;
+use crate::measure::{median, publish, purge, ratio, through, Acks, Load, Measured, Throughput};
 use serde_json::json;
 use setgate_testkit::fed::{declare_bound_queue, declare_exchange};
 use setgate_testkit::{Node, NodeOptions};
-use setup::{start_plugin, start_setgate, Cpu};
+use setup::{start_plugin, start_setgate};
 use std::path::PathBuf;
 
 /// Options.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Messages per throughput run.
-    #[arg(long, default_value_t = 50_000)]
-    pub messages: u64,
-    /// Runs per case (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Message body size in bytes.
-    #[arg(long, default_value_t = 128)]
-    pub body_size: usize,
-    /// Unconfirmed publishes the publisher keeps in flight.
-    #[arg(long, default_value_t = 1000)]
-    pub window: usize,
-    /// prefetch_count of setgate's link and of the plugin's upstream.
-    #[arg(long, default_value_t = 1000)]
-    pub prefetch: u32,
+    #[command(flatten)]
+    pub common: Throughput,
     /// Rate (msg/s) of the paced latency runs.
     #[arg(long, default_value_t = 1000.0)]
     pub paced_rate: f64,
@@ -79,54 +66,50 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     declare_bound_queue(&du, "bench.setgate.sink", SG_X).await?;
     declare_bound_queue(&du, "bench.plugin.sink", PLUGIN_X).await?;
     if !args.skip_plugin {
-        start_plugin(&src, &dst, PLUGIN_X, args.prefetch).await?;
+        start_plugin(&src, &dst, PLUGIN_X, args.common.prefetch).await?;
     }
 
-    let load = Load {
-        messages: args.messages,
-        body_size: args.body_size,
-        window: args.window,
-        rate: None,
-    };
+    let load = args.common.load();
     let (mut source, mut drained, mut setgate, mut plugin) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for run in 1..=args.runs {
-        let cpu = Cpu::sample(None, &src, &dst);
+    let nodes = [("source_node", &src), ("downstream_node", &dst)];
+    for run in 1..=args.common.runs {
+        let cpu = Cpu::sample(None, &nodes);
         let rate = publish(&su, SOURCE_X, load).await?;
         eprintln!(
             "run {run}: source {rate:.0} msg/s; cpu s {}",
-            cpu.since(None, &src, &dst)
+            cpu.since(None, &nodes)
         );
         source.push(rate);
         purge(&su, "bench.source.q").await?;
 
-        let cpu = Cpu::sample(None, &src, &dst);
+        let cpu = Cpu::sample(None, &nodes);
         let m = through(&su, SOURCE_X, &su, "bench.source.q", load, Acks::Batched).await?;
         eprintln!(
             "run {run}: source-drained {:.0} msg/s; cpu s {}",
             m.rate,
-            cpu.since(None, &src, &dst)
+            cpu.since(None, &nodes)
         );
         drained.push(m.rate);
 
-        let sg = start_setgate(&bin, &su, &du, SG_X, args.prefetch).await?;
-        let cpu = Cpu::sample(Some(&sg), &src, &dst);
+        let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
+        let cpu = Cpu::sample(Some(&sg), &nodes);
         let m = through(&su, SG_X, &du, "bench.setgate.sink", load, Acks::Auto).await?;
         eprintln!(
             "run {run}: setgate {} ; cpu s {}",
             show(&m),
-            cpu.since(Some(&sg), &src, &dst)
+            cpu.since(Some(&sg), &nodes)
         );
         setgate.push(m);
         drop(sg);
 
         if !args.skip_plugin {
-            let cpu = Cpu::sample(None, &src, &dst);
+            let cpu = Cpu::sample(None, &nodes);
             let m = through(&su, PLUGIN_X, &du, "bench.plugin.sink", load, Acks::Auto).await?;
             eprintln!(
                 "run {run}: plugin {} ; cpu s {}",
                 show(&m),
-                cpu.since(None, &src, &dst)
+                cpu.since(None, &nodes)
             );
             plugin.push(m);
         }
@@ -137,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: Some(args.paced_rate),
         ..load
     };
-    let sg = start_setgate(&bin, &su, &du, SG_X, args.prefetch).await?;
+    let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
     let sg_paced = through(&su, SG_X, &du, "bench.setgate.sink", paced, Acks::Auto).await?;
     drop(sg);
     let plugin_paced = match args.skip_plugin {
@@ -150,8 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let plugin_med = (!plugin.is_empty()).then(|| median(plugin.iter().map(|m| m.rate).collect()));
     let rounded = |v: &[f64]| v.iter().map(|r| r.round()).collect::<Vec<_>>();
     let rates = |v: &[Measured]| v.iter().map(|m| m.rate.round()).collect::<Vec<_>>();
-    let common =
-        json!({"messages": args.messages, "body_size": args.body_size, "persistent": true});
+    let common = json!({"messages": args.common.messages, "body_size": args.common.body_size, "persistent": true});
     line(
         "source",
         json!({"runs_msg_s": rounded(&source), "median_msg_s": source_med.round(), "load": common}),
@@ -166,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     line(
         "setgate",
         json!({
-            "ack_mode": "on-confirm", "prefetch": args.prefetch,
+            "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
             "runs_msg_s": rates(&setgate), "median_msg_s": sg_med.round(),
             "p50_ms": median(setgate.iter().map(|m| m.p50_ms).collect()),
             "p99_ms": median(setgate.iter().map(|m| m.p99_ms).collect()),
@@ -180,7 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         line(
             "plugin",
             json!({
-                "ack_mode": "on-confirm", "prefetch": args.prefetch,
+                "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
                 "runs_msg_s": rates(&plugin), "median_msg_s": p.round(),
                 "p50_ms": median(plugin.iter().map(|m| m.p50_ms).collect()),
                 "p99_ms": median(plugin.iter().map(|m| m.p99_ms).collect()),
@@ -205,8 +187,5 @@ fn show(m: &Measured) -> String {
 }
 
 fn line(case: &str, result: serde_json::Value) {
-    println!(
-        "{}",
-        json!({"bench": "federation", "case": case, "result": result})
-    );
+    crate::measure::line("federation", case, result);
 }

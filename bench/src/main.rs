@@ -2,14 +2,18 @@
 //!
 //! `setgate-bench proxy`      — setgate vs direct vs HAProxy (throughput, latency, setup rate, RSS)
 //! `setgate-bench federation` — setgate's federation vs RabbitMQ's federation plugin
+//! `setgate-bench shovel`     — setgate's shovel vs RabbitMQ's shovel plugin; SET-routed vs plain
 //! `setgate-bench vrrp`       — VRRP takeover times, setgate vs Keepalived
 //! `setgate-bench chaos`      — a random mix of real faults; lost must be 0
 //! `setgate-bench limits`     — connection setup rate with connection limits on vs off
 
 mod chaos;
+mod cpu;
 mod federation;
 mod limits;
+mod measure;
 mod proxy;
+mod shovel;
 mod vrrp;
 
 use anyhow::Context;
@@ -26,6 +30,8 @@ enum Bench {
     Proxy(proxy::Args),
     /// Federation: setgate vs the RabbitMQ federation plugin.
     Federation(federation::Args),
+    /// Shovel: setgate vs the RabbitMQ shovel plugin; SET-routed vs plain.
+    Shovel(shovel::Args),
     /// VRRP takeover times: setgate vs Keepalived.
     Vrrp(vrrp::Args),
     /// Chaos: two datacenters under random real faults; lost must be 0.
@@ -39,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     match Bench::parse() {
         Bench::Proxy(a) => proxy::run(a).await,
         Bench::Federation(a) => federation::run(a).await,
+        Bench::Shovel(a) => shovel::run(a).await,
         Bench::Vrrp(a) => vrrp::run(a).await,
         Bench::Chaos(a) => chaos::run(a).await,
         Bench::Limits(a) => limits::run(a).await,

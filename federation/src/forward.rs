@@ -177,6 +177,7 @@ impl Forwarder {
         if self.limit == Some(0) {
             return Ok(Ended::Completed);
         }
+        self.refresh_hold_depths().await;
         let mut depth_tick = tokio::time::interval(DEPTH_INTERVAL);
         depth_tick.tick().await; // the first tick is immediate; the queue was just declared
         let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
@@ -892,7 +893,35 @@ impl Forwarder {
             run.consumers = q.consumer_count();
             run.depth_at = Instant::now();
         }
+        self.refresh_hold_depths().await;
         Ok(())
+    }
+
+    /// A routed flow reads its hold queues' depths too: they are on its upstream, while the
+    /// flows that release them cannot look while their SET is down (they connect to it first).
+    async fn refresh_hold_depths(&self) {
+        let Downstream::Sets { hold_prefix, .. } = &self.spec.downstream else {
+            return;
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        for o in &self.outlets.0 {
+            let Some(stats) = &o.stats else { continue };
+            let queue = hold_queue(hold_prefix, &o.name);
+            let declare = self.depth_channel.queue_declare(
+                queue.as_str().into(),
+                passive,
+                FieldTable::default(),
+            );
+            // Best effort, for the status: a slow answer is the depth request's to judge.
+            if let Ok(Ok(q)) = tokio::time::timeout(LIVENESS_CHECK, declare).await {
+                stats
+                    .hold_depth
+                    .store(u64::from(q.message_count()), Relaxed);
+            }
+        }
     }
 }
 

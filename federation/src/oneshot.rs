@@ -5,7 +5,7 @@
 
 use crate::config::AckMode;
 use crate::flow::{FlowHandle, OnError};
-use crate::plan::{plans, MessagingConfig};
+use crate::plan::{plans, MessagingConfig, Source};
 use crate::shovel::{DeleteAfter, DestinationConfig, ShovelConfig, SourceConfig};
 use crate::uri::AmqpUri;
 use std::sync::atomic::Ordering::Relaxed;
@@ -86,11 +86,15 @@ impl OneShot {
             shovels: vec![self.config()],
             ..Default::default()
         };
-        let flow = plans(&cfg)
+        let mut flow = plans(&cfg)
             .into_iter()
             .flat_map(|p| p.flows)
             .next()
             .expect("a plain shovel has one flow");
+        // A typo in --queue must fail, not create an empty queue and move nothing.
+        if let Source::Existing { declare, .. } = &mut flow.source {
+            *declare = false;
+        }
         let handle = FlowHandle::spawn(flow, OnError::GiveUp);
         let status = handle.status.clone();
         let result = handle.finished().await;

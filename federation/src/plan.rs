@@ -71,8 +71,10 @@ pub(crate) enum Source {
         binding_keys: Vec<String>,
         hold: bool,
     },
-    /// A queue that must exist (a shovel's queue source).
-    Existing { queue: String },
+    /// A queue of the user's (a shovel's queue source). With `declare`, a missing one is
+    /// declared durable, as the shovel plugin does; without (the one-shot command), a missing
+    /// queue is an error: a typo must not create a queue.
+    Existing { queue: String, declare: bool },
 }
 
 /// Where a flow publishes.
@@ -137,7 +139,7 @@ impl FlowSpec {
     /// The queue the flow consumes.
     pub fn queue_name(&self) -> String {
         match &self.source {
-            Source::Own { queue, .. } | Source::Existing { queue } => queue.clone(),
+            Source::Own { queue, .. } | Source::Existing { queue, .. } => queue.clone(),
         }
     }
 
@@ -251,7 +253,13 @@ fn shovel_plan(cfg: &MessagingConfig, s: &ShovelConfig) -> UnitPlan {
         trust_user_id: false,
     };
     let (source, label) = match (&src.queue, &src.exchange) {
-        (Some(q), _) => (Source::Existing { queue: q.clone() }, q.clone()),
+        (Some(q), _) => (
+            Source::Existing {
+                queue: q.clone(),
+                declare: true,
+            },
+            q.clone(),
+        ),
         (None, x) => (
             Source::Own {
                 queue: s.own_queue(None),
@@ -626,7 +634,8 @@ mod tests {
         assert_eq!(
             p[0].flows[0].source,
             Source::Existing {
-                queue: "orders.dlq".into()
+                queue: "orders.dlq".into(),
+                declare: true
             }
         );
         assert_eq!(p[0].flows[0].target, Target::Queue("orders".into()));
@@ -689,6 +698,20 @@ mod tests {
                 Change::Keep("shovel plain".into())
             ]
         );
+    }
+
+    #[test]
+    fn turning_reroute_on_restarts_no_routed_unit() {
+        let shovels =
+            "[[shovel]]\nname = \"s\"\nsource = { uris = [\"amqp://c/%2f\"], queue = \"q\" }\n\
+             destination = { route = \"sets\", key = \"routing_key\", exchange = \"x\" }\n";
+        let old = plans(&cfg(&format!("{ROUTING}\n{shovels}")));
+        let rerouting = ROUTING.replace(
+            "sets = [",
+            "reroute = { window = \"30s\" }\n        sets = [",
+        );
+        let new = plans(&cfg(&format!("{rerouting}\n{shovels}")));
+        assert_eq!(diff(&old, &new), vec![Change::Keep("shovel s".into())]);
     }
 
     #[test]

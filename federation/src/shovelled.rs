@@ -28,7 +28,7 @@ impl Shovelled {
         e.insert("shovel-vhost".into(), long(src_vhost));
         e.insert("src-uri".into(), long(src_uri));
         match &spec.source {
-            Source::Existing { queue } => {
+            Source::Existing { queue, .. } => {
                 e.insert("src-queue".into(), long(queue));
             }
             Source::Own {
@@ -149,6 +149,7 @@ mod tests {
             &spec(
                 Source::Existing {
                     queue: "orders.dlq".into(),
+                    declare: true,
                 },
                 Target::Queue("orders".into()),
             ),

@@ -56,14 +56,28 @@ pub(crate) struct Counters {
 }
 
 /// One cluster of a routed destination, as the status shows it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SetStats {
     pub forwarded: AtomicU64,
     /// Parked in the hold queue because the cluster was down.
     pub held: AtomicU64,
     /// Sent to this cluster's failover SET instead.
     pub failed_over: AtomicU64,
+    /// Messages in the cluster's hold queue at the last look (`u64::MAX` before the first).
+    pub hold_depth: AtomicU64,
     down: Mutex<Option<String>>,
+}
+
+impl Default for SetStats {
+    fn default() -> Self {
+        SetStats {
+            forwarded: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            failed_over: AtomicU64::new(0),
+            hold_depth: AtomicU64::new(u64::MAX),
+            down: Mutex::new(None),
+        }
+    }
 }
 
 impl SetStats {
@@ -411,6 +425,11 @@ impl LinkStatus {
                 add(e, "forwarded", &st.forwarded);
                 add(e, "held", &st.held);
                 add(e, "failed_over", &st.failed_over);
+                let depth = st.hold_depth.load(Relaxed);
+                if depth != u64::MAX {
+                    e["held_queue_depth"] =
+                        json!(e["held_queue_depth"].as_u64().unwrap_or(0) + depth);
+                }
                 if let Some(why) = st.down() {
                     e["state"] = json!("down");
                     e["error"] = json!(why);
@@ -422,11 +441,6 @@ impl LinkStatus {
                 if let (Some(e), Some((why, _))) = (sets.get_mut(name), f.problem()) {
                     e["state"] = json!("down");
                     e["error"] = json!(why);
-                }
-                let depth = f.counters.queue_depth.load(Relaxed);
-                if let (Some(e), true) = (sets.get_mut(name), depth != u64::MAX) {
-                    e["held_queue_depth"] =
-                        json!(e["held_queue_depth"].as_u64().unwrap_or(0) + depth);
                 }
             }
         }

@@ -215,7 +215,10 @@ pub(crate) async fn consume_upstream(
             }
             declared
         }
-        Source::Existing { .. } => {
+        Source::Existing { declare, .. } => {
+            if *declare {
+                ensure_queue(conn, Side::Upstream, cluster, &queue).await?;
+            }
             queue_depth(&channel, Side::Upstream, cluster, &queue)
                 .await?
                 .0
@@ -361,13 +364,40 @@ pub(crate) async fn check_target(
             exchange_type(name, &side, false).await.map(|_| ())
         }
         Target::Exchange { .. } => Ok(()),
-        Target::Queue(q) => {
-            let ch = open_channel(conn, Side::Downstream, cluster).await?;
-            queue_depth(&ch, Side::Downstream, cluster, q).await?;
-            let _ = ch.close(200, "OK".into()).await;
-            Ok(())
-        }
+        Target::Queue(q) => ensure_queue(conn, Side::Downstream, cluster, q).await,
     }
+}
+
+/// A queue of the user's that a shovel consumes or publishes to: kept as it is when it exists
+/// (whatever its arguments), declared durable when it does not, as RabbitMQ's shovel plugin
+/// does.
+async fn ensure_queue(
+    conn: &Connection,
+    side: Side,
+    cluster: &str,
+    queue: &str,
+) -> Result<(), LinkError> {
+    // A failed passive declare closes its channel, so each try gets its own.
+    let ch = open_channel(conn, side, cluster).await?;
+    match queue_depth(&ch, side, cluster, queue).await {
+        Ok(_) => {
+            let _ = ch.close(200, "OK".into()).await;
+            return Ok(());
+        }
+        Err(LinkError::QueueMissing { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let ch = open_channel(conn, side, cluster).await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions::durable(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| LinkError::broker(format!("declaring queue \"{queue}\""), side, cluster, &e))?;
+    let _ = ch.close(200, "OK".into()).await;
+    tracing::info!(%side, cluster, queue, "declared the missing queue (durable)");
+    Ok(())
 }
 
 /// Checks that a shovel's source exchange exists (an existing queue is checked as it is

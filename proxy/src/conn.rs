@@ -100,7 +100,7 @@ async fn tcp_mode(
             Err(_) => Err(crate::pool::PickError::Deadline(lst.cfg.handshake_timeout)),
         };
     match connected {
-        Ok(up) => pump(shared, lst, &pool, stream, up).await,
+        Ok(up) => pump(shared, lst, &pool, stream, up, None).await,
         Err(e) => {
             warn!(pool = %pool.pool.cfg.name, error = %e, "closing: no server for this client");
             counter!("setgate_listener_refused_total", "listener" => lst.cfg.name.clone(), "reason" => "no_server").increment(1);

@@ -14,7 +14,9 @@
 //! - [`amqp`]: the AMQP frames setgate speaks itself (via `setgate-amqp`) and the routing key.
 //! - [`upstream`] and [`pool`]: picking a server (`balance`, backups, `maxconn`) and connecting
 //!   with retries.
-//! - [`splice`]: copying bytes both ways without holding buffers while idle.
+//! - [`splice`]: copying bytes both ways without holding buffers while idle (and, for `set`
+//!   connections, stopping between two AMQP frames).
+//! - [`reroute`]: the spliced `set` connections by key and SET; closing those a reload moved.
 //! - [`health`] and [`check`]: the rise/fall state machine and the tcp/amqp/http probes.
 //! - [`admin`], [`status`] and [`status_page`]: the HTTP API, metrics endpoint and status page.
 //! - [`tls`], [`proxy_proto`], [`addr`], [`stream`]: the plumbing.
@@ -34,6 +36,7 @@ pub mod listener;
 pub mod listener_stats;
 pub mod pool;
 pub mod proxy_proto;
+pub mod reroute;
 pub mod runtime;
 mod session;
 mod set_mode;

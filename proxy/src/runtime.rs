@@ -217,6 +217,15 @@ impl Staged<'_> {
         drop(bound);
         spawn_checkers(shared, &snapshot, old);
         publish_routing_info(old, &snapshot);
+        if old.is_none_or(|o| o.cfg.routing != snapshot.cfg.routing) {
+            let window = snapshot
+                .cfg
+                .routing
+                .as_ref()
+                .and_then(|r| r.reroute)
+                .map(|r| r.window);
+            shared.sessions.reroute(snapshot.router.clone(), window);
+        }
     }
 }
 

@@ -7,23 +7,17 @@
 //! client and the broker talk directly, so authentication failures, confirms, heartbeats and
 //! blocked notifications are the broker's own.
 
-use crate::amqp::frame;
 use crate::amqp::handshake;
 use crate::amqp::key::routing_key;
 use crate::pool::PickError;
-use crate::session::{handshake_failed, pump};
+use crate::session::{close_client, handshake_failed, linger_close, pump, CONNECTION_FORCED};
 use crate::shared::{ListenerRuntime, Shared, Snapshot};
 use crate::stream::Stream;
 use crate::upstream::{self, ClientInfo};
 use metrics::{counter, histogram};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-
-/// Reply code for "cannot serve you now, try again": CONNECTION_FORCED.
-const CONNECTION_FORCED: u16 = 320;
 
 pub(crate) async fn serve(
     shared: &Shared,
@@ -117,7 +111,7 @@ pub(crate) async fn serve(
                 counter!("setgate_set_failovers_total", "set" => set_label.clone(), "to" => set.unwrap_or("-").to_string()).increment(1);
             }
             match upstream::connect(&pool, info, Some(&hello.raw)).await {
-                Ok(up) => return Some((up, pool)),
+                Ok(up) => return Some((up, pool, *set)),
                 Err(e) => why.push(e),
             }
         }
@@ -125,7 +119,7 @@ pub(crate) async fn serve(
     };
     let outcome = tokio::time::timeout_at(deadline, attempts).await;
     drop(snap);
-    let (up, pool) = match outcome {
+    let (up, pool, serving) = match outcome {
         Ok(Some(found)) => found,
         failed => {
             if failed.is_err() {
@@ -176,31 +170,9 @@ pub(crate) async fn serve(
     counter!("setgate_set_connections_total", "set" => set_label, "reason" => reason).increment(1);
     histogram!("setgate_handshake_duration_seconds", "listener" => listener.to_string())
         .record(started.elapsed().as_secs_f64());
-    pump(shared, lst, &pool, client, up).await;
-}
-
-/// Sends Connection.Close, then closes gracefully (see [`linger_close`]).
-async fn close_client(client: &mut Stream, code: u16, text: &str) {
-    let sent = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.write_all(&frame::close_frame(code, text)),
-    )
-    .await;
-    if matches!(sent, Ok(Ok(()))) {
-        linger_close(client).await;
-    }
-}
-
-/// Closes our side and reads (and drops) what the client still sends, for at most a second:
-/// closing a socket with unread input sends a reset, which can destroy our last words (a Close, or
-/// the protocol header) before the client reads them.
-async fn linger_close(client: &mut Stream) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        client.flush().await?;
-        client.shutdown().await?;
-        let mut sink = [0u8; 512];
-        while client.read(&mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
+    // Remembered while spliced, so a reload with `reroute` can close it if its user moves.
+    let registered = shared
+        .sessions
+        .register(key.clone(), route.set, serving, &router);
+    pump(shared, lst, &pool, client, up, Some(registered)).await;
 }

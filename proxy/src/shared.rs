@@ -6,6 +6,7 @@
 use crate::config::{ListenerConfig, ProxyConfig};
 use crate::listener_stats::ListenerStats;
 use crate::pool::{ServerState, BROKER_PROPERTIES_VERSION};
+use crate::reroute::Sessions;
 use crate::upstream::PoolRuntime;
 use amq_protocol::types::FieldTable;
 use arc_swap::ArcSwap;
@@ -112,6 +113,9 @@ pub struct Shared {
     pub closing: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The spliced `set` connections by key and SET, for `[routing] reroute`. An `Arc`: a
+    /// reroute's task outlives the reload that started it.
+    pub sessions: Arc<Sessions>,
 }
 
 impl Shared {
@@ -122,6 +126,7 @@ impl Shared {
             stopping: CancellationToken::new(),
             closing: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            sessions: Arc::new(Sessions::default()),
         }
     }
 

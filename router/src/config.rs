@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -38,6 +39,12 @@ pub struct RoutingConfig {
     /// they are not part of the mapping (nor of the fingerprint).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub default_uris: Vec<String>,
+    /// `reroute = { window = "30s" }`: what a reload does to the established connections whose
+    /// key the new table sends to another SET (close them, spread over the window). Opt-in.
+    /// It says what happens to open connections, not where keys go, so it is not part of the
+    /// mapping (nor of the fingerprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reroute: Option<Reroute>,
 }
 
 impl RoutingConfig {
@@ -53,6 +60,7 @@ impl RoutingConfig {
             bucket_map: Vec::new(),
             overrides: BTreeMap::new(),
             default_uris: Vec::new(),
+            reroute: None,
         }
     }
 
@@ -95,6 +103,18 @@ pub struct SetConfig {
 
 fn default_weight() -> u32 {
     1
+}
+
+/// `[routing] reroute`: on a reload that moves keys, close the established connections whose key
+/// now routes to another SET, spread evenly over `window` so the new SET is not hit by a
+/// reconnect storm. The proxy does the closing; the router only carries and checks the setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reroute {
+    /// How long the closes are spread over (`"30s"`); more than 0, at most
+    /// [`MAX_REROUTE_WINDOW`](crate::MAX_REROUTE_WINDOW).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
 }
 
 /// One entry of `bucket_map`: a range of buckets and the SET that owns them.

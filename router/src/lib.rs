@@ -13,6 +13,7 @@
 //! - `ring` — the consistent-hash ring of virtual nodes.
 //! - `buckets` — the buckets strategy ([`bucket_of`]) and bucket-map checks.
 //! - `set` — [`Set`]: one SET as the router sees it.
+//! - `moves` — [`moves`]: what a new table moves (share, buckets, overrides, listed keys).
 //! - `fingerprint` — the canonical form behind [`Router::fingerprint`].
 //! - `error` — [`ConfigError`].
 //!
@@ -48,16 +49,19 @@ mod config;
 mod error;
 mod fingerprint;
 mod hash;
+mod moves;
 mod ring;
 mod router;
 mod set;
 mod validate;
 
 pub use buckets::bucket_of;
-pub use config::{BucketRange, KeySource, RoutingConfig, SetConfig, Strategy};
+pub use config::{BucketRange, KeySource, Reroute, RoutingConfig, SetConfig, Strategy};
 pub use error::ConfigError;
 pub use fingerprint::CONTRACT_VERSION;
 pub use hash::key_hash;
+pub use moves::{moves, BucketMove, Flow, KeyMove, Moves, OverrideChange, PoolChange, SAMPLE_KEYS};
 pub use ring::{MAX_TOTAL_WEIGHT, VNODES_PER_WEIGHT};
 pub use router::{Reason, Route, Router};
 pub use set::Set;
+pub use validate::MAX_REROUTE_WINDOW;

@@ -67,6 +67,18 @@ impl Ring {
         self.owners.get(i).copied()
     }
 
+    /// The virtual-node points, ascending.
+    pub(crate) fn points(&self) -> &[u64] {
+        &self.points
+    }
+
+    /// The owner of the virtual node at `index` of [`Ring::points`], wrapping past the end to
+    /// the first (as a lookup does); `None` when the ring is empty.
+    pub(crate) fn owner_at(&self, index: usize) -> Option<u32> {
+        let i = if index >= self.owners.len() { 0 } else { index };
+        self.owners.get(i).copied()
+    }
+
     /// Number of virtual nodes.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -80,6 +80,12 @@ impl Reason {
     }
 }
 
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -238,6 +244,28 @@ impl Router {
         }
     }
 
+    /// The consistent-hash ring, when that is the strategy (for [`crate::moves`]).
+    pub(crate) fn ring(&self) -> Option<&Ring> {
+        match &self.table {
+            Table::Ring(ring) => Some(ring),
+            Table::Buckets(_) => None,
+        }
+    }
+
+    /// The bucket ranges as (first, last, SET name), ascending, when the strategy is buckets
+    /// (for [`crate::moves`]).
+    pub(crate) fn bucket_ranges(&self) -> Option<Vec<(u32, u32, &str)>> {
+        match &self.table {
+            Table::Buckets(table) => Some(
+                table
+                    .ranges()
+                    .map(|(first, last, owner)| (first, last, self.sets[owner as usize].name()))
+                    .collect(),
+            ),
+            Table::Ring(_) => None,
+        }
+    }
+
     /// The config this router was built from, as given.
     pub fn config(&self) -> &RoutingConfig {
         &self.config
@@ -252,13 +280,7 @@ impl Router {
     /// The normalized routing table as text, the input of [`Router::fingerprint`]; see
     /// ROUTING.md for its exact form. Useful to diff two edges whose fingerprints differ.
     pub fn canonical_form(&self) -> String {
-        let ranges: Vec<(u32, u32, &str)> = match &self.table {
-            Table::Buckets(table) => table
-                .ranges()
-                .map(|(first, last, owner)| (first, last, self.sets[owner as usize].name()))
-                .collect(),
-            Table::Ring(_) => Vec::new(),
-        };
+        let ranges = self.bucket_ranges().unwrap_or_default();
         fingerprint::canonical(&fingerprint::Table {
             key: &self.config.key,
             strategy: self.config.strategy,

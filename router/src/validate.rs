@@ -9,6 +9,11 @@ use std::collections::BTreeMap;
 use crate::config::{KeySource, RoutingConfig, Strategy};
 use crate::error::ConfigError;
 use crate::ring::{MAX_TOTAL_WEIGHT, VNODES_PER_WEIGHT};
+use std::time::Duration;
+
+/// The longest `routing.reroute.window`: past an hour, moved users would sit on their old SET
+/// longer than any migration should take.
+pub const MAX_REROUTE_WINDOW: Duration = Duration::from_secs(3600);
 
 /// The SET names of a config, for resolving references and for "name one of ..." hints.
 pub(crate) struct SetNames<'a> {
@@ -128,6 +133,25 @@ pub(crate) fn check<'a>(cfg: &'a RoutingConfig, errors: &mut Vec<ConfigError>) -
                 "routing.sets",
                 format!(
                     "the weights add up to {total}, more than {MAX_TOTAL_WEIGHT} (each unit of weight is {VNODES_PER_WEIGHT} points on the ring); weights are relative, so divide them by a common factor"
+                ),
+            ));
+        }
+    }
+
+    if let Some(reroute) = &cfg.reroute {
+        let window = reroute.window;
+        if window.is_zero() {
+            errors.push(ConfigError::new(
+                "routing.reroute.window",
+                "is 0s; give the time over which the moved connections are closed, e.g. \"30s\" (or remove reroute to leave them open)",
+            ));
+        } else if window > MAX_REROUTE_WINDOW {
+            errors.push(ConfigError::new(
+                "routing.reroute.window",
+                format!(
+                    "is {}, more than {}; moved clients would stay on their old SET that long; use a shorter window (e.g. \"30s\")",
+                    humantime_serde::re::humantime::format_duration(window),
+                    humantime_serde::re::humantime::format_duration(MAX_REROUTE_WINDOW)
                 ),
             ));
         }

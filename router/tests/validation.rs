@@ -284,3 +284,33 @@ fn bucket_map_naming_unknown_sets() {
         ["routing.bucket_map[1].set: SET \"set-z\" is not defined; name one of set-a, set-b"]
     );
 }
+
+#[test]
+fn reroute_window_is_checked_and_stays_out_of_the_fingerprint() {
+    assert_eq!(
+        errors(&with_sets("reroute = { window = \"0s\" }")),
+        ["routing.reroute.window: is 0s; give the time over which the moved connections are closed, e.g. \"30s\" (or remove reroute to leave them open)"]
+    );
+    assert_eq!(
+        errors(&with_sets("reroute = { window = \"2h\" }")),
+        ["routing.reroute.window: is 2h, more than 1h; moved clients would stay on their old SET that long; use a shorter window (e.g. \"30s\")"]
+    );
+    let with = common::router(&with_sets("reroute = { window = \"30s\" }"));
+    assert_eq!(
+        with.config().reroute.map(|r| r.window),
+        Some(std::time::Duration::from_secs(30))
+    );
+    let without = common::router(&with_sets(""));
+    assert_eq!(with.fingerprint(), without.fingerprint());
+    // A typo in the table, or a window that is not a duration, is refused by the parser.
+    for bad in [
+        "reroute = { windw = \"30s\" }",
+        "reroute = { window = \"soon\" }",
+        "reroute = {}",
+    ] {
+        assert!(
+            toml::from_str::<RoutingConfig>(&with_sets(bad)).is_err(),
+            "{bad}"
+        );
+    }
+}

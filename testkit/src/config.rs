@@ -679,6 +679,14 @@ impl Routing {
         self
     }
 
+    /// `reroute = { window }`: a reload closes the connections whose user moved, over `window`.
+    pub fn reroute(mut self, window: &str) -> Self {
+        let mut e = Entries::default();
+        e.set("window", window);
+        self.entries.set("reroute", e.table());
+        self
+    }
+
     /// `key`: username | client_property:NAME.
     pub fn key(mut self, key: &str) -> Self {
         self.entries.set("key", key);

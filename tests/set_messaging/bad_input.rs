@@ -63,10 +63,31 @@ async fn a_missing_destination_exchange_is_reported_retried_and_nothing_is_acked
         "the source queue must keep every message while none can be delivered"
     );
 
-    // Once the exchange exists, everything arrives.
-    declare_exchange(&c.a.amqp_uri(), missing, "topic").await?;
-    declare_bound_queue(&c.a.amqp_uri(), "t5m.sink", missing).await?;
+    // Once the exchange exists, everything arrives. It is declared with an alternate exchange
+    // the sink is already bound to, so it routes to the sink from its first moment: a queue
+    // bound after the declare could miss what the shovel publishes in between.
+    declare_exchange(&c.a.amqp_uri(), "t5m.ae", "fanout").await?;
+    declare_bound_queue(&c.a.amqp_uri(), "t5m.sink", "t5m.ae").await?;
     let sink = Collector::start(&c.a.amqp_uri(), "t5m.sink");
+    let conn = setgate_testkit::amqp::connect(&c.a.amqp_uri()).await?;
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "alternate-exchange".into(),
+        lapin::types::AMQPValue::LongString("t5m.ae".into()),
+    );
+    conn.create_channel()
+        .await?
+        .exchange_declare(
+            missing.into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    let _ = conn.close(200, "OK".into()).await;
     let lost = sink.wait_for(&confirmed, Duration::from_secs(60)).await;
     Tally::of(&confirmed, &sink.received()).print("missing exchange, then declared");
     assert!(

@@ -11,6 +11,7 @@
 mod common;
 
 mod bad_input;
+mod control;
 mod global_data;
 mod oneshot;
 mod routing;

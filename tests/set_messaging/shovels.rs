@@ -91,6 +91,58 @@ async fn delete_after_queue_length_moves_exactly_what_was_there_then_completes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_after_n_moves_n_messages_into_a_destination_queue_then_completes(
+) -> anyhow::Result<()> {
+    let s = steady().await;
+    let c = &s.clusters;
+    let (entry, src, dest) = ("t4n.in", "t4n.src", "t4n.dest");
+    declare_exchange(&c.center.amqp_uri(), entry, "topic").await?;
+    declare_bound_queue(&c.center.amqp_uri(), src, entry).await?;
+    let published = publish(&c.center.amqp_uri(), 0..50, &PublishOptions::new(entry)).await?;
+    assert_eq!(published.len(), 50);
+    // The destination queue does not exist yet: a queue destination declares it, as the
+    // plugin does (a passive declare, then a durable declare when it is missing: `ensure_queue`
+    // for `dest-queue` in the plugin's rabbit_shovel_parameters.erl).
+    let cfg = Config::new().shutdown_grace("2s").shovel(
+        Shovel::new(
+            "t4n",
+            Source::queue(&[c.center.amqp_uri()], src),
+            Destination::queue(&[c.a.amqp_uri()], dest),
+        )
+        .delete_after_messages(20),
+    );
+    let sg = Setgate::start(BIN, &cfg).await?;
+    let st = wait_shovel_state(&sg, "t4n", "completed").await?;
+    assert_eq!(st["moved"], 20, "delete_after = 20 moves 20 messages: {st}");
+    assert_eq!(st["delete_after"], 20, "{st}");
+    let sink = Collector::start(&c.a.amqp_uri(), dest);
+    let first: BTreeSet<u64> = (0..20).collect();
+    let missing = sink.wait_for(&first, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "the first 20 messages should be in {dest}: missing {missing:?}"
+    );
+    wait_until(
+        "the source queue to keep the other 30, unconsumed",
+        Duration::from_secs(15),
+        || async {
+            let q = queue_info(&c.center, src).await.ok()??;
+            (q["messages"].as_u64() == Some(30) && q["consumers"].as_u64() == Some(0)).then_some(())
+        },
+    )
+    .await?;
+    let got = sink.received();
+    Tally::of(&first, &got).print("delete_after 20 into a queue");
+    let extra: Vec<u64> = got.iter().map(|r| r.id).filter(|id| *id >= 20).collect();
+    assert!(extra.is_empty(), "moved more than 20: {extra:?}");
+    assert!(
+        got.iter().all(|r| r.routing_key == dest),
+        "a queue destination is published to by the queue's name"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exchange_source_declares_its_own_queue_bound_with_the_binding_keys(
 ) -> anyhow::Result<()> {
     let s = steady().await;
