@@ -137,8 +137,11 @@ impl Config {
                 None => "",
             };
             line(format!(
-                "listener {}: {} ({target}{tls}, maxconn {})",
-                l.name, l.bind, l.maxconn
+                "listener {}: {} ({target}{tls}, maxconn {}{})",
+                l.name,
+                l.bind,
+                l.maxconn,
+                setgate_proxy::limits::describe(l)
             ));
         }
         for p in &self.pool {

@@ -5,10 +5,12 @@
 //! `setgate-bench shovel`     — setgate's shovel vs RabbitMQ's shovel plugin; SET-routed vs plain
 //! `setgate-bench vrrp`       — VRRP takeover times, setgate vs Keepalived
 //! `setgate-bench chaos`      — a random mix of real faults; lost must be 0
+//! `setgate-bench limits`     — connection setup rate with connection limits on vs off
 
 mod chaos;
 mod cpu;
 mod federation;
+mod limits;
 mod measure;
 mod proxy;
 mod shovel;
@@ -34,6 +36,8 @@ enum Bench {
     Vrrp(vrrp::Args),
     /// Chaos: two datacenters under random real faults; lost must be 0.
     Chaos(chaos::Args),
+    /// Connection limits: setup rate through a set listener with limits on vs off.
+    Limits(limits::Args),
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Shovel(a) => shovel::run(a).await,
         Bench::Vrrp(a) => vrrp::run(a).await,
         Bench::Chaos(a) => chaos::run(a).await,
+        Bench::Limits(a) => limits::run(a).await,
     }
 }
 

@@ -76,6 +76,58 @@ pub struct ListenerConfig {
     /// VRRP may move here later. Set automatically for addresses in `[vrrp] vip`.
     #[serde(default)]
     pub freebind: bool,
+    /// New connections accepted per second (HAProxy's `rate-limit sessions`): above it the accept
+    /// loop waits, and new clients wait in the kernel's accept queue (up to `backlog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// Length of the kernel's accept queue (HAProxy's `backlog`; the kernel caps it at
+    /// `net.core.somaxconn`): how many clients may wait while the listener is at `maxconn` or
+    /// `rate_limit`; beyond it the kernel turns new clients away.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// `set` listeners: connection limits per user, per vhost and per source address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `limits = { ... }` of a `set` listener. Rates are new connections per second with one second
+/// of burst (token buckets); counts are connections open through this listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most connections open at once per SASL user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_maxconn: Option<u32>,
+    /// Most new connections per second per SASL user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_rate: Option<u32>,
+    /// Most connections open at once per virtual host (from Connection.Open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_maxconn: Option<u32>,
+    /// Most new connections per second per virtual host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_rate: Option<u32>,
+    /// Most new connections per second per client IP address, counted on arrival.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_rate: Option<u32>,
+    /// `false`: count and log what would be refused, refuse nothing.
+    #[serde(default = "default_enforce")]
+    pub enforce: bool,
+    /// Per-user limits that replace `user_maxconn` / `user_rate` for that user.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub overrides: std::collections::BTreeMap<String, UserLimits>,
+}
+
+/// One user's entry in `limits.overrides`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserLimits {
+    /// Replaces `user_maxconn` for this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxconn: Option<u32>,
+    /// Replaces `user_rate` for this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
 }
 
 /// TLS terminated by a listener.
@@ -284,6 +336,12 @@ impl Serialize for Secret {
 
 fn default_listener_maxconn() -> usize {
     20_000
+}
+fn default_backlog() -> u32 {
+    4096
+}
+fn default_enforce() -> bool {
+    true
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)

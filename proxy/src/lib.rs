@@ -7,7 +7,8 @@
 //!   [`diff()`](diff::diff): what a reload changes, pure.
 //! - [`shared`]: the snapshot in use and the shutdown signals, read by everything below.
 //! - [`runtime`]: [`Proxy`] — start, stage + commit a reload, readiness, drain.
-//! - [`listener`] and [`listener_stats`]: bound sockets, accept loops, `maxconn`.
+//! - [`listener`] and [`listener_stats`]: bound sockets, accept loops, `maxconn`; [`limits`]:
+//!   `rate_limit` and a `set` listener's per-user, per-vhost and per-source limits.
 //! - `conn`: one connection: PROXY header, TLS, then `tcp` mode or `set_mode`; `session`: the
 //!   splice that both end in.
 //! - [`amqp`]: the AMQP frames setgate speaks itself (via `setgate-amqp`) and the routing key.
@@ -29,6 +30,8 @@ pub mod config;
 mod conn;
 pub mod diff;
 pub mod health;
+pub mod limit_state;
+pub mod limits;
 pub mod listener;
 pub mod listener_stats;
 pub mod pool;
@@ -45,6 +48,7 @@ pub mod stream;
 pub mod tls;
 pub mod upstream;
 pub mod validate;
+mod validate_limits;
 
 pub use admin::AdminExtensions;
 pub use build::build;

@@ -1,7 +1,7 @@
 //! Listening sockets and their accept loops.
 //!
-//! The accept loop does as little as possible: wait for room under the listener's `maxconn` (the
-//! kernel queues clients meanwhile), accept, then spawn the connection's task. PROXY header, TLS and the AMQP handshake
+//! The accept loop does as little as possible: wait for room under the listener's `maxconn` and
+//! for its `rate_limit` (the kernel queues clients meanwhile, up to `backlog`), accept, then spawn the connection's task. PROXY header, TLS and the AMQP handshake
 //! all happen inside that task under its deadline, so a slow client holds only its own task.
 
 use crate::config::ListenerConfig;
@@ -69,7 +69,7 @@ pub fn bind(cfg: &ListenerConfig) -> std::io::Result<BoundListener> {
         }
     }
     socket.bind(addr)?;
-    let listener = socket.listen(4096)?;
+    let listener = socket.listen(cfg.backlog)?;
     Ok(BoundListener {
         addr: listener.local_addr()?,
         bind: cfg.bind.clone(),
@@ -97,6 +97,17 @@ async fn accept_loop(
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = lst.stats.room_under(lst.cfg.maxconn) => {}
+                }
+            }
+            // Over `rate_limit`: the same, until the bucket has a token again.
+            if let Some(rate) = lst.cfg.rate_limit {
+                if let Some(wait) = lst.stats.limits.accept_wait(rate) {
+                    metrics::counter!("setgate_listener_rate_limit_waits_total", "listener" => lst.cfg.name.clone()).increment(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
                 }
             }
         }

@@ -17,6 +17,8 @@ pub struct ListenerStats {
     released: tokio::sync::Notify,
     pub(crate) bytes_in: Counter,
     pub(crate) bytes_out: Counter,
+    /// `rate_limit` and `limits`: connections counted per user and vhost, buckets, refusals.
+    pub limits: crate::limit_state::LimitState,
 }
 
 impl ListenerStats {
@@ -30,6 +32,7 @@ impl ListenerStats {
             released: tokio::sync::Notify::new(),
             bytes_in: counter!("setgate_listener_bytes_in_total", &l),
             bytes_out: counter!("setgate_listener_bytes_out_total", &l),
+            limits: Default::default(),
         }
     }
 

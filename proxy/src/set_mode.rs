@@ -29,6 +29,7 @@ pub(crate) async fn serve(
 ) {
     let listener = lst.cfg.name.as_str();
     let started = Instant::now();
+    let arrival = crate::limits::on_arrival(lst, info.source.ip());
     let hello = match tokio::time::timeout_at(
         deadline,
         handshake::accept_client(&mut client, &snap.client_start()),
@@ -62,6 +63,15 @@ pub(crate) async fn serve(
             handshake_failed(listener, "timeout");
             // If we got as far as sending Start, the client can read why.
             close_client(&mut client, CONNECTION_FORCED, "setgate: handshake timeout").await;
+            return;
+        }
+    };
+    let mut permit = match crate::limits::admit_user(lst, arrival, &hello.start_ok) {
+        Ok(p) => p,
+        Err(r) => {
+            // The Close RabbitMQ sends for its own connection limits: 530 NOT_ALLOWED.
+            handshake_failed(listener, r.limit.as_str());
+            close_client(&mut client, crate::limits::NOT_ALLOWED, &r.text).await;
             return;
         }
     };
@@ -139,6 +149,24 @@ pub(crate) async fn serve(
             return;
         }
     };
+    let mut up = up;
+    let vhost = crate::limits::admit_vhost(lst, &mut permit, &mut client, &mut up.stream);
+    match tokio::time::timeout_at(deadline, vhost).await {
+        Ok(Ok(())) => {}
+        Ok(Err(crate::limits::VhostError::Refused(r))) => {
+            handshake_failed(listener, r.limit.as_str());
+            close_client(&mut client, crate::limits::NOT_ALLOWED, &r.text).await;
+            return;
+        }
+        Ok(Err(crate::limits::VhostError::Frame(e))) => {
+            info!(error = %e, "closing: the AMQP handshake broke off before Connection.Open");
+            return handshake_failed(listener, e.cause());
+        }
+        Err(_) => {
+            info!(timeout = ?lst.cfg.handshake_timeout, "closing: no Connection.Open before the handshake deadline");
+            return handshake_failed(listener, "timeout");
+        }
+    }
     counter!("setgate_set_connections_total", "set" => set_label, "reason" => reason).increment(1);
     histogram!("setgate_handshake_duration_seconds", "listener" => listener.to_string())
         .record(started.elapsed().as_secs_f64());

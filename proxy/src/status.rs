@@ -65,6 +65,10 @@ pub fn listeners(shared: &Shared) -> Value {
                 "accept_proxy": l.cfg.accept_proxy,
                 "active": l.stats.active(),
                 "maxconn": l.cfg.maxconn,
+                "rate_limit": l.cfg.rate_limit,
+                "backlog": l.cfg.backlog,
+                "limits": l.cfg.limits,
+                "limit_state": l.stats.limits.status(),
             })
         })
         .collect();

@@ -179,6 +179,7 @@ fn validate_listeners(cfg: &ProxyConfig, pools: &HashSet<&str>, errs: &mut Vec<S
                 "{f}.maxconn: 0 would refuse every connection; set >= 1"
             ));
         }
+        crate::validate_limits::validate(&f, l, errs);
         if l.handshake_timeout.is_zero() {
             errs.push(format!(
                 "{f}.handshake_timeout: 0s; use a positive duration such as \"10s\""

@@ -408,6 +408,57 @@ impl Listener {
         accept_proxy: bool => "accept_proxy";
         /// `handshake_timeout`.
         handshake_timeout: &str => "handshake_timeout";
+        /// `rate_limit`: new connections accepted per second.
+        rate_limit: u32 => "rate_limit";
+    }
+
+    /// `limits = { ... }` (set listeners).
+    pub fn limits(mut self, l: Limits) -> Self {
+        let mut e = l.entries;
+        if !l.overrides.is_empty() {
+            e.set("overrides", Value::Table(l.overrides));
+        }
+        self.entries.set("limits", e.table());
+        self
+    }
+}
+
+/// `limits = { user_maxconn, user_rate, vhost_maxconn, vhost_rate, source_rate, enforce,
+/// overrides }` of a set listener.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    entries: Entries,
+    overrides: Vec<(String, Value)>,
+}
+
+impl Limits {
+    /// No limit yet.
+    pub fn new() -> Limits {
+        Limits::default()
+    }
+
+    /// `overrides = { "USER" = { maxconn } }`.
+    pub fn override_maxconn(mut self, user: &str, maxconn: u32) -> Self {
+        let mut e = Entries::default();
+        e.set("maxconn", maxconn);
+        self.overrides.push((user.into(), e.table()));
+        self
+    }
+
+    setters! {
+        entries;
+        /// `user_maxconn`.
+        user_maxconn: u32 => "user_maxconn";
+        /// `user_rate`.
+        user_rate: u32 => "user_rate";
+        /// `vhost_maxconn`.
+        vhost_maxconn: u32 => "vhost_maxconn";
+        /// `vhost_rate`.
+        vhost_rate: u32 => "vhost_rate";
+        /// `source_rate`.
+        source_rate: u32 => "source_rate";
+        /// `enforce`.
+        enforce: bool => "enforce";
     }
 }
 
