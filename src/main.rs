@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             routing_key,
         }),
         Command::Run { config } => {
+            run::tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
