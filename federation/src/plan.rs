@@ -476,25 +476,31 @@ pub(crate) fn diff(old: &[UnitPlan], new: &[UnitPlan]) -> Vec<Change> {
     out
 }
 
+/// The messaging sections of a whole config file's text, for unit tests.
+#[cfg(test)]
+pub(crate) fn parse_messaging(s: &str) -> MessagingConfig {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        federation: FederationConfig,
+        #[serde(default)]
+        shovel: Vec<ShovelConfig>,
+        routing: Option<RoutingConfig>,
+    }
+    let f: File = toml::from_str(s).unwrap();
+    MessagingConfig {
+        federation: f.federation,
+        shovels: f.shovel,
+        routing: f.routing,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cfg(s: &str) -> MessagingConfig {
-        #[derive(serde::Deserialize)]
-        struct File {
-            #[serde(default)]
-            federation: FederationConfig,
-            #[serde(default)]
-            shovel: Vec<ShovelConfig>,
-            routing: Option<RoutingConfig>,
-        }
-        let f: File = toml::from_str(s).unwrap();
-        MessagingConfig {
-            federation: f.federation,
-            shovels: f.shovel,
-            routing: f.routing,
-        }
+        parse_messaging(s)
     }
 
     const BASE: &str = r#"

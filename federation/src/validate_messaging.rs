@@ -257,25 +257,7 @@ fn shovel(errs: &mut Vec<String>, at: &str, s: &ShovelConfig) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::config::FederationConfig;
-
-    fn cfg(s: &str) -> MessagingConfig {
-        #[derive(serde::Deserialize)]
-        struct File {
-            #[serde(default)]
-            federation: FederationConfig,
-            #[serde(default)]
-            shovel: Vec<ShovelConfig>,
-            routing: Option<RoutingConfig>,
-        }
-        let f: File = toml::from_str(s).unwrap();
-        MessagingConfig {
-            federation: f.federation,
-            shovels: f.shovel,
-            routing: f.routing,
-        }
-    }
+    use crate::plan::parse_messaging as cfg;
 
     #[test]
     fn a_good_config_passes() {
