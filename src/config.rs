@@ -114,13 +114,17 @@ impl Config {
         };
         if let Some(a) = &self.admin {
             line(format!(
-                "admin: {}{}",
+                "admin: {}{}{}",
                 a.listen,
                 if a.token_file.is_some() {
                     " (token required for changes)"
                 } else {
                     ""
-                }
+                },
+                a.state_file
+                    .as_ref()
+                    .map(|p| format!(", runtime states kept in {}", p.display()))
+                    .unwrap_or_default()
             ));
         }
         for l in &self.listener {
@@ -146,8 +150,22 @@ impl Config {
         }
         for p in &self.pool {
             let backups = p.servers.iter().filter(|s| s.backup).count();
+            let weights = if p.servers.iter().any(|s| s.weight != 1) {
+                let w: Vec<String> = p
+                    .servers
+                    .iter()
+                    .map(|s| format!("{}={}", s.name, s.weight))
+                    .collect();
+                format!(", weights {}", w.join(" "))
+            } else {
+                String::new()
+            };
+            let slowstart = p
+                .slowstart
+                .map(|d| format!(", slowstart {d:?}"))
+                .unwrap_or_default();
             line(format!(
-                "pool {}: {} server{} ({} backup), balance {}, {} check every {:?}, rise {} fall {}",
+                "pool {}: {} server{} ({} backup), balance {}{weights}{slowstart}, {} check every {:?}, rise {} fall {}",
                 p.name,
                 p.servers.len(),
                 if p.servers.len() == 1 { "" } else { "s" },

@@ -33,6 +33,10 @@ pub struct AdminConfig {
     /// File holding the bearer token that every mutating endpoint requires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Where admin states and weights set through the API are kept, so they survive a restart
+    /// (HAProxy's `server-state-file`). Written (temp file + rename) on every change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
 }
 
 /// What a listener does with a connection.
@@ -191,6 +195,14 @@ pub struct PoolConfig {
     /// `shutdown-sessions`: close a server's connections when it is marked down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_marked_down: Option<OnMarkedDown>,
+    /// A server that comes back (health up, or admin back to ready) ramps its weight from almost
+    /// nothing to its full weight over this window instead of taking the whole herd at once.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slowstart: Option<Duration>,
     /// The servers, primaries and backups, in order.
     pub servers: Vec<ServerConfig>,
 }
@@ -209,6 +221,10 @@ pub struct ServerConfig {
     /// Most connections at once to this server; a full server is skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maxconn: Option<usize>,
+    /// Share of new connections relative to the pool's other servers (`roundrobin`, `leastconn`);
+    /// 0 takes nothing new, like a drain. 0 to [`MAX_WEIGHT`].
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     /// Port the health check connects to instead of the one in `addr` (e.g. the management port
     /// for `kind = "http"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +350,13 @@ impl Serialize for Secret {
     }
 }
 
+/// The largest `weight` a server may have (HAProxy's limit too).
+pub const MAX_WEIGHT: u32 = 256;
+
+/// A server's `weight` when the file gives none.
+pub fn default_weight() -> u32 {
+    1
+}
 fn default_listener_maxconn() -> usize {
     20_000
 }

@@ -4,15 +4,25 @@
 //! Within that set the pool's `balance` orders the candidates and the first one with a free slot
 //! under its `maxconn` wins. A connect that fails is retried on the next server (`retries`), never
 //! on one already tried; once every primary has been tried the backups get their turn.
+//!
+//! Weights: `roundrobin` is smooth weighted round robin (each candidate earns its weight in credit
+//! per pick, the one with the most credit takes the connection and pays the sum of the weights),
+//! so 3:1 interleaves a a b a a a b ... instead of sending bursts; `leastconn` compares
+//! `(active + 1) / weight`; `first` ignores weights. Weight 0 takes nothing new, like a drain.
+//! During a pool's `slowstart` window a server that came back counts with a weight that grows
+//! from 1/16 of its weight to all of it. Weights are counted in sixteenths internally so that even
+//! weight 1 can ramp.
 
 use crate::addr::ServerAddr;
-use crate::config::{Balance, PoolConfig, ServerConfig};
+use crate::config::{Balance, PoolConfig, ServerConfig, MAX_WEIGHT};
 use crate::health::Health;
 use amq_protocol::types::FieldTable;
 use metrics::{counter, gauge, Counter, Gauge};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 /// The operator's say over a server, separate from its health.
@@ -79,6 +89,14 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 pub struct ServerState {
     up: AtomicBool,
     admin: AtomicU8,
+    /// The weight in force: the config's, or one set through the API.
+    weight: AtomicU32,
+    /// The config's weight when it was last applied: a reload that changes it overrides a weight
+    /// set through the API, a reload that keeps it does not.
+    config_weight: AtomicU32,
+    /// When the server last came back (health up, or admin back to ready), in [`clock_ms`];
+    /// 0: never, no slowstart ramp.
+    back_at: AtomicU64,
     active: AtomicUsize,
     total: AtomicU64,
     /// Woken when the server is marked down and its pool closes its sessions.
@@ -108,7 +126,7 @@ pub(crate) struct ServerMetrics {
 }
 
 impl ServerState {
-    fn new(pool: &str, server: &str) -> Self {
+    fn new(pool: &str, server: &str, weight: u32) -> Self {
         let labels = [("pool", pool.to_string()), ("server", server.to_string())];
         let metrics = ServerMetrics {
             active: gauge!("setgate_server_connections_active", &labels),
@@ -122,6 +140,9 @@ impl ServerState {
         ServerState {
             up: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Ready.as_u8()),
+            weight: AtomicU32::new(weight),
+            config_weight: AtomicU32::new(weight),
+            back_at: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             marked_down: Notify::new(),
@@ -153,9 +174,9 @@ impl ServerState {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Up and ready: may take new connections (if not full).
+    /// Up, ready and with a weight: may take new connections (if not full).
     pub fn is_usable(&self) -> bool {
-        self.is_up() && self.admin() == AdminState::Ready
+        self.is_up() && self.admin() == AdminState::Ready && self.weight() > 0
     }
 
     /// The admin state.
@@ -163,9 +184,63 @@ impl ServerState {
         AdminState::from_u8(self.admin.load(Ordering::Relaxed))
     }
 
-    /// Sets the admin state.
+    /// Sets the admin state. Back to ready from drain or maint starts the slowstart ramp.
     pub fn set_admin(&self, state: AdminState) {
-        self.admin.store(state.as_u8(), Ordering::Relaxed);
+        let before = AdminState::from_u8(self.admin.swap(state.as_u8(), Ordering::Relaxed));
+        if before != AdminState::Ready && state == AdminState::Ready {
+            self.back_at.store(clock_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The weight in force (the config's, or the API's).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// The config's weight as last applied.
+    pub fn config_weight(&self) -> u32 {
+        self.config_weight.load(Ordering::Relaxed)
+    }
+
+    /// Sets the weight at runtime (the API): it stays until the API changes it again or a reload
+    /// changes this server's weight in the file.
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.min(MAX_WEIGHT), Ordering::Relaxed);
+    }
+
+    /// Applies the config's weight: when it differs from the one applied last, it replaces the
+    /// weight in force (the operator edited the file); otherwise a weight set through the API
+    /// stays.
+    pub fn apply_config_weight(&self, weight: u32) {
+        if self.config_weight.swap(weight, Ordering::Relaxed) != weight {
+            self.weight.store(weight, Ordering::Relaxed);
+        }
+    }
+
+    /// Restores what a state file saved: the admin state, and the weight when the config's weight
+    /// is still the one it was saved against (else the file wins over an old runtime weight).
+    pub fn restore(&self, admin: AdminState, weight: u32, saved_config_weight: u32) -> bool {
+        self.admin.store(admin.as_u8(), Ordering::Relaxed);
+        let weight_kept = saved_config_weight == self.config_weight();
+        if weight_kept {
+            self.set_weight(weight);
+        }
+        weight_kept
+    }
+
+    /// The weight this server counts with now, in sixteenths, with `slowstart`'s ramp applied.
+    pub fn effective_weight(&self, slowstart: Option<Duration>, now_ms: u64) -> u64 {
+        let back_at = self.back_at.load(Ordering::Relaxed);
+        let since_back = (back_at != 0).then(|| now_ms.saturating_sub(back_at));
+        ramp(self.weight(), slowstart, since_back)
+    }
+
+    /// How long the slowstart ramp still runs, if it does.
+    pub fn slowstart_left(&self, slowstart: Option<Duration>) -> Option<Duration> {
+        let ss = slowstart?.as_millis() as u64;
+        let back_at = self.back_at.load(Ordering::Relaxed);
+        let elapsed = clock_ms().saturating_sub(back_at);
+        (back_at != 0 && elapsed < ss).then(|| Duration::from_millis(ss - elapsed))
     }
 
     /// Connections open now.
@@ -189,6 +264,9 @@ impl ServerState {
         let changed = detail.0.record(rec.ok, rise, fall);
         detail.1 = Some(rec);
         if let Some(up) = changed {
+            if up {
+                self.back_at.store(clock_ms(), Ordering::Relaxed);
+            }
             self.up.store(up, Ordering::Relaxed);
             self.metrics.up.set(if up { 1.0 } else { 0.0 });
         }
@@ -213,6 +291,27 @@ impl ServerState {
         Some(Slot {
             state: self.clone(),
         })
+    }
+}
+
+/// Weights are counted in this many parts, so a slowstart ramp has steps even for weight 1.
+pub const WEIGHT_SCALE: u64 = 16;
+
+/// Milliseconds on a monotonic clock that starts at 1 (0 means "never" in [`ServerState`]).
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// The weight a server counts with, in sixteenths: all of `weight`, or during `slowstart` after it
+/// came back `since_back` ago, the elapsed share of it and never less than one sixteenth. Pure.
+pub fn ramp(weight: u32, slowstart: Option<Duration>, since_back: Option<u64>) -> u64 {
+    let full = u64::from(weight) * WEIGHT_SCALE;
+    match (slowstart, since_back) {
+        (Some(ss), Some(elapsed)) if full > 0 && elapsed < ss.as_millis() as u64 => {
+            (full * elapsed / ss.as_millis() as u64).max(1)
+        }
+        _ => full,
     }
 }
 
@@ -271,8 +370,12 @@ pub struct Pool {
     pub cfg: PoolConfig,
     /// Servers in file order.
     pub servers: Vec<Server>,
-    /// Where round robin continues; shared by all connections of this snapshot of the pool.
+    /// Where `leastconn` starts looking among equals; shared by all connections of this snapshot.
     rr: AtomicUsize,
+    /// Smooth weighted round robin credit per server (by index). Atomics, not a lock: concurrent
+    /// picks may see each other's credit a step late, but every pick adds and takes away the same
+    /// total, so the shares hold.
+    credit: Vec<AtomicI64>,
 }
 
 impl Pool {
@@ -289,7 +392,7 @@ impl Pool {
                         .find(|o| o.cfg.name == s.name && o.addr == addr)
                 })
                 .map(|o| o.state.clone())
-                .unwrap_or_else(|| Arc::new(ServerState::new(&cfg.name, &s.name)));
+                .unwrap_or_else(|| Arc::new(ServerState::new(&cfg.name, &s.name, s.weight)));
             servers.push(Server {
                 cfg: s.clone(),
                 addr,
@@ -298,6 +401,7 @@ impl Pool {
         }
         Ok(Pool {
             cfg: cfg.clone(),
+            credit: servers.iter().map(|_| AtomicI64::new(0)).collect(),
             servers,
             rr: AtomicUsize::new(previous.map(|p| p.rr.load(Ordering::Relaxed)).unwrap_or(0)),
         })
@@ -352,32 +456,72 @@ impl Pool {
             }
             backups
         };
-        for i in self.order(candidates) {
-            let server = &self.servers[i];
-            if let Some(slot) = server.state.try_acquire(server.cfg.maxconn) {
-                return Ok((i, slot));
-            }
-        }
-        Err(PickError::Full)
-    }
-
-    /// The candidates in the order `balance` wants them tried.
-    fn order(&self, mut candidates: Vec<usize>) -> Vec<usize> {
-        match self.cfg.balance {
-            Balance::First => candidates,
+        let now = if self.cfg.slowstart.is_some() {
+            clock_ms()
+        } else {
+            0
+        };
+        let weight = |i: usize| {
+            self.servers[i]
+                .state
+                .effective_weight(self.cfg.slowstart, now)
+        };
+        let picked = match self.cfg.balance {
+            Balance::First => candidates.into_iter().find_map(|i| self.acquire(i)),
             Balance::Roundrobin => {
-                let start = self.rr.fetch_add(1, Ordering::Relaxed) % candidates.len();
-                candidates.rotate_left(start);
-                candidates
+                let weighted: Vec<(usize, u64)> =
+                    candidates.into_iter().map(|i| (i, weight(i))).collect();
+                self.smooth_round_robin(&weighted)
             }
             Balance::Leastconn => {
                 // Rotate first so ties are shared out in turn instead of always going to the first.
-                let start = self.rr.fetch_add(1, Ordering::Relaxed) % candidates.len();
-                candidates.rotate_left(start);
-                candidates.sort_by_key(|i| self.servers[*i].state.active());
-                candidates
+                let mut weighted: Vec<(usize, u64, u64)> = candidates
+                    .into_iter()
+                    .map(|i| (i, self.servers[i].state.active() as u64 + 1, weight(i)))
+                    .collect();
+                let start = self.rr.fetch_add(1, Ordering::Relaxed) % weighted.len();
+                weighted.rotate_left(start);
+                // (active + 1) / weight, compared without division.
+                weighted.sort_by(|a, b| {
+                    (u128::from(a.1) * u128::from(b.2)).cmp(&(u128::from(b.1) * u128::from(a.2)))
+                });
+                weighted.into_iter().find_map(|(i, _, _)| self.acquire(i))
             }
+        };
+        picked.ok_or(PickError::Full)
+    }
+
+    fn acquire(&self, i: usize) -> Option<(usize, Slot)> {
+        let server = &self.servers[i];
+        server
+            .state
+            .try_acquire(server.cfg.maxconn)
+            .map(|slot| (i, slot))
+    }
+
+    /// Smooth weighted round robin over `(server, weight)`: every candidate earns its weight in
+    /// credit, the richest one with a free slot takes the connection and pays the sum of the
+    /// weights; a full server gives its credit back (it could not take its turn).
+    fn smooth_round_robin(&self, weighted: &[(usize, u64)]) -> Option<(usize, Slot)> {
+        let mut total: i64 = weighted.iter().map(|(_, w)| *w as i64).sum();
+        let mut ranked: Vec<(usize, i64, i64)> = weighted
+            .iter()
+            .map(|&(i, w)| {
+                let w = w as i64;
+                (i, w, self.credit[i].fetch_add(w, Ordering::AcqRel) + w)
+            })
+            .collect();
+        // Most credit first; equals keep file order (a stable sort).
+        ranked.sort_by_key(|r| std::cmp::Reverse(r.2));
+        for (i, w, _) in ranked {
+            if let Some(picked) = self.acquire(i) {
+                self.credit[i].fetch_sub(total, Ordering::AcqRel);
+                return Some(picked);
+            }
+            self.credit[i].fetch_sub(w, Ordering::AcqRel);
+            total -= w;
         }
+        None
     }
 }
 
@@ -396,6 +540,7 @@ mod tests {
             retries: 3,
             connect_timeout: Duration::from_secs(1),
             on_marked_down: None,
+            slowstart: None,
             servers: servers
                 .iter()
                 .enumerate()
@@ -404,6 +549,7 @@ mod tests {
                     addr: format!("127.0.0.1:{}", 5000 + i),
                     backup: *backup,
                     maxconn: *maxconn,
+                    weight: 1,
                     check_port: None,
                 })
                 .collect(),
@@ -530,5 +676,178 @@ mod tests {
         assert!(Arc::ptr_eq(&p.servers[0].state, &q.servers[0].state));
         assert!(!q.servers[0].state.is_up());
         assert!(!Arc::ptr_eq(&p.servers[1].state, &q.servers[1].state));
+    }
+
+    fn weighted(balance: Balance, weights: &[u32], slowstart: Option<Duration>) -> Pool {
+        let p = pool(
+            balance,
+            &weights
+                .iter()
+                .map(|_| ("s", false, None))
+                .collect::<Vec<_>>(),
+        );
+        let mut cfg = p.cfg.clone();
+        for (i, (s, w)) in cfg.servers.iter_mut().zip(weights).enumerate() {
+            s.name = format!("s{i}");
+            s.weight = *w;
+        }
+        cfg.slowstart = slowstart;
+        Pool::build(&cfg, None).unwrap()
+    }
+
+    #[test]
+    fn weighted_roundrobin_interleaves_smoothly() {
+        let p = weighted(Balance::Roundrobin, &[3, 1], None);
+        let order: Vec<usize> = (0..8).map(|_| p.pick(&[]).unwrap().0).collect();
+        // Never a run of more than three on s0, and s1 every fourth pick.
+        assert_eq!(order, [0, 0, 1, 0, 0, 0, 1, 0]);
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[p.pick(&[]).unwrap().0] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+
+        let p = weighted(Balance::Roundrobin, &[5, 1, 1], None);
+        let order: Vec<usize> = (0..7).map(|_| p.pick(&[]).unwrap().0).collect();
+        assert_eq!(
+            order,
+            [0, 0, 1, 0, 2, 0, 0],
+            "nginx's classic 5:1:1 sequence"
+        );
+    }
+
+    #[test]
+    fn weighted_roundrobin_holds_its_shares_under_concurrent_picks() {
+        let p = Arc::new(weighted(Balance::Roundrobin, &[3, 1], None));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut counts = [0usize; 2];
+                    for _ in 0..10_000 {
+                        counts[p.pick(&[]).unwrap().0] += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut counts = [0usize; 2];
+        for t in threads {
+            let c = t.join().unwrap();
+            counts[0] += c[0];
+            counts[1] += c[1];
+        }
+        // Credit is conserved pick by pick, so racing picks cannot drift the shares: at most a
+        // few picks off 30000/10000.
+        assert!(counts[0].abs_diff(30_000) <= 8, "{counts:?}");
+    }
+
+    #[test]
+    fn a_full_server_does_not_bank_credit() {
+        let p = weighted(Balance::Roundrobin, &[1, 1], None);
+        let mut cfg = p.cfg.clone();
+        cfg.servers[0].maxconn = Some(1);
+        let p = Pool::build(&cfg, None).unwrap();
+        let held = p.pick(&[]).unwrap();
+        assert_eq!(held.0, 0);
+        let mut rest = Vec::new();
+        for _ in 0..10 {
+            rest.push(p.pick(&[]).unwrap());
+        }
+        assert!(rest.iter().all(|(i, _)| *i == 1));
+        drop(held);
+        // Freed, s0 takes its turn again, not ten turns in a row.
+        let order: Vec<usize> = (0..4)
+            .map(|_| {
+                let (i, slot) = p.pick(&[]).unwrap();
+                drop(slot);
+                i
+            })
+            .collect();
+        assert_eq!(order.iter().filter(|i| **i == 0).count(), 2, "{order:?}");
+    }
+
+    #[test]
+    fn weighted_leastconn_compares_active_over_weight() {
+        let p = weighted(Balance::Leastconn, &[3, 1], None);
+        let held: Vec<(usize, Slot)> = (0..400).map(|_| p.pick(&[]).unwrap()).collect();
+        assert_eq!(
+            (p.servers[0].state.active(), p.servers[1].state.active()),
+            (300, 100)
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn weight_zero_takes_nothing_new_like_a_drain() {
+        let p = weighted(Balance::Roundrobin, &[1, 0], None);
+        for _ in 0..5 {
+            assert_eq!(p.pick(&[]).unwrap().0, 0);
+        }
+        p.servers[1].state.set_weight(2);
+        let picks: Vec<usize> = (0..3).map(|_| p.pick(&[]).unwrap().0).collect();
+        assert_eq!(picks.iter().filter(|i| **i == 1).count(), 2, "{picks:?}");
+        p.servers[0].state.set_weight(0);
+        p.servers[1].state.set_weight(0);
+        assert_eq!(p.pick(&[]).unwrap_err(), PickError::NoServer);
+    }
+
+    #[test]
+    fn the_slowstart_ramp() {
+        let ss = Some(Duration::from_secs(30));
+        assert_eq!(ramp(2, ss, None), 32, "never came back: full weight");
+        assert_eq!(ramp(2, None, Some(0)), 32, "no slowstart: full weight");
+        assert_eq!(ramp(1, ss, Some(0)), 1, "at least one sixteenth");
+        assert_eq!(ramp(2, ss, Some(15_000)), 16, "half way: half");
+        assert_eq!(ramp(1, ss, Some(29_999)), 15);
+        assert_eq!(ramp(1, ss, Some(30_000)), 16, "after the window: all");
+        assert_eq!(ramp(0, ss, Some(1_000)), 0, "weight 0 stays 0");
+    }
+
+    #[test]
+    fn a_server_back_up_ramps_in_over_slowstart() {
+        let p = weighted(
+            Balance::Roundrobin,
+            &[1, 1],
+            Some(Duration::from_secs(3600)),
+        );
+        mark(&p, 1, false);
+        mark(&p, 1, true); // back now: a sixteenth of its weight at first
+        let mut counts = [0; 2];
+        for _ in 0..170 {
+            counts[p.pick(&[]).unwrap().0] += 1;
+        }
+        assert!(counts[1] <= 12, "{counts:?}");
+        // Back from drain ramps too; a server that never left does not.
+        let q = weighted(
+            Balance::Roundrobin,
+            &[1, 1],
+            Some(Duration::from_secs(3600)),
+        );
+        assert_eq!(
+            q.servers[0]
+                .state
+                .effective_weight(q.cfg.slowstart, clock_ms()),
+            16
+        );
+        q.servers[0].state.set_admin(AdminState::Drain);
+        q.servers[0].state.set_admin(AdminState::Ready);
+        assert!(
+            q.servers[0]
+                .state
+                .effective_weight(q.cfg.slowstart, clock_ms())
+                < 16
+        );
+    }
+
+    #[test]
+    fn a_runtime_weight_stays_until_the_config_weight_changes() {
+        let p = weighted(Balance::Roundrobin, &[1, 1], None);
+        let s = &p.servers[0].state;
+        s.set_weight(4);
+        s.apply_config_weight(1); // reload, same weight in the file
+        assert_eq!((s.weight(), s.config_weight()), (4, 1));
+        s.apply_config_weight(2); // the file changed: it wins
+        assert_eq!((s.weight(), s.config_weight()), (2, 2));
     }
 }

@@ -3,7 +3,7 @@
 //! routing table) is checked where it is loaded, in [`crate::build`], so nothing is read twice.
 
 use crate::addr::{split_host_port, ServerAddr};
-use crate::config::{CheckKind, ListenerMode, ProxyConfig};
+use crate::config::{Balance, CheckKind, ListenerMode, ProxyConfig, MAX_WEIGHT};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -16,6 +16,15 @@ pub fn validate(cfg: &ProxyConfig) -> Vec<String> {
                 "admin.listen: {:?} is not IP:PORT ({e}); e.g. \"127.0.0.1:9090\"",
                 admin.listen
             ));
+        }
+        if admin
+            .state_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty() || p.file_name().is_none())
+        {
+            errs.push(
+                "admin.state_file: not a file name; e.g. \"/var/lib/setgate/state.json\", or remove it".into(),
+            );
         }
     }
     let pool_names = validate_pools(cfg, &mut errs);
@@ -87,6 +96,12 @@ fn validate_pools<'a>(cfg: &'a ProxyConfig, errs: &mut Vec<String>) -> HashSet<&
                     "{sf}.maxconn: 0 would refuse every connection; remove it or set >= 1"
                 ));
             }
+            if s.weight > MAX_WEIGHT {
+                errs.push(format!(
+                    "{sf}.weight: {} is above {MAX_WEIGHT}; use 0 (no new connections) to {MAX_WEIGHT}",
+                    s.weight
+                ));
+            }
             if s.check_port == Some(0) {
                 errs.push(format!("{sf}.check_port: 0 is not a port"));
             }
@@ -121,6 +136,15 @@ fn validate_pools<'a>(cfg: &'a ProxyConfig, errs: &mut Vec<String>) -> HashSet<&
             if !auth.expose().contains(':') {
                 errs.push(format!("{f}.check.auth: must be USER:PASSWORD"));
             }
+        }
+        match pool.slowstart {
+            Some(d) if d.is_zero() => errs.push(format!(
+                "{f}.slowstart: 0s; use a window such as \"30s\", or remove it for no ramp"
+            )),
+            Some(_) if pool.balance == Balance::First => errs.push(format!(
+                "{f}.slowstart: balance = \"first\" ignores weights, so there is nothing to ramp; use roundrobin or leastconn, or remove slowstart"
+            )),
+            _ => {}
         }
         if pool.connect_timeout.is_zero() {
             errs.push(format!(
