@@ -3,6 +3,7 @@
 //! Read endpoints are open (bind the admin address to a management network); every endpoint that
 //! changes something needs `Authorization: Bearer TOKEN` when `token_file` is set.
 
+use crate::config::MAX_WEIGHT;
 use crate::pool::AdminState;
 use crate::shared::Shared;
 use http_body_util::{BodyExt, Full, Limited};
@@ -135,7 +136,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
     json_resp(status, &json!({ "error": msg.into() }))
 }
 
-async fn route(req: Request<Incoming>, shared: &Shared, ext: &AdminExtensions) -> Resp {
+async fn route(req: Request<Incoming>, shared: &Arc<Shared>, ext: &AdminExtensions) -> Resp {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -267,30 +268,64 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn set_state(req: Request<Incoming>, shared: &Shared, pool: &str, server: &str) -> Resp {
+/// What a `POST .../state` asks for: an admin state, a weight, or both.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct StateRequest {
+    admin: Option<AdminState>,
+    weight: Option<u32>,
+}
+
+/// Reads `{"state":"drain"}`, `{"weight":3}`, both in one object, or a bare `drain`.
+fn parse_state_request(body: &[u8]) -> Result<StateRequest, String> {
+    let usage =
+        "send {\"state\":\"drain\"} (ready, drain, maint), {\"weight\":N} (0 to 256) or both";
+    let parse_admin = |s: &str| match s {
+        "ready" => Ok(AdminState::Ready),
+        "drain" => Ok(AdminState::Drain),
+        "maint" => Ok(AdminState::Maint),
+        other => Err(format!(
+            "state {other:?} is not one of ready, drain, maint; {usage}"
+        )),
+    };
+    let mut req = StateRequest::default();
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => {
+            if let Some(k) = o.keys().find(|k| *k != "state" && *k != "weight") {
+                return Err(format!("unknown field {k:?}; {usage}"));
+            }
+            if let Some(s) = o.get("state") {
+                let s = s
+                    .as_str()
+                    .ok_or_else(|| format!("state must be a string; {usage}"))?;
+                req.admin = Some(parse_admin(s)?);
+            }
+            if let Some(w) = o.get("weight") {
+                let w = w
+                    .as_u64()
+                    .filter(|w| *w <= u64::from(MAX_WEIGHT))
+                    .ok_or_else(|| {
+                        format!("weight {w} is not a whole number from 0 to {MAX_WEIGHT}; {usage}")
+                    })?;
+                req.weight = Some(w as u32);
+            }
+        }
+        Ok(Value::String(s)) => req.admin = Some(parse_admin(&s)?),
+        _ => req.admin = Some(parse_admin(String::from_utf8_lossy(body).trim())?),
+    }
+    if req == StateRequest::default() {
+        return Err(format!("nothing to change; {usage}"));
+    }
+    Ok(req)
+}
+
+async fn set_state(req: Request<Incoming>, shared: &Arc<Shared>, pool: &str, server: &str) -> Resp {
     let body = match Limited::new(req.into_body(), 4096).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
     };
-    // Accept {"state":"drain"} or a bare `drain`.
-    let wanted = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(o)) => o.get("state").and_then(|s| s.as_str()).map(str::to_owned),
-        Ok(Value::String(s)) => Some(s),
-        _ => Some(String::from_utf8_lossy(&body).trim().to_string()),
-    };
-    let state = match wanted.as_deref() {
-        Some("ready") => AdminState::Ready,
-        Some("drain") => AdminState::Drain,
-        Some("maint") => AdminState::Maint,
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "state {:?} is not one of ready, drain, maint; send {{\"state\":\"drain\"}}",
-                    other.unwrap_or("")
-                ),
-            )
-        }
+    let wanted = match parse_state_request(&body) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let Some(s) = shared.server_state(pool, server) else {
         return error(
@@ -298,10 +333,57 @@ async fn set_state(req: Request<Incoming>, shared: &Shared, pool: &str, server: 
             format!("no server {server:?} in pool {pool:?}"),
         );
     };
-    s.set_admin(state);
-    info!(pool, server, ?state, "admin state changed through the API");
-    json_resp(
-        StatusCode::OK,
-        &json!({ "pool": pool, "server": server, "admin": state }),
-    )
+    if let Some(state) = wanted.admin {
+        s.set_admin(state);
+        info!(pool, server, ?state, "admin state changed through the API");
+    }
+    if let Some(weight) = wanted.weight {
+        s.set_weight(weight);
+        info!(pool, server, weight, "weight changed through the API");
+    }
+    let mut body = json!({
+        "pool": pool,
+        "server": server,
+        "admin": s.admin(),
+        "weight": s.weight(),
+        "config_weight": s.config_weight(),
+    });
+    if let Err(e) = crate::state_file::persist(shared).await {
+        body["state_file_error"] = json!(e);
+    }
+    json_resp(StatusCode::OK, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_requests() {
+        let ok = |b: &str| parse_state_request(b.as_bytes()).unwrap();
+        let err = |b: &str| parse_state_request(b.as_bytes()).unwrap_err();
+        assert_eq!(ok(r#"{"state":"drain"}"#).admin, Some(AdminState::Drain));
+        assert_eq!(ok("maint").admin, Some(AdminState::Maint));
+        assert_eq!(ok(r#""ready""#).admin, Some(AdminState::Ready));
+        assert_eq!(
+            ok(r#"{"weight":3}"#),
+            StateRequest {
+                admin: None,
+                weight: Some(3)
+            }
+        );
+        assert_eq!(
+            ok(r#"{"state":"ready","weight":0}"#),
+            StateRequest {
+                admin: Some(AdminState::Ready),
+                weight: Some(0)
+            }
+        );
+        assert!(err(r#"{"weight":257}"#).contains("0 to 256"));
+        assert!(err(r#"{"weight":-1}"#).contains("0 to 256"));
+        assert!(err(r#"{"weight":1.5}"#).contains("0 to 256"));
+        assert!(err(r#"{"wieght":1}"#).contains("unknown field \"wieght\""));
+        assert!(err("{}").contains("nothing to change"));
+        assert!(err("sleep").contains("not one of ready, drain, maint"));
+    }
 }

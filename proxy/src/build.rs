@@ -106,6 +106,9 @@ pub fn build(cfg: ProxyConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<
         },
         None => None,
     };
+    if let Some(path) = cfg.admin.as_ref().and_then(|a| a.state_file.as_ref()) {
+        errs.extend(check_state_file(path));
+    }
     if errs.is_empty() {
         Ok(Snapshot {
             cfg,
@@ -118,4 +121,26 @@ pub fn build(cfg: ProxyConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<
     } else {
         Err(errs)
     }
+}
+
+/// The state file need not exist yet (it is written at the first change), but its directory must,
+/// and it must not be a directory itself.
+fn check_state_file(path: &std::path::Path) -> Option<String> {
+    if path.is_dir() {
+        return Some(format!(
+            "admin.state_file: {} is a directory; name a file in it, e.g. {}",
+            path.display(),
+            path.join("setgate-state.json").display()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    (!dir.is_dir()).then(|| {
+        format!(
+            "admin.state_file: directory {} does not exist; create it or choose another path",
+            dir.display()
+        )
+    })
 }

@@ -18,7 +18,8 @@
 //!   connections, stopping between two AMQP frames).
 //! - [`reroute`]: the spliced `set` connections by key and SET; closing those a reload moved.
 //! - [`health`] and [`check`]: the rise/fall state machine and the tcp/amqp/http probes.
-//! - [`admin`], [`status`] and [`status_page`]: the HTTP API, metrics endpoint and status page.
+//! - [`admin`], [`status`] and [`status_page`]: the HTTP API, metrics endpoint and status page;
+//!   [`state_file`]: admin states and weights kept across restarts.
 //! - [`tls`], [`proxy_proto`], [`addr`], [`stream`]: the plumbing.
 
 pub mod addr;
@@ -42,6 +43,7 @@ mod session;
 mod set_mode;
 pub mod shared;
 pub mod splice;
+pub mod state_file;
 pub mod status;
 pub mod status_page;
 pub mod stream;

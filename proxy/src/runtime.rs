@@ -66,6 +66,14 @@ impl Proxy {
         if !errs.is_empty() {
             return Err(errs);
         }
+        if let Some(path) = snapshot
+            .cfg
+            .admin
+            .as_ref()
+            .and_then(|a| a.state_file.as_ref())
+        {
+            crate::state_file::load(path, &snapshot);
+        }
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let proxy = Proxy {
             shared: Arc::new(Shared::new(snapshot)),
@@ -182,7 +190,12 @@ impl Staged<'_> {
     /// dropped ones (their open connections carry on). Cannot fail.
     pub fn commit(self) {
         let old = self.proxy.shared.snapshot();
+        let shared = self.proxy.shared.clone();
         self.commit_with(Some(&old));
+        // Weights the reload changed replaced runtime ones, servers may be gone: the file follows.
+        tokio::spawn(async move {
+            let _ = crate::state_file::persist(&shared).await;
+        });
     }
 
     fn commit_with(self, old: Option<&Snapshot>) {
@@ -198,6 +211,12 @@ impl Staged<'_> {
         for l in snapshot.listeners.values() {
             if let Some(b) = fresh.get(&l.cfg.bind).or_else(|| bound.get(&l.cfg.bind)) {
                 let _ = l.addr.set(b.addr);
+            }
+        }
+        // A server whose weight in the file changed takes it; a runtime weight stays otherwise.
+        for pool in snapshot.pools.values() {
+            for s in &pool.pool.servers {
+                s.state.apply_config_weight(s.cfg.weight);
             }
         }
         shared.store(snapshot.clone());

@@ -116,6 +116,8 @@ pub struct Shared {
     /// The spliced `set` connections by key and SET, for `[routing] reroute`. An `Arc`: a
     /// reroute's task outlives the reload that started it.
     pub sessions: Arc<Sessions>,
+    /// Held while the state file is written, so two API changes never interleave their writes.
+    pub(crate) state_file_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -127,6 +129,7 @@ impl Shared {
             closing: CancellationToken::new(),
             tracker: TaskTracker::new(),
             sessions: Arc::new(Sessions::default()),
+            state_file_lock: Mutex::new(()),
         }
     }
 

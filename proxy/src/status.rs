@@ -1,5 +1,6 @@
 //! The JSON documents of the admin API, built from the current snapshot.
 
+use crate::pool::{clock_ms, WEIGHT_SCALE};
 use crate::shared::Shared;
 use serde_json::{json, Value};
 
@@ -18,6 +19,8 @@ pub fn pools(shared: &Shared) -> Value {
                 .iter()
                 .map(|s| {
                     let (health, last) = s.state.health();
+                    let slowstart_left = s.state.slowstart_left(p.pool.cfg.slowstart);
+                    let effective = s.state.effective_weight(p.pool.cfg.slowstart, clock_ms());
                     json!({
                         "name": s.cfg.name,
                         "addr": s.addr.to_string(),
@@ -28,6 +31,10 @@ pub fn pools(shared: &Shared) -> Value {
                         "active": s.state.active(),
                         "total": s.state.total(),
                         "maxconn": s.cfg.maxconn,
+                        "weight": s.state.weight(),
+                        "config_weight": s.state.config_weight(),
+                        "slowstart_left": slowstart_left.map(|d| d.as_secs_f64()),
+                        "effective_weight": effective as f64 / WEIGHT_SCALE as f64,
                         "last_check": last,
                     })
                 })
@@ -36,13 +43,15 @@ pub fn pools(shared: &Shared) -> Value {
                 "name": p.pool.cfg.name,
                 "balance": p.pool.cfg.balance,
                 "check": p.pool.cfg.check.kind,
+                "slowstart": p.pool.cfg.slowstart.map(|d| format!("{d:?}")),
                 "healthy": p.pool.has_up(),
                 "servers": servers,
             })
         })
         .collect();
     pools.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    json!({ "pools": pools })
+    let state_file = snap.cfg.admin.as_ref().and_then(|a| a.state_file.as_ref());
+    json!({ "pools": pools, "state_file": state_file })
 }
 
 /// `GET /api/listeners`.
