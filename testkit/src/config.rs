@@ -214,6 +214,12 @@ impl Config {
         self
     }
 
+    /// `[admin] state_file`: runtime states and weights kept across restarts.
+    pub fn state_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.admin.set("state_file", path.as_ref());
+        self
+    }
+
     /// The `[admin] listen` address.
     pub fn admin_addr(&self) -> String {
         match self.admin.get("listen") {
@@ -537,6 +543,12 @@ impl Pool {
         self.entries.set("send_proxy", on);
         self
     }
+
+    /// `slowstart`: the window over which a server that comes back ramps up to its weight.
+    pub fn slowstart(mut self, d: &str) -> Self {
+        self.entries.set("slowstart", d);
+        self
+    }
 }
 
 /// One entry of a pool's `servers`.
@@ -560,6 +572,8 @@ impl Server {
         check_port: u16 => "check_port";
         /// `maxconn`.
         maxconn: u32 => "maxconn";
+        /// `weight`: share of new connections (0 = none).
+        weight: u32 => "weight";
     }
 }
 
