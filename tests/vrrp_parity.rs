@@ -236,6 +236,95 @@ async fn fault_when_the_proxy_is_not_ready_past_the_bound() -> anyhow::Result<()
     Ok(())
 }
 
+/// When (from the call) each gratuitous ARP announcement of `vip` (an ARP request whose sender
+/// and target are both `vip`) arrived on the current namespace's interfaces, within `window`.
+fn garp_times(vip: std::net::Ipv4Addr, window: Duration) -> std::io::Result<Vec<Duration>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const ETH_P_ARP: u16 = 0x0806;
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ARP.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tick = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 50_000,
+    };
+    // SAFETY: setsockopt(2) with a pointer to a live timeval and its exact length.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tick as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if ok != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 128];
+    while start.elapsed() < window {
+        // SAFETY: the buffer is valid for its length during the call.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 42 {
+            continue; // timeout (EAGAIN) or a runt
+        }
+        let ip = vip.octets();
+        let request = buf[12..14] == ETH_P_ARP.to_be_bytes() && buf[20..22] == [0, 1];
+        if request && buf[28..32] == ip && buf[38..42] == ip {
+            seen.push(start.elapsed());
+        }
+    }
+    Ok(seen)
+}
+
+#[tokio::test]
+async fn garp_master_refresh_announces_the_vip_again_while_master() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lan = lan("sgv-garp", &[("a", A), ("c", CLIENT)])?;
+    let (na, nc) = (lan.host("a"), lan.host("c"));
+    let _sa = start_setgate(
+        na,
+        &config(150, None, "track = 0\ngarp_master_refresh = \"1s\""),
+    )
+    .await?;
+    wait_state(na, "MASTER", Duration::from_secs(5)).await?;
+    // Takeover announces at +0, +100 ms, +500 ms and +5 s; between 0.7 s and 4.6 s only the
+    // refresh (every second) announces.
+    let seen = nc.enter(|| garp_times(VIP, Duration::from_millis(4600)))??;
+    let refreshes: Vec<u128> = seen
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(700))
+        .map(|t| t.as_millis())
+        .collect();
+    println!(
+        "vrrp gratuitous ARPs seen at (ms after MASTER was reported): {:?}",
+        seen.iter().map(|t| t.as_millis()).collect::<Vec<_>>()
+    );
+    assert!(
+        (3..=5).contains(&refreshes.len()),
+        "expected a refresh every second between 0.7 s and 4.6 s, saw them at {refreshes:?} ms"
+    );
+    for w in refreshes.windows(2) {
+        assert!(
+            w[1] - w[0] >= 800,
+            "refreshes closer than the interval: {refreshes:?} ms"
+        );
+    }
+    Ok(())
+}
+
 /// Who holds each VIP: `holder` has `addr`, every one of `others` does not.
 async fn holds(holder: &NetNs, others: &[&NetNs], addr: std::net::Ipv4Addr) -> anyhow::Result<()> {
     wait_addr_holder(addr, holder, others, Duration::from_secs(5)).await
