@@ -229,8 +229,14 @@ impl Config {
                 }
             ));
         }
-        if let Some(v) = &self.vrrp {
-            line(format!("vrrp: {}", v.summary()));
+        match &self.vrrp {
+            Some(v) if v.instance.is_empty() => line(format!("vrrp: {}", v.summary())),
+            Some(v) => {
+                for i in v.instances() {
+                    line(format!("vrrp {}: {}", i.name, i.summary()));
+                }
+            }
+            None => {}
         }
         line(format!("shutdown_grace: {:?}", self.shutdown_grace));
         out

@@ -80,6 +80,9 @@ fn every_example_config_passes_check_and_broken_ones_fail_with_their_own_message
         (format!("{base_listener}limits = {{ user_maxcon = 5 }}\n{base_pool}"), "unknown field `user_maxcon`"),
         (format!("{base_listener}limits = {{ user_maxconn = -1 }}\n{base_pool}"), "user_maxconn"),
         ("".to_string(), "configures nothing to run"),
+        ("[vrrp]\ninterface = \"eth0\"\n[[vrrp.instance]]\nvrid = 51\nvip = [\"192.0.2.100\"]\n[[vrrp.instance]]\nvrid = 51\nvip = [\"192.0.2.101\"]\n".to_string(), "vrrp.instance[1].vrid: 51 on eth0 is also vrrp.instance[0]'s"),
+        ("[vrrp]\ninterface = \"eth0\"\nvrid = 51\nvip = [\"192.0.2.100\"]\ntrack_fault_after = \"1ms\"\n".to_string(), "vrrp.track_fault_after: 1ms is out of range"),
+        ("[vrrp]\ninterface = \"eth0\"\n[[vrrp.instance]]\nvip = [\"192.0.2.100\"]\n".to_string(), "vrrp.instance[0].vrid: missing"),
         (format!("{base_listener}{base_pool}[routing]\ndefault = \"p\"\nreroute = {{ window = \"0s\" }}\n"), "routing.reroute.window: is 0s"),
         (format!("{base_listener}{base_pool}[routing]\ndefault = \"p\"\nreroute = {{ window = \"3h\" }}\n"), "routing.reroute.window: is 3h, more than 1h"),
     ];

@@ -433,10 +433,13 @@ async fn bad_adverts_are_dropped_and_counted() -> anyhow::Result<()> {
         .await?
         .body;
     assert!(
-        metrics.contains("setgate_vrrp_bad_adverts_total{cause=\"ttl\"} 1"),
+        metrics.contains("setgate_vrrp_bad_adverts_total{cause=\"ttl\",vrrp_instance=\"VI_51\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("setgate_vrrp_state 2"), "{metrics}");
+    assert!(
+        metrics.contains("setgate_vrrp_state{vrrp_instance=\"VI_51\"} 2"),
+        "{metrics}"
+    );
     Ok(())
 }
 

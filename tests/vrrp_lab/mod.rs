@@ -1,5 +1,6 @@
 //! The lab the VRRP tests run in: addresses, configs, namespaces with setgate, brokers and a
 //! client, and the probes the tests measure with.
+#![allow(dead_code, unused_imports)] // tests/vrrp.rs and tests/vrrp_parity.rs each use a subset
 
 use serde_json::Value;
 use setgate_testkit::netns::NetNs;
@@ -187,6 +188,98 @@ pub fn send_raw(datagrams: &[Vec<u8>]) -> std::io::Result<()> {
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// The second virtual IP, of VRID 52, in the active/active tests.
+pub const VIP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
+
+/// An active/active config: listeners on both VIPs, `[vrrp]` with the shared settings (advert
+/// 100 ms, readiness not tracked) and two `[[vrrp.instance]]`: VI_51 on [`VIP`] at priority `p51`
+/// and VI_52 on [`VIP2`] at `p52` with `extra52` lines. No broker: the pool points at a closed
+/// port, which VRRP does not look at with `track = 0`.
+pub fn pair_config(p51: u8, p52: u8, extra52: &str) -> String {
+    format!(
+        r#"
+shutdown_grace = "1s"
+
+[admin]
+listen = "127.0.0.1:9090"
+
+[[listener]]
+name = "amqp-51"
+bind = "{VIP}:{AMQP_PORT}"
+mode = "tcp"
+pool = "local"
+
+[[listener]]
+name = "amqp-52"
+bind = "{VIP2}:{AMQP_PORT}"
+mode = "tcp"
+pool = "local"
+
+[[pool]]
+name = "local"
+servers = [{{ name = "broker", addr = "127.0.0.1:1" }}]
+
+[vrrp]
+interface = "eth0"
+advert_int = "{advert}ms"
+track = 0
+
+[[vrrp.instance]]
+name = "VI_51"
+vrid = 51
+priority = {p51}
+vip = ["{VIP}/24"]
+
+[[vrrp.instance]]
+name = "VI_52"
+vrid = 52
+priority = {p52}
+vip = ["{VIP2}/24"]
+{extra52}
+"#,
+        advert = ADVERT.as_millis()
+    )
+}
+
+/// The `/api/vrrp` part of instance `name` of the setgate in `ns`.
+pub async fn instance_status(ns: &NetNs, name: &str) -> anyhow::Result<Value> {
+    let doc = vrrp_status(ns).await?;
+    doc["instances"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["name"] == name))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no instance {name} in /api/vrrp: {doc}"))
+}
+
+/// Waits until instance `name` of the setgate in `ns` reports `state`.
+pub async fn wait_instance_state(
+    ns: &NetNs,
+    name: &str,
+    state: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let what = format!("{} {name} to be {state}", ns.name());
+    wait_until(&what, timeout, || async {
+        let s = instance_status(ns, name).await.ok()?;
+        (s["state"] == state).then_some(s)
+    })
+    .await
+}
+
+/// Waits until `addr` is on `holder` and on none of `others`.
+pub async fn wait_addr_holder(
+    addr: Ipv4Addr,
+    holder: &NetNs,
+    others: &[&NetNs],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    holder.wait_addr(addr, true, timeout).await?;
+    for o in others {
+        o.wait_addr(addr, false, timeout).await?;
     }
     Ok(())
 }

@@ -1,8 +1,18 @@
-//! The `[vrrp]` section: fields, defaults, validation and the one-line summary.
+//! The `[vrrp]` section: fields, defaults, inheritance, validation and the one-line summary.
 //!
 //! Names follow Keepalived's `vrrp_instance` words (`interface`, `virtual_router_id` → `vrid`,
 //! `priority`, `advert_int`, `virtual_ipaddress` → `vip`, `preempt_delay`, `unicast_peer`,
-//! `unicast_src_ip`, `notify`) so an operator can carry a Keepalived config over field by field.
+//! `unicast_src_ip`, `track_interface`, `garp_master_refresh`, `notify`, `notify_master`,
+//! `notify_backup`, `notify_fault`, `notify_stop`) so an operator can carry a Keepalived config
+//! over field by field.
+//!
+//! Shape: `[vrrp]` with a `vrid` and a `vip` is one virtual router, as it always was. Each
+//! `[[vrrp.instance]]` adds another, with its own `vrid` and `vip`; every other setting it does
+//! not set is inherited from `[vrrp]`. A `[vrrp]` without `vrid` and `vip` but with instances only
+//! holds the shared settings. [`VrrpConfig::instances`] resolves the section into one
+//! [`InstanceConfig`] per virtual router.
+
+mod check;
 
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -14,59 +24,161 @@ use std::time::Duration;
 /// IP from a peer that can.
 pub const DEFAULT_TRACK: u8 = 254;
 
-/// `[vrrp]`: one VRRPv3 virtual router (IPv4) whose master holds the virtual IPs.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `[vrrp]` as written (and, with the same fields, each `[[vrrp.instance]]`). Every field is
+/// optional here so an instance can tell "inherit" from "set"; [`VrrpConfig::instances`] applies
+/// the defaults and the inheritance.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VrrpConfig {
+    /// The instance's name: in `/api/vrrp`, the metrics' `instance` label and the notify
+    /// arguments. Default `VI_<vrid>`.
+    #[serde(default)]
+    pub name: Option<String>,
     /// The interface adverts are sent and received on and the VIPs are added to, e.g. `eth0`.
-    pub interface: String,
+    #[serde(default)]
+    pub interface: Option<String>,
     /// Virtual router id, 1-255; every member of one virtual router uses the same.
-    pub vrid: u8,
+    #[serde(default)]
+    pub vrid: Option<u8>,
     /// This instance's priority, 1-254 (higher wins; 255 is the address owner's, 0 means "stepping
     /// down"). Default 100, as Keepalived.
-    #[serde(default = "default_priority")]
-    pub priority: u8,
+    #[serde(default)]
+    pub priority: Option<u8>,
     /// Interval between the master's adverts: a multiple of 10 ms from 10 ms to 40.95 s (the packet
     /// carries centiseconds in 12 bits). Default 1 s.
-    #[serde(default = "default_advert_int", with = "humantime_serde")]
-    pub advert_int: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub advert_int: Option<Duration>,
     /// Virtual IPv4 addresses in CIDR form (`192.0.2.100/24`; a bare address means `/32`).
-    pub vip: Vec<String>,
+    #[serde(default)]
+    pub vip: Option<Vec<String>>,
     /// Take the VIP from a lower-priority master (default true).
-    #[serde(default = "default_true")]
-    pub preempt: bool,
+    #[serde(default)]
+    pub preempt: Option<bool>,
     /// With `preempt`: how long a backup lets a lower-priority master keep the VIP after it first
     /// sees it, before taking over. Default 0.
     #[serde(default, with = "humantime_serde")]
-    pub preempt_delay: Duration,
+    pub preempt_delay: Option<Duration>,
     /// Send adverts to these peers (unicast) instead of the multicast group 224.0.0.18; adverts from
     /// other sources are then dropped.
     #[serde(default)]
-    pub unicast_peers: Vec<IpAddr>,
+    pub unicast_peers: Option<Vec<IpAddr>>,
     /// Source address of unicast adverts (default: the interface's primary IPv4 address).
     #[serde(default)]
     pub unicast_src: Option<IpAddr>,
     /// Priority drop while the proxy is not ready (no listener bound, or no pool with a healthy
     /// server); the effective priority never goes below 1. Default [`DEFAULT_TRACK`]; 0 disables.
-    #[serde(default = "default_track")]
-    pub track: u8,
-    /// Command run (through `/bin/sh -c`) on every state change with the new state (`MASTER`,
-    /// `BACKUP` or `STOP`) appended as its last argument.
+    #[serde(default)]
+    pub track: Option<u8>,
+    /// More interfaces whose loss puts the instance in FAULT (its own `interface` always does).
+    #[serde(default)]
+    pub track_interface: Option<Vec<String>>,
+    /// When the proxy has been not ready this long, the instance goes to FAULT (no adverts, no
+    /// VIPs) until it is ready again. Default: never (only `track` lowers the priority).
+    #[serde(default, with = "humantime_serde")]
+    pub track_fault_after: Option<Duration>,
+    /// While master, announce the VIPs with gratuitous ARPs again at this interval. Default 0: only
+    /// at takeover.
+    #[serde(default, with = "humantime_serde")]
+    pub garp_master_refresh: Option<Duration>,
+    /// Command run (through `/bin/sh -c`) on every state change; what it is given is
+    /// `notify_args`'s choice.
     #[serde(default)]
     pub notify: Option<String>,
+    /// What `notify` gets appended: `"state"` (default): the new state; `"keepalived"`:
+    /// `INSTANCE <name> <state> <priority>`, as Keepalived's `notify`.
+    #[serde(default)]
+    pub notify_args: Option<NotifyArgs>,
+    /// Command run on becoming MASTER, as written (Keepalived's `notify_master`).
+    #[serde(default)]
+    pub notify_master: Option<String>,
+    /// Command run on becoming BACKUP, as written.
+    #[serde(default)]
+    pub notify_backup: Option<String>,
+    /// Command run on entering FAULT, as written.
+    #[serde(default)]
+    pub notify_fault: Option<String>,
+    /// Command run on stopping, as written.
+    #[serde(default)]
+    pub notify_stop: Option<String>,
+    /// `[[vrrp.instance]]`: more virtual routers (only in `[vrrp]` itself).
+    #[serde(default)]
+    pub instance: Vec<VrrpConfig>,
 }
 
-fn default_priority() -> u8 {
-    100
+/// What the `notify` command is given after its own arguments.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyArgs {
+    /// The new state only (`MASTER`, `BACKUP`, `FAULT`, `STOP`).
+    #[default]
+    State,
+    /// Keepalived's four: `INSTANCE`, the instance name, the new state, the priority.
+    Keepalived,
 }
-fn default_advert_int() -> Duration {
-    Duration::from_secs(1)
+
+/// The commands run on state changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notify {
+    /// On every change, with [`Notify::args`] appended.
+    pub any: Option<String>,
+    /// What `any` is given.
+    pub args: NotifyArgs,
+    /// On MASTER, as written.
+    pub master: Option<String>,
+    /// On BACKUP, as written.
+    pub backup: Option<String>,
+    /// On FAULT, as written.
+    pub fault: Option<String>,
+    /// On STOP, as written.
+    pub stop: Option<String>,
 }
-fn default_true() -> bool {
-    true
+
+impl Notify {
+    /// Whether any command is configured.
+    pub fn is_set(&self) -> bool {
+        self.any.is_some()
+            || self.master.is_some()
+            || self.backup.is_some()
+            || self.fault.is_some()
+            || self.stop.is_some()
+    }
 }
-fn default_track() -> u8 {
-    DEFAULT_TRACK
+
+/// One virtual router with every default and inherited setting applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceConfig {
+    /// Where it is written: `vrrp` or `vrrp.instance[N]`; error messages start with it.
+    pub path: String,
+    /// Its name (`VI_<vrid>` unless set).
+    pub name: String,
+    /// See [`VrrpConfig::interface`].
+    pub interface: String,
+    /// See [`VrrpConfig::vrid`].
+    pub vrid: u8,
+    /// See [`VrrpConfig::priority`].
+    pub priority: u8,
+    /// See [`VrrpConfig::advert_int`].
+    pub advert_int: Duration,
+    /// See [`VrrpConfig::vip`].
+    pub vip: Vec<String>,
+    /// See [`VrrpConfig::preempt`].
+    pub preempt: bool,
+    /// See [`VrrpConfig::preempt_delay`].
+    pub preempt_delay: Duration,
+    /// See [`VrrpConfig::unicast_peers`].
+    pub unicast_peers: Vec<IpAddr>,
+    /// See [`VrrpConfig::unicast_src`].
+    pub unicast_src: Option<IpAddr>,
+    /// See [`VrrpConfig::track`].
+    pub track: u8,
+    /// See [`VrrpConfig::track_interface`].
+    pub track_interface: Vec<String>,
+    /// See [`VrrpConfig::track_fault_after`].
+    pub track_fault_after: Option<Duration>,
+    /// See [`VrrpConfig::garp_master_refresh`]; zero: off.
+    pub garp_master_refresh: Duration,
+    /// The notify commands.
+    pub notify: Notify,
 }
 
 /// One virtual address with its prefix length, as added to the interface.
@@ -115,103 +227,108 @@ pub fn parse_vip(s: &str) -> Result<Vip, String> {
 }
 
 impl VrrpConfig {
-    /// Every problem with this section at once, each naming the field and what to do.
-    pub fn validate(&self) -> Vec<String> {
-        let mut errs = Vec::new();
-        if self.interface.trim().is_empty() {
-            errs.push(
-                "vrrp.interface: must name the interface for adverts and VIPs, e.g. \"eth0\""
-                    .into(),
-            );
-        } else if self.interface.len() > 15 || self.interface.contains(['/', ' ']) {
-            errs.push(format!(
-                "vrrp.interface: {:?} is not a valid interface name",
-                self.interface
-            ));
-        }
-        if self.vrid == 0 {
-            errs.push(
-                "vrrp.vrid: 0 is not a virtual router id; use 1-255 (the same on every member)"
-                    .into(),
-            );
-        }
-        match self.priority {
-            0 => errs.push(
-                "vrrp.priority: 0 is reserved for a master that is stepping down; use 1-254".into(),
-            ),
-            255 => {
-                errs.push("vrrp.priority: 255 is reserved for the address owner; use 1-254".into())
-            }
-            _ => {}
-        }
-        errs.extend(advert_int_problem(self.advert_int));
-        if self.vip.is_empty() {
-            errs.push(
-                "vrrp.vip: list at least one virtual address, e.g. [\"192.0.2.100/24\"]".into(),
-            );
-        }
-        if self.vip.len() > 255 {
-            errs.push(format!(
-                "vrrp.vip: {} addresses; an advert carries at most 255",
-                self.vip.len()
-            ));
-        }
-        let mut seen = Vec::new();
-        for v in &self.vip {
-            match parse_vip(v) {
-                Ok(vip) if seen.contains(&vip.addr) => {
-                    errs.push(format!("vrrp.vip: {} is listed twice", vip.addr))
-                }
-                Ok(vip) => seen.push(vip.addr),
-                Err(e) => errs.push(format!("vrrp.vip: {e}")),
-            }
-        }
-        if !self.preempt && !self.preempt_delay.is_zero() {
-            errs.push("vrrp.preempt_delay: only applies with preempt = true; remove it or set preempt = true".into());
-        }
-        if self.preempt_delay > Duration::from_secs(1000) {
-            errs.push("vrrp.preempt_delay: at most 1000s".into());
-        }
-        let mut peers = Vec::new();
-        for p in &self.unicast_peers {
-            match p {
-                IpAddr::V6(_) => errs.push(format!("vrrp.unicast_peers: {p} is IPv6; VRRP here is IPv4 only")),
-                IpAddr::V4(a) if a.is_multicast() || a.is_unspecified() || a.is_broadcast() => {
-                    errs.push(format!("vrrp.unicast_peers: {p} is not a unicast address"))
-                }
-                IpAddr::V4(a) if seen.contains(a) => {
-                    errs.push(format!("vrrp.unicast_peers: {p} is one of the virtual addresses; list the peers' own addresses"))
-                }
-                _ if peers.contains(p) => errs.push(format!("vrrp.unicast_peers: {p} is listed twice")),
-                _ => peers.push(*p),
-            }
-        }
-        match self.unicast_src {
-            Some(IpAddr::V6(a)) => errs.push(format!("vrrp.unicast_src: {a} is IPv6; use this host's IPv4 address")),
-            Some(src) if self.unicast_peers.is_empty() => {
-                errs.push(format!("vrrp.unicast_src: {src} is set but unicast_peers is empty; list the peers or remove it"))
-            }
-            Some(src) if self.unicast_peers.contains(&src) => {
-                errs.push(format!("vrrp.unicast_src: {src} is also listed in unicast_peers"))
-            }
-            _ => {}
-        }
-        if let Some(cmd) = &self.notify {
-            if cmd.trim().is_empty() {
-                errs.push("vrrp.notify: empty command; remove it or name a program".into());
-            }
-        }
-        errs
+    /// Whether `[vrrp]` itself is a virtual router (it has a `vrid` or a `vip`, or there is no
+    /// `[[vrrp.instance]]`), rather than only the settings its instances share.
+    pub fn is_instance(&self) -> bool {
+        self.vrid.is_some() || self.vip.is_some() || self.instance.is_empty()
     }
 
-    /// The virtual IP addresses (without prefix length); invalid entries are skipped.
+    /// Every virtual router of the section, `[vrrp]`'s own first, with defaults and inherited
+    /// settings applied. Run [`VrrpConfig::validate`] first: missing required fields come out as
+    /// zero or empty here.
+    pub fn instances(&self) -> Vec<InstanceConfig> {
+        let mut out = Vec::new();
+        if self.is_instance() {
+            out.push(self.resolve("vrrp".into(), &VrrpConfig::default()));
+        }
+        for (i, inst) in self.instance.iter().enumerate() {
+            out.push(inst.resolve(format!("vrrp.instance[{i}]"), self));
+        }
+        out
+    }
+
+    /// This section's settings over `shared`'s, over the defaults.
+    fn resolve(&self, path: String, shared: &VrrpConfig) -> InstanceConfig {
+        macro_rules! pick {
+            ($f:ident, $default:expr) => {
+                self.$f
+                    .clone()
+                    .or_else(|| shared.$f.clone())
+                    .unwrap_or($default)
+            };
+        }
+        let vrid = self.vrid.unwrap_or(0);
+        InstanceConfig {
+            name: self.name.clone().unwrap_or_else(|| format!("VI_{vrid}")),
+            path,
+            interface: pick!(interface, String::new()),
+            vrid,
+            priority: pick!(priority, 100),
+            advert_int: pick!(advert_int, Duration::from_secs(1)),
+            vip: self.vip.clone().unwrap_or_default(),
+            preempt: pick!(preempt, true),
+            preempt_delay: pick!(preempt_delay, Duration::ZERO),
+            unicast_peers: pick!(unicast_peers, Vec::new()),
+            unicast_src: self.unicast_src.or(shared.unicast_src),
+            track: pick!(track, DEFAULT_TRACK),
+            track_interface: pick!(track_interface, Vec::new()),
+            track_fault_after: self.track_fault_after.or(shared.track_fault_after),
+            garp_master_refresh: pick!(garp_master_refresh, Duration::ZERO),
+            notify: Notify {
+                any: self.notify.clone().or_else(|| shared.notify.clone()),
+                args: pick!(notify_args, NotifyArgs::State),
+                master: self
+                    .notify_master
+                    .clone()
+                    .or_else(|| shared.notify_master.clone()),
+                backup: self
+                    .notify_backup
+                    .clone()
+                    .or_else(|| shared.notify_backup.clone()),
+                fault: self
+                    .notify_fault
+                    .clone()
+                    .or_else(|| shared.notify_fault.clone()),
+                stop: self
+                    .notify_stop
+                    .clone()
+                    .or_else(|| shared.notify_stop.clone()),
+            },
+        }
+    }
+
+    /// Every problem with this section at once, each naming the field and what to do.
+    pub fn validate(&self) -> Vec<String> {
+        check::validate(self)
+    }
+
+    /// The virtual IP addresses of every instance (without prefix length); invalid entries are
+    /// skipped.
     pub fn vip_addrs(&self) -> Vec<IpAddr> {
-        self.vips()
-            .into_iter()
+        self.instances()
+            .iter()
+            .flat_map(|i| i.vips())
             .map(|v| IpAddr::V4(v.addr))
             .collect()
     }
 
+    /// One line for `setgate check`: the instance's summary, or each instance's after its name.
+    pub fn summary(&self) -> String {
+        let instances = self.instances();
+        match instances.as_slice() {
+            [one] if self.instance.is_empty() => one.summary(),
+            many => {
+                let each: Vec<String> = many
+                    .iter()
+                    .map(|i| format!("{}: {}", i.name, i.summary()))
+                    .collect();
+                format!("{} instances; {}", many.len(), each.join("; "))
+            }
+        }
+    }
+}
+
+impl InstanceConfig {
     /// The virtual addresses with their prefix lengths; invalid entries are skipped.
     pub fn vips(&self) -> Vec<Vip> {
         self.vip.iter().filter_map(|v| parse_vip(v).ok()).collect()
@@ -231,6 +348,17 @@ impl VrrpConfig {
                 IpAddr::V6(_) => None,
             })
             .collect()
+    }
+
+    /// The interfaces whose loss means FAULT: our own, then `track_interface`.
+    pub fn fault_interfaces(&self) -> Vec<String> {
+        let mut all = vec![self.interface.clone()];
+        for i in &self.track_interface {
+            if !all.contains(i) {
+                all.push(i.clone());
+            }
+        }
+        all
     }
 
     /// One line for `setgate check`.
@@ -267,7 +395,28 @@ impl VrrpConfig {
                 let _ = write!(s, ", priority -{t} while not ready");
             }
         }
-        if self.notify.is_some() {
+        if let Some(d) = self.track_fault_after {
+            let _ = write!(
+                s,
+                ", FAULT after {} not ready",
+                humantime::format_duration(d)
+            );
+        }
+        if !self.track_interface.is_empty() {
+            let _ = write!(
+                s,
+                ", FAULT while {} is down",
+                self.fault_interfaces().join(" or ")
+            );
+        }
+        if !self.garp_master_refresh.is_zero() {
+            let _ = write!(
+                s,
+                ", gratuitous ARP every {} as master",
+                humantime::format_duration(self.garp_master_refresh)
+            );
+        }
+        if self.notify.is_set() {
             s.push_str(", notify");
         }
         s
@@ -275,168 +424,47 @@ impl VrrpConfig {
 }
 
 /// Why a reload from `old` to `new` cannot be applied live: one line per setting that needs a
-/// restart (`interface`, `vrid`, `vip`, `unicast_peers`, `unicast_src`). Empty when it can. Pure,
-/// so a reload can refuse before it changes anything.
+/// restart (`name`, `interface`, `vrid`, `vip`, `unicast_peers`, `unicast_src` of any instance,
+/// or instances added or removed). Empty when it can. Pure, so a reload can refuse before it
+/// changes anything.
 pub fn restart_needed(old: &VrrpConfig, new: &VrrpConfig) -> Vec<String> {
-    let fixed = [
-        ("interface", old.interface == new.interface),
-        ("vrid", old.vrid == new.vrid),
-        ("vip", old.vips() == new.vips()),
-        ("unicast_peers", old.unicast_peers == new.unicast_peers),
-        ("unicast_src", old.unicast_src == new.unicast_src),
-    ];
-    fixed
-        .iter()
-        .filter(|(_, same)| !same)
-        .map(|(field, _)| {
-            format!(
-                "vrrp.{field}: changing it needs a restart of setgate; still running with the old [vrrp] settings"
-            )
-        })
-        .collect()
-}
-
-fn advert_int_problem(d: Duration) -> Option<String> {
-    let ms = d.as_millis();
-    let exact = d.subsec_nanos().is_multiple_of(10_000_000);
-    if !exact {
-        Some(format!(
-            "vrrp.advert_int: {} is not a multiple of 10ms (adverts carry centiseconds)",
-            humantime::format_duration(d)
-        ))
-    } else if !(10..=40_950).contains(&ms) {
-        Some(format!(
-            "vrrp.advert_int: {} is out of range; use 10ms to 40.95s",
-            humantime::format_duration(d)
-        ))
-    } else {
-        None
+    let (olds, news) = (old.instances(), new.instances());
+    let paths = |v: &[InstanceConfig]| v.iter().map(|i| i.path.clone()).collect::<Vec<_>>();
+    if paths(&olds) != paths(&news) {
+        return vec![format!(
+            "vrrp.instance: adding or removing instances needs a restart of setgate ({} running, {} in the file); still running with the old [vrrp] settings",
+            olds.len(),
+            news.len()
+        )];
     }
+    let raw = |c: &VrrpConfig, path: &str| -> Option<String> {
+        match path.strip_prefix("vrrp.instance[") {
+            None => c.name.clone(),
+            Some(rest) => {
+                let i: usize = rest.trim_end_matches(']').parse().ok()?;
+                c.instance.get(i)?.name.clone()
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for (o, n) in olds.iter().zip(&news) {
+        let fixed = [
+            ("name", raw(old, &o.path) == raw(new, &n.path)),
+            ("interface", o.interface == n.interface),
+            ("vrid", o.vrid == n.vrid),
+            ("vip", o.vips() == n.vips()),
+            ("unicast_peers", o.unicast_peers == n.unicast_peers),
+            ("unicast_src", o.unicast_src == n.unicast_src),
+        ];
+        out.extend(fixed.iter().filter(|(_, same)| !same).map(|(field, _)| {
+            format!(
+                "{}.{field}: changing it needs a restart of setgate; still running with the old [vrrp] settings",
+                o.path
+            )
+        }));
+    }
+    out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A minimal valid section with `extra` keys set over it.
-    fn parse(extra: &str) -> VrrpConfig {
-        let mut t: toml::Table =
-            toml::from_str("interface = \"eth0\"\nvrid = 51\nvip = [\"192.0.2.100/24\"]").unwrap();
-        t.extend(toml::from_str::<toml::Table>(extra).unwrap());
-        t.try_into().unwrap()
-    }
-
-    #[test]
-    fn defaults_are_keepalived_like() {
-        let c = parse("");
-        assert_eq!(c.priority, 100);
-        assert_eq!(c.advert_int, Duration::from_secs(1));
-        assert!(c.preempt);
-        assert_eq!(c.preempt_delay, Duration::ZERO);
-        assert_eq!(c.track, DEFAULT_TRACK);
-        assert!(c.validate().is_empty(), "{:?}", c.validate());
-        assert_eq!(c.advert_centis(), 100);
-        assert_eq!(
-            c.vip_addrs(),
-            vec!["192.0.2.100".parse::<IpAddr>().unwrap()]
-        );
-    }
-
-    #[test]
-    fn unknown_fields_are_rejected() {
-        let r: Result<VrrpConfig, _> = toml::from_str(
-            "interface = \"eth0\"\nvrid = 1\nvip = [\"192.0.2.1\"]\nvirtual_router_id = 1\n",
-        );
-        assert!(r.unwrap_err().to_string().contains("virtual_router_id"));
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let c = parse(
-            "priority = 255\nadvert_int = \"105ms\"\nunicast_src = \"192.0.2.1\"\nnotify = \" \"",
-        );
-        let errs = c.validate();
-        assert_eq!(errs.len(), 4, "{errs:#?}");
-        assert!(errs.contains(
-            &"vrrp.priority: 255 is reserved for the address owner; use 1-254".to_string()
-        ));
-        assert!(errs
-            .iter()
-            .any(|e| e.starts_with("vrrp.advert_int: 105ms is not a multiple of 10ms")));
-        assert!(errs.iter().any(|e| e.starts_with("vrrp.unicast_src:")));
-        assert!(errs.iter().any(|e| e.starts_with("vrrp.notify:")));
-    }
-
-    #[test]
-    fn advert_int_range() {
-        for (v, ok) in [
-            ("10ms", true),
-            ("40s 950ms", true),
-            ("0s", false),
-            ("41s", false),
-            ("5ms", false),
-        ] {
-            let c = parse(&format!("advert_int = \"{v}\""));
-            assert_eq!(c.validate().is_empty(), ok, "{v}: {:?}", c.validate());
-        }
-        assert_eq!(parse("advert_int = \"40s 950ms\"").advert_centis(), 4095);
-        assert_eq!(parse("advert_int = \"10ms\"").advert_centis(), 1);
-    }
-
-    #[test]
-    fn bad_fields_each_name_themselves() {
-        let cases = [
-            ("vrid = 0", "vrrp.vrid:"),
-            ("priority = 0", "vrrp.priority: 0"),
-            ("vip = []", "vrrp.vip: list at least one"),
-            ("vip = [\"2001:db8::1/64\"]", "IPv6 virtual addresses"),
-            ("vip = [\"192.0.2.1/33\"]", "prefix length"),
-            ("vip = [\"banana\"]", "not an address"),
-            ("vip = [\"192.0.2.1\", \"192.0.2.1/24\"]", "listed twice"),
-            ("vip = [\"224.0.0.18\"]", "cannot be a virtual address"),
-            (
-                "preempt = false\npreempt_delay = \"5s\"",
-                "vrrp.preempt_delay:",
-            ),
-            (
-                "unicast_peers = [\"192.0.2.5\", \"192.0.2.5\"]",
-                "listed twice",
-            ),
-            (
-                "unicast_peers = [\"192.0.2.100\"]",
-                "one of the virtual addresses",
-            ),
-            ("unicast_peers = [\"2001:db8::2\"]", "IPv4 only"),
-            ("interface = \"\"", "vrrp.interface:"),
-        ];
-        for (extra, want) in cases {
-            let errs = parse(extra).validate();
-            assert!(errs.iter().any(|e| e.contains(want)), "{extra}: {errs:?}");
-        }
-    }
-
-    #[test]
-    fn vip_forms() {
-        assert_eq!(
-            parse_vip("192.0.2.7").unwrap(),
-            Vip {
-                addr: Ipv4Addr::new(192, 0, 2, 7),
-                prefix: 32
-            }
-        );
-        assert_eq!(
-            parse_vip("192.0.2.7/24").unwrap().to_string(),
-            "192.0.2.7/24"
-        );
-    }
-
-    #[test]
-    fn summary_names_the_essentials() {
-        let c = parse("priority = 150\nadvert_int = \"100ms\"\nunicast_peers = [\"192.0.2.2\"]");
-        assert_eq!(
-            c.summary(),
-            "VRID 51 on eth0, priority 150, advert every 100ms, preempt, VIP 192.0.2.100/24, \
-             unicast to 192.0.2.2, priority -254 while not ready"
-        );
-    }
-}
+mod tests;

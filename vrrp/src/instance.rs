@@ -1,13 +1,16 @@
-//! The running instance: one task that owns the socket, the state machine and the VIPs, and turns
-//! the machine's [`Action`]s into packets, netlink calls, gratuitous ARPs and notify commands.
+//! A running instance: one task that owns the socket, the state machine and the VIPs of one
+//! virtual router, and turns the machine's [`Action`]s into packets, netlink calls, gratuitous
+//! ARPs and notify commands.
 //!
 //! The task waits on three things at once: a datagram, the earliest deadline (the machine's timer,
-//! the next readiness poll, the next gratuitous ARP) and the stop signal. Everything that changes
-//! state happens in this one task, so nothing here needs a lock except the report it publishes.
+//! the next poll of readiness and interfaces, the next gratuitous ARP) and a command. Everything
+//! that changes state happens in this one task, so nothing here needs a lock except the report it
+//! publishes.
 
-use crate::config::{Vip, VrrpConfig};
+use crate::config::{InstanceConfig, Vip};
 use crate::garp::{self, GarpSocket};
 use crate::netlink::{Link, Netlink};
+use crate::notify::{self, Who};
 use crate::packet::{self, Advert};
 use crate::socket::VrrpSocket;
 use crate::state::{Action, Machine, State};
@@ -20,33 +23,44 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Readiness is polled at least this often (and every advert interval when that is shorter), so
-/// `track` reacts within 100 ms even with a 1 s advert interval.
-const MAX_READY_POLL: Duration = Duration::from_millis(100);
+/// Readiness and the tracked interfaces are polled at least this often (and every advert interval
+/// when that is shorter), so `track` and FAULT react within 100 ms even with a 1 s advert
+/// interval.
+const MAX_POLL: Duration = Duration::from_millis(100);
 
 /// What the [`crate::Vrrp`] handle asks of the task.
 #[derive(Debug)]
 pub enum Command {
     /// Apply new live settings (already checked against what needs a restart).
-    Reload(Box<VrrpConfig>),
+    Reload(Box<InstanceConfig>),
     /// Step down and end.
     Stop,
 }
 
 /// Everything the task owns.
 pub struct Instance {
-    pub(crate) cfg: VrrpConfig,
+    pub(crate) cfg: InstanceConfig,
     pub(crate) vips: Vec<Vip>,
     pub(crate) link: Link,
-    pub(crate) netlink: Netlink,
+    /// Shared by the instances of this process: netlink requests are independent of each other.
+    pub(crate) netlink: Arc<Netlink>,
     pub(crate) sock: VrrpSocket,
     pub(crate) garp: GarpSocket,
     pub(crate) machine: Machine,
     pub(crate) report: Arc<Report>,
     pub(crate) ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// VRIDs of this process's other instances on the same interface: their adverts reach this
+    /// socket too, and are neither ours nor bad.
+    pub(crate) siblings: Vec<u8>,
     /// Gratuitous ARPs still to send since becoming master, earliest first.
     pub(crate) garp_due: Vec<Instant>,
+    /// While master with `garp_master_refresh`: the next refresh.
+    pub(crate) garp_refresh_at: Option<Instant>,
     pub(crate) is_ready: bool,
+    /// Since when the proxy has been not ready (for `track_fault_after`).
+    pub(crate) unready_since: Option<Instant>,
+    /// Why the instance is in FAULT now; empty: no fault.
+    pub(crate) fault: Vec<String>,
 }
 
 impl Instance {
@@ -55,7 +69,8 @@ impl Instance {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; 4096];
         let now = Instant::now();
-        self.poll_ready(now).await;
+        // Before `start`: a fault present now starts the instance in FAULT.
+        self.poll(now).await;
         let actions = self.machine.start(now.into_std());
         self.apply(actions).await;
         let mut next_poll = now + self.poll_every();
@@ -65,8 +80,13 @@ impl Instance {
             if let Some(t) = self.machine.next_deadline() {
                 deadline = deadline.min(Instant::from_std(t));
             }
-            if let Some(&t) = self.garp_due.first() {
-                deadline = deadline.min(t);
+            for t in self
+                .garp_due
+                .first()
+                .into_iter()
+                .chain(&self.garp_refresh_at)
+            {
+                deadline = deadline.min(*t);
             }
             tokio::select! {
                 biased;
@@ -77,7 +97,7 @@ impl Instance {
                 r = self.sock.recv(&mut buf) => match r {
                     Ok(n) => self.on_datagram(&buf[..n]).await,
                     Err(e) => {
-                        warn!(error = %e, interface = %self.cfg.interface, "vrrp: receive failed");
+                        warn!(error = %e, instance = %self.cfg.name, interface = %self.cfg.interface, "vrrp: receive failed");
                         // An error that repeats (interface gone) must not spin the task.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
@@ -86,7 +106,7 @@ impl Instance {
             }
             let now = Instant::now();
             if now >= next_poll {
-                self.poll_ready(now).await;
+                self.poll(now).await;
                 next_poll = now + self.poll_every();
             }
             let actions = self.machine.on_timer(now.into_std());
@@ -99,27 +119,30 @@ impl Instance {
     }
 
     fn poll_every(&self) -> Duration {
-        self.cfg.advert_int.min(MAX_READY_POLL)
+        self.cfg.advert_int.min(MAX_POLL)
     }
 
-    async fn reconfigure(&mut self, cfg: VrrpConfig) {
+    async fn reconfigure(&mut self, cfg: InstanceConfig) {
         self.cfg = cfg;
         let primary = self.sock.src();
         let drop = if self.is_ready { 0 } else { self.cfg.track };
         let params = crate::state::Params::from_config(&self.cfg, primary);
-        let actions = self
-            .machine
-            .reconfigure(Instant::now().into_std(), params, drop);
+        let now = Instant::now();
+        let actions = self.machine.reconfigure(now.into_std(), params, drop);
+        self.garp_refresh_at = self.refresh_from(now);
         self.report
             .set_facts(crate::status::Facts::new(&self.cfg, primary));
-        info!(summary = %self.cfg.summary(), "vrrp settings reloaded");
+        info!(instance = %self.cfg.name, summary = %self.cfg.summary(), "vrrp settings reloaded");
         self.apply(actions).await;
     }
 
-    async fn poll_ready(&mut self, now: Instant) {
+    /// Readiness (the priority drop) and the faults: tracked interfaces down, or not ready for
+    /// longer than `track_fault_after`.
+    async fn poll(&mut self, now: Instant) {
         let ready = (self.ready)();
         if ready != self.is_ready {
             info!(
+                instance = %self.cfg.name,
                 ready,
                 priority = self.cfg.priority,
                 track = self.cfg.track,
@@ -127,12 +150,55 @@ impl Instance {
             );
             self.is_ready = ready;
         }
+        self.unready_since = match ready {
+            true => None,
+            false => Some(self.unready_since.unwrap_or(now)),
+        };
         let drop = if ready { 0 } else { self.cfg.track };
         let actions = self.machine.set_priority_drop(now.into_std(), drop);
+        self.apply(actions).await;
+
+        let mut fault = Vec::new();
+        for iface in self.cfg.fault_interfaces() {
+            let why = match self.netlink.link(&iface).await {
+                Ok(Some(l)) if l.usable() => None,
+                Ok(Some(l)) if !l.up => Some(format!("interface {iface} is down")),
+                Ok(Some(_)) => Some(format!("interface {iface} has no carrier")),
+                Ok(None) => Some(format!("interface {iface} does not exist")),
+                Err(e) => {
+                    // Unknown: keep what we last knew about it.
+                    debug!(error = %e, interface = %iface, "vrrp: interface state unknown");
+                    let mine = format!("interface {iface} ");
+                    self.fault.iter().find(|f| f.starts_with(&mine)).cloned()
+                }
+            };
+            fault.extend(why);
+        }
+        if let (Some(bound), Some(since)) = (self.cfg.track_fault_after, self.unready_since) {
+            if now.duration_since(since) >= bound {
+                fault.push(format!(
+                    "proxy not ready for more than {}",
+                    humantime::format_duration(bound)
+                ));
+            }
+        }
+        if fault != self.fault {
+            match fault.is_empty() {
+                true => info!(instance = %self.cfg.name, "vrrp: fault cleared"),
+                false => warn!(instance = %self.cfg.name, fault = ?fault, "vrrp: fault"),
+            }
+            self.fault = fault;
+        }
+        let actions = self
+            .machine
+            .set_fault(now.into_std(), !self.fault.is_empty());
         self.apply(actions).await;
     }
 
     async fn on_datagram(&mut self, datagram: &[u8]) {
+        if self.machine.state() == State::Fault {
+            return; // not listening: a fault is cleared by starting over as Backup
+        }
         let rx = match packet::decode(datagram) {
             Ok(rx) => rx,
             Err(e) => return self.drop_advert(e.cause(), &e.to_string(), None),
@@ -146,6 +212,9 @@ impl Instance {
             return self.drop_advert("peer", "sender is not in vrrp.unicast_peers", Some(rx.src));
         }
         if a.vrid != self.cfg.vrid {
+            if self.siblings.contains(&a.vrid) {
+                return; // another instance of ours handles it
+            }
             return self.drop_advert(
                 "vrid",
                 &format!("VRID {} is not ours ({})", a.vrid, self.cfg.vrid),
@@ -176,14 +245,15 @@ impl Instance {
     fn drop_advert(&self, cause: &'static str, why: &str, src: Option<Ipv4Addr>) {
         let count = self.report.bad(cause);
         let src = src.map(|s| s.to_string()).unwrap_or_default();
+        let instance = self.cfg.name.as_str();
         // The first of each cause is worth a warning (misconfiguration); the rest are counted.
         if count == 1 {
             warn!(
-                cause,
-                why, src, "vrrp: dropped an advert (further ones are only counted)"
+                instance,
+                cause, why, src, "vrrp: dropped an advert (further ones are only counted)"
             );
         } else {
-            debug!(cause, why, src, "vrrp: dropped an advert");
+            debug!(instance, cause, why, src, "vrrp: dropped an advert");
         }
     }
 
@@ -197,6 +267,11 @@ impl Instance {
     }
 
     async fn send_advert(&self, priority: u8) {
+        let own = format!("interface {} ", self.cfg.interface);
+        if self.fault.iter().any(|f| f.starts_with(&own)) {
+            // Down or gone: the send can only fail (a priority-0 step-down on entering FAULT).
+            return debug!(instance = %self.cfg.name, priority, "vrrp: advert not sent, interface down");
+        }
         let advert = Advert {
             vrid: self.cfg.vrid,
             priority,
@@ -205,7 +280,9 @@ impl Instance {
         };
         match self.sock.send(&advert).await {
             Ok(()) => self.report.sent(),
-            Err(e) => warn!(error = %e, priority, "vrrp: sending an advert failed"),
+            Err(e) => {
+                warn!(instance = %self.cfg.name, error = %e, priority, "vrrp: sending an advert failed")
+            }
         }
     }
 
@@ -216,48 +293,72 @@ impl Instance {
             .map(|m| m.addr.to_string())
             .unwrap_or_default();
         info!(
+            instance = %self.cfg.name,
             state = state.name(),
             vrid = self.cfg.vrid,
             priority = self.machine.effective_priority(),
             master,
+            fault = ?self.fault,
             "vrrp state change"
         );
-        self.report.transition(state);
         match state {
             State::Master => {
                 for vip in &self.vips {
                     if let Err(e) = self.netlink.add(self.link.index, *vip).await {
-                        warn!(error = %e, vip = %vip, interface = %self.cfg.interface, "vrrp: adding a VIP failed");
+                        warn!(error = %e, instance = %self.cfg.name, vip = %vip, interface = %self.cfg.interface, "vrrp: adding a VIP failed");
                     }
                 }
                 let now = Instant::now();
                 self.garp_due = garp::SCHEDULE.iter().map(|d| now + *d).collect();
+                self.garp_refresh_at = self.refresh_from(now);
                 self.send_due_garps(now);
             }
-            State::Backup | State::Initialize => {
+            State::Backup | State::Fault | State::Initialize => {
                 self.garp_due.clear();
+                self.garp_refresh_at = None;
                 // Also at start-up: VIPs left behind by a crashed run must go before anyone else
                 // takes them, or two hosts would answer ARP for them.
                 for vip in &self.vips {
                     if let Err(e) = self.netlink.del(self.link.index, vip.addr).await {
-                        warn!(error = %e, vip = %vip, interface = %self.cfg.interface, "vrrp: removing a VIP failed");
+                        warn!(error = %e, instance = %self.cfg.name, vip = %vip, interface = %self.cfg.interface, "vrrp: removing a VIP failed");
                     }
                 }
             }
         }
-        if let Some(cmd) = &self.cfg.notify {
-            crate::notify::spawn(cmd, state, self.cfg.vrid, self.machine.effective_priority());
-        }
+        // Reported once the VIPs are in place: whoever reads MASTER or FAULT in /api/vrrp may
+        // rely on the addresses being there or gone.
+        self.report.transition(state);
         self.publish();
+        let who = Who {
+            name: self.cfg.name.clone(),
+            vrid: self.cfg.vrid,
+            priority: self.machine.effective_priority(),
+        };
+        notify::spawn(&self.cfg.notify, state, &who);
+    }
+
+    /// The first gratuitous ARP refresh after `now`, while master with a refresh interval.
+    fn refresh_from(&self, now: Instant) -> Option<Instant> {
+        let every = self.cfg.garp_master_refresh;
+        (self.machine.state() == State::Master && !every.is_zero()).then(|| now + every)
     }
 
     fn send_due_garps(&mut self, now: Instant) {
+        let mut announce = false;
         while self.garp_due.first().is_some_and(|t| *t <= now) {
             self.garp_due.remove(0);
-            for vip in &self.vips {
-                if let Err(e) = self.garp.announce(self.link.mac, vip.addr) {
-                    debug!(error = %e, vip = %vip, "vrrp: gratuitous ARP not sent");
-                }
+            announce = true;
+        }
+        if self.garp_refresh_at.is_some_and(|t| t <= now) {
+            self.garp_refresh_at = self.refresh_from(now);
+            announce = true;
+        }
+        if !announce {
+            return;
+        }
+        for vip in &self.vips {
+            if let Err(e) = self.garp.announce(self.link.mac, vip.addr) {
+                debug!(error = %e, vip = %vip, "vrrp: gratuitous ARP not sent");
             }
         }
     }
@@ -269,6 +370,7 @@ impl Instance {
             m.effective_priority(),
             m.master_adver_int(),
             self.is_ready,
+            &self.fault,
         );
     }
 }

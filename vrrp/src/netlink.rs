@@ -17,6 +17,15 @@ pub struct Link {
     pub mac: [u8; 6],
     /// Administratively up.
     pub up: bool,
+    /// Operationally up (IFF_RUNNING: it has a carrier, e.g. the other end of a veth is up too).
+    pub running: bool,
+}
+
+impl Link {
+    /// Up and running: what an instance on it, or tracking it, needs.
+    pub fn usable(&self) -> bool {
+        self.up && self.running
+    }
 }
 
 /// One IPv4 address on an interface.
@@ -85,6 +94,7 @@ impl Netlink {
             index: msg.header.index,
             mac,
             up: msg.header.flags.contains(LinkFlags::Up),
+            running: msg.header.flags.contains(LinkFlags::Running),
         }))
     }
 

@@ -1,5 +1,5 @@
-//! The VRRPv3 Backup/Master state machine (RFC 5798 §6.4 with RFC 9568's corrections), as pure
-//! logic: no clock, no sockets. The caller passes the current instant into every call and performs
+//! The VRRPv3 Backup/Master state machine (RFC 5798 §6.4 with RFC 9568's corrections) plus
+//! Keepalived's FAULT state, as pure logic: no clock, no sockets. The caller passes the current instant into every call and performs
 //! the [`Action`]s that come back; [`Machine::next_deadline`] says when to call
 //! [`Machine::on_timer`] next. Tests drive it with made-up instants.
 //!
@@ -7,6 +7,12 @@
 //! `Skew_Time = ((256 - Priority) * Master_Adver_Interval) / 256` and
 //! `Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time`, with this router's effective
 //! priority, as Keepalived computes them.
+//!
+//! FAULT is not in the RFCs; it is what Keepalived does when an instance cannot serve (its
+//! interface or a tracked one is down, or, here, the proxy has been not ready too long): a master
+//! steps down with a priority-0 advert, then the instance neither advertises nor holds the VIPs
+//! nor listens to adverts. When the fault clears it starts over as Backup, so it becomes master
+//! again only as the protocol says (after Master_Down_Interval, or by preempting a lower master).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -20,6 +26,8 @@ pub enum State {
     Backup,
     /// Holding the virtual IPs and advertising.
     Master,
+    /// Cannot serve: silent, without the virtual IPs, until the fault clears.
+    Fault,
 }
 
 impl State {
@@ -29,15 +37,17 @@ impl State {
             State::Initialize => "STOP",
             State::Backup => "BACKUP",
             State::Master => "MASTER",
+            State::Fault => "FAULT",
         }
     }
 
-    /// Gauge value for `setgate_vrrp_state`: 0 stopped, 1 backup, 2 master.
+    /// Gauge value for `setgate_vrrp_state`: 0 stopped, 1 backup, 2 master, 3 fault.
     pub fn gauge(self) -> f64 {
         match self {
             State::Initialize => 0.0,
             State::Backup => 1.0,
             State::Master => 2.0,
+            State::Fault => 3.0,
         }
     }
 }
@@ -47,8 +57,8 @@ impl State {
 pub enum Action {
     /// Send an advert with this priority (0: stepping down).
     SendAdvert(u8),
-    /// The state changed to this one (Master: add the VIPs and send gratuitous ARPs; Backup or
-    /// Initialize: remove them).
+    /// The state changed to this one (Master: add the VIPs and send gratuitous ARPs; Backup,
+    /// Fault or Initialize: remove them).
     Transition(State),
 }
 
@@ -69,7 +79,7 @@ pub struct Params {
 
 impl Params {
     /// The parameters `cfg` sets, with `primary` as our address.
-    pub fn from_config(cfg: &crate::VrrpConfig, primary: Ipv4Addr) -> Params {
+    pub fn from_config(cfg: &crate::InstanceConfig, primary: Ipv4Addr) -> Params {
         Params {
             priority: cfg.priority,
             advert_int: cfg.advert_int,
@@ -103,6 +113,9 @@ pub struct Machine {
     /// Backup with a preempt delay: since when a lower-priority master has been tolerated.
     lower_master_since: Option<Instant>,
     master: Option<MasterInfo>,
+    /// Whether a fault is present (kept in every state, so a fault set before `start` starts the
+    /// machine in Fault).
+    fault: bool,
 }
 
 impl Machine {
@@ -116,6 +129,7 @@ impl Machine {
             advert_at: None,
             lower_master_since: None,
             master: None,
+            fault: false,
             params,
         }
     }
@@ -159,16 +173,47 @@ impl Machine {
     /// When [`Machine::on_timer`] must be called next, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.state {
-            State::Initialize => None,
+            State::Initialize | State::Fault => None,
             State::Backup => self.master_down_at,
             State::Master => self.advert_at,
         }
     }
 
-    /// Initialize → Backup, with the Master_Down_Timer running.
+    /// Initialize → Backup, with the Master_Down_Timer running; → Fault when a fault is already
+    /// present.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         self.master_adver_int = self.params.advert_int;
+        if self.fault {
+            self.state = State::Fault;
+            return vec![Action::Transition(State::Fault)];
+        }
         self.become_backup(now)
+    }
+
+    /// A fault appeared (`true`) or cleared (`false`). Entering FAULT, a master first sends a
+    /// priority-0 advert so a backup takes over after Skew_Time; leaving it, the router starts
+    /// over as Backup. Before `start`, only remembered.
+    pub fn set_fault(&mut self, now: Instant, fault: bool) -> Vec<Action> {
+        if fault == self.fault {
+            return Vec::new();
+        }
+        self.fault = fault;
+        match (self.state, fault) {
+            (State::Initialize, _) => Vec::new(),
+            (State::Fault, false) => {
+                self.master_adver_int = self.params.advert_int;
+                self.become_backup(now)
+            }
+            (State::Master, true) => {
+                let mut actions = vec![Action::SendAdvert(0)];
+                actions.extend(self.become_fault());
+                actions
+            }
+            (State::Backup, true) => self.become_fault(),
+            // Unreachable: Fault with fault = false was handled, and set_fault(true) in
+            // Fault means self.fault was already true.
+            (State::Fault, true) | (State::Master | State::Backup, false) => Vec::new(),
+        }
     }
 
     /// Fires whichever timer is due.
@@ -195,7 +240,7 @@ impl Machine {
         max_advert_int: Duration,
     ) -> Vec<Action> {
         match self.state {
-            State::Initialize => Vec::new(),
+            State::Initialize | State::Fault => Vec::new(),
             State::Backup => {
                 if priority == 0 {
                     // The master is stepping down: take over after Skew_Time only.
@@ -295,7 +340,7 @@ impl Machine {
         match self.state {
             State::Initialize => return actions,
             State::Master => actions.push(Action::SendAdvert(0)),
-            State::Backup => {}
+            State::Backup | State::Fault => {}
         }
         self.state = State::Initialize;
         self.master_down_at = None;
@@ -311,6 +356,15 @@ impl Machine {
         self.lower_master_since = None;
         self.master_down_at = Some(now + self.master_down_interval());
         vec![Action::Transition(State::Backup)]
+    }
+
+    fn become_fault(&mut self) -> Vec<Action> {
+        self.state = State::Fault;
+        self.master_down_at = None;
+        self.advert_at = None;
+        self.lower_master_since = None;
+        self.master = None;
+        vec![Action::Transition(State::Fault)]
     }
 
     fn become_master(&mut self, now: Instant) -> Vec<Action> {

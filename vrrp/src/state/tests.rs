@@ -270,3 +270,101 @@ fn reconfigure_lowers_a_masters_priority_and_says_so_at_once() {
         vec![Transition(State::Backup)]
     );
 }
+
+#[test]
+fn a_master_in_fault_steps_down_with_priority_zero_then_stays_silent() {
+    let (mut m, t) = master(150);
+    assert_eq!(
+        m.set_fault(t + ms(5), true),
+        vec![SendAdvert(0), Transition(State::Fault)]
+    );
+    assert_eq!(m.state(), State::Fault);
+    assert_eq!(
+        m.next_deadline(),
+        None,
+        "no advert timer, no master-down timer"
+    );
+    assert_eq!(m.master(), None);
+    // Nothing it hears or waits for moves it, and it never advertises.
+    assert!(m.on_timer(t + ms(10_000)).is_empty());
+    assert!(m.on_advert(t + ms(20), HIGH, 200, ms(100)).is_empty());
+    assert!(m.on_advert(t + ms(30), LOW, 0, ms(100)).is_empty());
+    assert!(m.set_priority_drop(t + ms(40), 100).is_empty());
+    assert_eq!(m.effective_priority(), 50, "the drop is still recorded");
+    assert!(m.set_fault(t + ms(50), true).is_empty(), "already in fault");
+}
+
+#[test]
+fn leaving_fault_starts_over_as_backup_and_takes_over_as_the_protocol_says() {
+    let (mut m, t) = master(150);
+    m.set_fault(t, true);
+    let t1 = t + ms(1000);
+    assert_eq!(m.set_fault(t1, false), vec![Transition(State::Backup)]);
+    // Master_Down_Interval with our own advert interval: 300 ms + (106 * 100 ms / 256).
+    assert_eq!(m.next_deadline(), Some(t1 + m.master_down_interval()));
+    // A higher master keeps it down...
+    assert!(m.on_advert(t1 + ms(100), HIGH, 200, ms(100)).is_empty());
+    assert_eq!(m.state(), State::Backup);
+    // ...and when it goes quiet, the timer makes this one master.
+    let due = m.next_deadline().unwrap();
+    assert_eq!(
+        m.on_timer(due),
+        vec![Transition(State::Master), SendAdvert(150)]
+    );
+}
+
+#[test]
+fn leaving_fault_preempts_a_lower_master() {
+    let (mut m, t0) = machine(150, true, Duration::ZERO);
+    m.start(t0);
+    m.set_fault(t0, true);
+    m.set_fault(t0 + ms(10), false);
+    // The lower master's adverts are ignored, so Master_Down_Interval after leaving FAULT it
+    // preempts.
+    assert!(m.on_advert(t0 + ms(50), LOW, 100, ms(100)).is_empty());
+    assert_eq!(
+        m.next_deadline(),
+        Some(t0 + ms(10) + m.master_down_interval())
+    );
+}
+
+#[test]
+fn a_backup_in_fault_sends_nothing() {
+    let (mut m, t0) = machine(100, true, Duration::ZERO);
+    m.start(t0);
+    assert_eq!(
+        m.set_fault(t0 + ms(1), true),
+        vec![Transition(State::Fault)]
+    );
+    assert_eq!(m.shutdown(), vec![Transition(State::Initialize)]);
+}
+
+#[test]
+fn a_fault_present_at_start_starts_in_fault() {
+    let (mut m, t0) = machine(100, true, Duration::ZERO);
+    assert!(
+        m.set_fault(t0, true).is_empty(),
+        "before start: remembered only"
+    );
+    assert_eq!(m.start(t0), vec![Transition(State::Fault)]);
+    assert_eq!(m.next_deadline(), None);
+    assert_eq!(
+        m.set_fault(t0 + ms(5), false),
+        vec![Transition(State::Backup)]
+    );
+}
+
+#[test]
+fn reconfigure_in_fault_sends_nothing() {
+    let (mut m, t) = master(150);
+    m.set_fault(t, true);
+    let params = Params {
+        priority: 200,
+        advert_int: ms(100),
+        preempt: true,
+        preempt_delay: Duration::ZERO,
+        primary: ME,
+    };
+    assert!(m.reconfigure(t + ms(5), params, 0).is_empty());
+    assert_eq!(m.state(), State::Fault);
+}
