@@ -45,6 +45,35 @@ impl Cpu {
         self.json(|t| (t * 1e6 / messages as f64 * 10.0).round() / 10.0)
     }
 
+    /// Per process, the median over runs of its microseconds of CPU per message, and under
+    /// `"all"` the median of all processes together (what moving a message costs the machine,
+    /// less noisy than rates on a shared one).
+    pub fn median_per_message_us<'a>(
+        runs: impl IntoIterator<Item = &'a Cpu>,
+        messages: u64,
+    ) -> Value {
+        let per_msg: Vec<Value> = runs
+            .into_iter()
+            .map(|c| c.per_message_us(messages))
+            .collect();
+        let mut out = Map::new();
+        if let Some(Value::Object(first)) = per_msg.first() {
+            for process in first.keys() {
+                let v = per_msg.iter().filter_map(|p| p[process].as_f64()).collect();
+                out.insert(process.clone(), json!(crate::measure::median(v)));
+            }
+        }
+        let total = |p: &Value| {
+            p.as_object()
+                .map_or(0.0, |m| m.values().filter_map(Value::as_f64).sum())
+        };
+        out.insert(
+            "all".into(),
+            json!(crate::measure::median(per_msg.iter().map(total).collect())),
+        );
+        Value::Object(out)
+    }
+
     fn json(&self, f: impl Fn(f64) -> f64) -> Value {
         let m: Map<String, Value> = self
             .0

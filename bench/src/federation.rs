@@ -11,17 +11,26 @@
 //!   message to last.
 //! - `plugin`: the same with `rabbitmq_federation` on the downstream node (upstream + policy).
 //! - `setgate-paced`, `plugin-paced`: forwarding latency at a fixed rate below saturation.
+//! - `setgate-drain`, `plugin-drain`: a backlog drain, the forwarder's own capacity with no
+//!   publisher competing: `--messages` are published while the link is down (setgate stopped;
+//!   the plugin's upstream pointed at a closed port), then the link comes back and a consumer on
+//!   the downstream queue times the arrivals, first to last.
+//!
+//! Every case prints the CPU each process spent per message (`/proc`): setgate's own process, and
+//! each node's (the plugin works inside the downstream node).
 //!
 //! Latency is the downstream arrival time minus the publish time carried in a header.
 
 mod setup;
 
 use crate::cpu::Cpu;
-use crate::measure::{median, publish, purge, ratio, through, Acks, Load, Measured, Throughput};
+use crate::measure::{
+    median, publish, purge, ratio, through, Acks, Arrivals, Load, Measured, Throughput,
+};
 use serde_json::json;
 use setgate_testkit::fed::{declare_bound_queue, declare_exchange};
 use setgate_testkit::{Node, NodeOptions};
-use setup::{start_plugin, start_setgate};
+use setup::{plugin_link, start_plugin, start_setgate, PluginLink};
 use std::path::PathBuf;
 
 /// Options.
@@ -72,6 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let load = args.common.load();
     let (mut source, mut drained, mut setgate, mut plugin) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut setgate_drain, mut plugin_drain) = (Vec::new(), Vec::new());
     let nodes = [("source_node", &src), ("downstream_node", &dst)];
     for run in 1..=args.common.runs {
         let cpu = Cpu::sample(None, &nodes);
@@ -95,23 +105,43 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
         let cpu = Cpu::sample(Some(&sg), &nodes);
         let m = through(&su, SG_X, &du, "bench.setgate.sink", load, Acks::Auto).await?;
-        eprintln!(
-            "run {run}: setgate {} ; cpu s {}",
-            show(&m),
-            cpu.since(Some(&sg), &nodes)
-        );
-        setgate.push(m);
+        let cpu = cpu.since(Some(&sg), &nodes);
+        eprintln!("run {run}: setgate {} ; cpu s {cpu}", show(&m));
+        setgate.push((m, cpu));
         drop(sg);
 
         if !args.skip_plugin {
             let cpu = Cpu::sample(None, &nodes);
             let m = through(&su, PLUGIN_X, &du, "bench.plugin.sink", load, Acks::Auto).await?;
-            eprintln!(
-                "run {run}: plugin {} ; cpu s {}",
-                show(&m),
-                cpu.since(None, &nodes)
-            );
-            plugin.push(m);
+            let cpu = cpu.since(None, &nodes);
+            eprintln!("run {run}: plugin {} ; cpu s {cpu}", show(&m));
+            plugin.push((m, cpu));
+        }
+
+        // The backlog drains: setgate's link queue on the source exists (the live run declared
+        // it) and keeps filling while setgate is stopped.
+        publish(&su, SG_X, load).await?;
+        let arrivals =
+            Arrivals::start(&[(&du, "bench.setgate.sink")], load.messages, Acks::Auto).await?;
+        let cpu = Cpu::sample(None, &nodes);
+        let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
+        let m = arrivals.finish().await?;
+        let cpu = cpu.since(Some(&sg), &nodes);
+        eprintln!("run {run}: setgate-drain {} ; cpu s {cpu}", show(&m));
+        setgate_drain.push((m, cpu));
+        drop(sg);
+
+        if !args.skip_plugin {
+            plugin_link(&src, PluginLink::Down).await?;
+            publish(&su, PLUGIN_X, load).await?;
+            let arrivals =
+                Arrivals::start(&[(&du, "bench.plugin.sink")], load.messages, Acks::Auto).await?;
+            let cpu = Cpu::sample(None, &nodes);
+            plugin_link(&src, PluginLink::Up).await?;
+            let m = arrivals.finish().await?;
+            let cpu = cpu.since(None, &nodes);
+            eprintln!("run {run}: plugin-drain {} ; cpu s {cpu}", show(&m));
+            plugin_drain.push((m, cpu));
         }
     }
 
@@ -129,10 +159,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let source_med = median(source.clone());
-    let sg_med = median(setgate.iter().map(|m| m.rate).collect());
-    let plugin_med = (!plugin.is_empty()).then(|| median(plugin.iter().map(|m| m.rate).collect()));
+    let sg_med = median(setgate.iter().map(|m| m.0.rate).collect());
+    let plugin_med =
+        (!plugin.is_empty()).then(|| median(plugin.iter().map(|m| m.0.rate).collect()));
     let rounded = |v: &[f64]| v.iter().map(|r| r.round()).collect::<Vec<_>>();
-    let rates = |v: &[Measured]| v.iter().map(|m| m.rate.round()).collect::<Vec<_>>();
+    let rates = |v: &[(Measured, Cpu)]| v.iter().map(|m| m.0.rate.round()).collect::<Vec<_>>();
+    let pct = |v: &[(Measured, Cpu)], f: fn(&Measured) -> f64| {
+        median(v.iter().map(|m| f(&m.0)).collect())
+    };
+    let cpu_us = |v: &[(Measured, Cpu)]| {
+        Cpu::median_per_message_us(v.iter().map(|m| &m.1), args.common.messages)
+    };
     let common = json!({"messages": args.common.messages, "body_size": args.common.body_size, "persistent": true});
     line(
         "source",
@@ -150,8 +187,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         json!({
             "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
             "runs_msg_s": rates(&setgate), "median_msg_s": sg_med.round(),
-            "p50_ms": median(setgate.iter().map(|m| m.p50_ms).collect()),
-            "p99_ms": median(setgate.iter().map(|m| m.p99_ms).collect()),
+            "p50_ms": pct(&setgate, |m| m.p50_ms),
+            "p99_ms": pct(&setgate, |m| m.p99_ms),
+            "cpu_us_per_msg": cpu_us(&setgate),
             "ratio_to_source": ratio(sg_med, source_med),
             "ratio_to_source_drained": ratio(sg_med, median(drained.clone())),
             "ratio_to_plugin": plugin_med.map(|p| ratio(sg_med, p)),
@@ -164,8 +202,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             json!({
                 "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
                 "runs_msg_s": rates(&plugin), "median_msg_s": p.round(),
-                "p50_ms": median(plugin.iter().map(|m| m.p50_ms).collect()),
-                "p99_ms": median(plugin.iter().map(|m| m.p99_ms).collect()),
+                "p50_ms": pct(&plugin, |m| m.p50_ms),
+                "p99_ms": pct(&plugin, |m| m.p99_ms),
+                "cpu_us_per_msg": cpu_us(&plugin),
+                "ratio_to_source": ratio(p, source_med),
+                "load": common,
+            }),
+        );
+    }
+    let sg_drain = median(setgate_drain.iter().map(|m| m.0.rate).collect());
+    let plugin_drain_med =
+        (!plugin_drain.is_empty()).then(|| median(plugin_drain.iter().map(|m| m.0.rate).collect()));
+    line(
+        "setgate-drain",
+        json!({
+            "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
+            "runs_msg_s": rates(&setgate_drain), "median_msg_s": sg_drain.round(),
+            "cpu_us_per_msg": cpu_us(&setgate_drain),
+            "ratio_to_source": ratio(sg_drain, source_med),
+            "ratio_to_plugin": plugin_drain_med.map(|p| ratio(sg_drain, p)),
+            "load": common,
+        }),
+    );
+    if let Some(p) = plugin_drain_med {
+        line(
+            "plugin-drain",
+            json!({
+                "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
+                "runs_msg_s": rates(&plugin_drain), "median_msg_s": p.round(),
+                "cpu_us_per_msg": cpu_us(&plugin_drain),
                 "ratio_to_source": ratio(p, source_med),
                 "load": common,
             }),

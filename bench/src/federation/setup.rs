@@ -37,6 +37,63 @@ pub async fn start_setgate(
     Ok(sg)
 }
 
+/// The state a drain needs the plugin's link in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginLink {
+    /// Moving messages.
+    Up,
+    /// Disconnected, its queue on the source kept (and filling).
+    Down,
+}
+
+/// The user the plugin's link connects to the source as: its permissions take the link down
+/// and back without touching the upstream or the policy (a changed upstream makes the plugin
+/// delete the link's queue on the source, and the backlog with it).
+const LINK_USER: &str = "bench-link";
+
+/// Takes the plugin's link down (its user loses its permissions on the source and its
+/// connection is closed; its queue there stays and fills) or brings it back (permissions
+/// restored; the link reconnects within its `reconnect-delay` of 1 s).
+pub async fn plugin_link(src: &Node, link: PluginLink) -> anyhow::Result<()> {
+    match link {
+        PluginLink::Down => {
+            src.ctl(&["clear_permissions", "-p", "/", LINK_USER])
+                .await?;
+            src.ctl(&[
+                "close_all_connections",
+                "bench: the link goes down for a drain",
+            ])
+            .await?;
+            wait_until(
+                "the federation plugin's link to stop consuming",
+                Duration::from_secs(60),
+                || async {
+                    let out = src
+                        .ctl(&[
+                            "list_queues",
+                            "name",
+                            "consumers",
+                            "--silent",
+                            "--no-table-headers",
+                        ])
+                        .await
+                        .ok()?;
+                    out.lines()
+                        .filter(|l| l.starts_with("federation: "))
+                        .all(|l| l.split_whitespace().last() == Some("0"))
+                        .then_some(())
+                },
+            )
+            .await
+        }
+        PluginLink::Up => {
+            src.ctl(&["set_permissions", "-p", "/", LINK_USER, ".*", ".*", ".*"])
+                .await?;
+            Ok(())
+        }
+    }
+}
+
 /// Federates `exchange` from `src` to `dst` with RabbitMQ's plugin (on `dst`): an upstream and
 /// a policy, then waits until a probe message crosses.
 pub async fn start_plugin(
@@ -45,11 +102,15 @@ pub async fn start_plugin(
     exchange: &str,
     prefetch: u32,
 ) -> anyhow::Result<()> {
+    src.ctl(&["add_user", LINK_USER, LINK_USER]).await?;
+    src.ctl(&["set_permissions", "-p", "/", LINK_USER, ".*", ".*", ".*"])
+        .await?;
     let upstream = json!({
-        "uri": src.amqp_uri().replace("/%2f", ""),
+        "uri": src.uri_for(LINK_USER, LINK_USER).replace("/%2f", ""),
         "ack-mode": "on-confirm",
         "prefetch-count": prefetch,
         "trust-user-id": false,
+        "reconnect-delay": 1,
     });
     dst.ctl(&[
         "set_parameter",
