@@ -108,10 +108,20 @@ impl LiteConnection {
         }
     }
 
-    /// Closes the connection the polite way (Connection.Close, without waiting for Close-Ok).
-    pub async fn close(mut self) {
-        let _ = self.stream.write_all(&close_frame(200, "bye")).await;
-        let _ = self.stream.shutdown().await;
+    /// Closes the connection the way a client should: Connection.Close, then waits for the
+    /// peer's Close-Ok (or the end of the socket). No deadline: the caller sets its own.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.stream.write_all(&close_frame(200, "bye")).await?;
+        loop {
+            match self.method().await {
+                Ok(connection::AMQPMethod::CloseOk(_)) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => match e.downcast_ref::<setgate_amqp::FrameError>() {
+                    Some(setgate_amqp::FrameError::Closed) => return Ok(()),
+                    _ => return Err(e.context("waiting for Connection.CloseOk")),
+                },
+            }
+        }
     }
 
     async fn read(&mut self) -> anyhow::Result<AMQPFrame> {
