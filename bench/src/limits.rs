@@ -3,18 +3,24 @@
 //! the checks and the frame-by-frame read up to Connection.Open, not refusals) against the same
 //! listener without limits, in one run, interleaved. Target: on / off >= 0.97.
 //!
-//! Cases: `connection_setup_per_s` (connections opened and closed one after the other, as in
-//! `setgate-bench proxy`), `parallel_setup_per_s` (`--parallel` clients doing the same at once),
-//! and `setgate_cpu_us_per_connection`: CPU time setgate's threads spent per connection during
-//! the sequential runs (from /proc/PID/task/*/schedstat), which other load on the machine does
-//! not change the way it changes a rate.
+//! Cases: `connection_setup_per_s` (lapin connections opened and closed one after the other, as
+//! in `setgate-bench proxy`), `parallel_setup_per_s` (`--parallel` lapin clients doing the same at
+//! once), `handshake_only_setup_per_s` (the same one after the other with testkit's `amqp_lite`,
+//! a client without lapin's thread per connection, so setgate's share of the time is larger),
+//! and, for both sequential cases, `..setgate_cpu_us_per_connection`: CPU time setgate's threads
+//! spent per connection (from /proc/PID/task/*/schedstat), which other load on the machine does
+//! not change the way it changes a rate. Each line has `vs_off` (ratio of the medians) and
+//! `paired_vs_off` (median of the ratios of each run, where both paths ran back to back).
+//!
+//! The run fails if the `on` listener refused (or would have refused) anything or waited for
+//! `rate_limit`: the limits must be high enough that only their cost is measured.
 
 use anyhow::Context;
 use serde_json::json;
 use setgate_testkit::config::{Check, Config, Limits, Listener, Pool, Routing};
-use setgate_testkit::{amqp, Node, Setgate};
+use setgate_testkit::{amqp, amqp_lite, Node, Setgate};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Options of `setgate-bench limits`.
 #[derive(clap::Args, Debug)]
@@ -76,13 +82,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for run in 0..args.runs {
         eprintln!("run {}/{}", run + 1, args.runs);
         paths.rotate_left(1);
-        for (case, parallel) in [
-            ("connection_setup_per_s", 1),
-            ("parallel_setup_per_s", args.parallel),
+        for (case, client, parallel, cpu_case) in [
+            (
+                "connection_setup_per_s",
+                Client::Lapin,
+                1,
+                Some("setgate_cpu_us_per_connection"),
+            ),
+            ("parallel_setup_per_s", Client::Lapin, args.parallel, None),
+            (
+                "handshake_only_setup_per_s",
+                Client::Lite,
+                1,
+                Some("handshake_only_setgate_cpu_us_per_connection"),
+            ),
         ] {
             for (name, port) in &paths {
                 let cpu_before = cpu_ns(pid)?;
-                let rate = setup(&uri(*port), args.connections, parallel).await?;
+                let rate = match client {
+                    Client::Lapin => setup(&uri(*port), args.connections, parallel).await?,
+                    Client::Lite => setup_lite(*port, args.connections).await?,
+                };
                 let cpu_us = (cpu_ns(pid)? - cpu_before) as f64 / 1e3 / args.connections as f64;
                 let mut record =
                     |case, v| match results.iter_mut().find(|r| r.0 == case && r.1 == *name) {
@@ -90,26 +110,68 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         None => results.push((case, name, vec![v])),
                     };
                 record(case, rate);
-                if parallel == 1 {
-                    record("setgate_cpu_us_per_connection", cpu_us);
+                if let Some(cpu_case) = cpu_case {
+                    record(cpu_case, cpu_us);
                 }
             }
         }
     }
+    ensure_nothing_limited(&sg).await?;
     for (case, path, runs) in &results {
         let off = results
             .iter()
             .find(|r| r.0 == *case && r.1 == "off")
-            .map(|r| median(&r.2))
-            .unwrap_or(f64::NAN);
+            .map(|r| r.2.clone())
+            .unwrap_or_default();
         let m = median(runs);
+        // Both paths ran back to back in each run (order alternating): the median of the
+        // per-run ratios cancels the load that drifts from run to run on a shared machine.
+        let paired: Vec<f64> = runs.iter().zip(&off).map(|(v, o)| v / o).collect();
         println!(
             "{}",
             json!({"bench": "limits", "case": case, "path": path, "median": (m * 10.0).round() / 10.0,
                    "runs": runs.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>(),
-                   "vs_off": (m / off * 1000.0).round() / 1000.0})
+                   "vs_off": (m / median(&off) * 1000.0).round() / 1000.0,
+                   "paired_vs_off": (median(&paired) * 1000.0).round() / 1000.0})
         );
     }
+    Ok(())
+}
+
+/// The client of a case.
+#[derive(Clone, Copy)]
+enum Client {
+    /// lapin: a full client, with an I/O thread per connection.
+    Lapin,
+    /// `setgate_testkit::amqp_lite`: the handshake and Close only, one task per connection, so
+    /// setgate and the broker are most of the time per connection and setgate's share shows.
+    Lite,
+}
+
+/// The `on` listener measured the checks, not their effect: no refusal (nor would-be refusal) of
+/// any limit, and the accept loop never waited for `rate_limit`. Otherwise the figures mean
+/// nothing and the run says so.
+async fn ensure_nothing_limited(sg: &Setgate) -> anyhow::Result<()> {
+    let doc = sg.get_json("/api/listeners").await?;
+    let on = doc["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "on"))
+        .context("no listener \"on\" in /api/listeners")?;
+    let state = &on["limit_state"];
+    let refusals = state["refusals"]
+        .as_object()
+        .context("no limit_state.refusals on listener \"on\"")?;
+    for (limit, r) in refusals {
+        anyhow::ensure!(
+            r["refused"] == 0 && r["counted_only"] == 0,
+            "listener \"on\" hit its {limit} limit ({r}): raise it so the benchmark measures the checks only"
+        );
+    }
+    anyhow::ensure!(
+        state["rate_limit_waits"] == 0,
+        "listener \"on\" waited for its rate_limit {} times: raise it so the benchmark measures the checks only",
+        state["rate_limit_waits"]
+    );
     Ok(())
 }
 
@@ -128,6 +190,25 @@ async fn setup(uri: &str, n: usize, parallel: usize) -> anyhow::Result<f64> {
         r?;
     }
     Ok((per * parallel.max(1)) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Opens and closes `n` connections one after the other with [`Client::Lite`]; returns
+/// connections a second.
+async fn setup_lite(port: u16, n: usize) -> anyhow::Result<f64> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    for _ in 0..n {
+        let c = tokio::time::timeout(
+            Duration::from_secs(10),
+            amqp_lite::connect(addr, "guest", "guest", "/"),
+        )
+        .await
+        .context("handshake-only client: no connection within 10 s")??;
+        tokio::time::timeout(Duration::from_secs(10), c.close())
+            .await
+            .context("handshake-only client: no Close-Ok within 10 s")??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// CPU time of every thread of `pid` so far, in nanoseconds.

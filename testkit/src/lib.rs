@@ -7,6 +7,8 @@
 //! - [`node`]: start, stop, kill -9, SIGSTOP and restart RabbitMQ nodes; join three into a cluster.
 //! - [`setgate`]: run the setgate binary with a config, wait until it is ready, reload, stop, kill.
 //! - [`config`]: typed builders for the config files tests and benchmarks run setgate with.
+//! - [`amqp_lite`]: a real AMQP client that only does the connection handshake, for storms of
+//!   thousands of connections (one task each, no thread).
 //! - [`http`]: a tiny HTTP/1.1 client for the management API and the admin API.
 //! - [`netns`], [`vrrp_lab`]: network namespaces, Keepalived, and the VRRP lab built on them.
 //! - [`netfault`]: blackhole a port with iptables (packets dropped both ways, no reset).
@@ -19,6 +21,7 @@
 //! process is gone.
 
 pub mod amqp;
+pub mod amqp_lite;
 pub mod chaos;
 pub mod config;
 pub mod fed;

@@ -1,0 +1,160 @@
+//! A lightweight real AMQP 0-9-1 client for storms of thousands of connections: it does the whole
+//! connection handshake against a real broker (protocol header, Connection.Start / StartOk with
+//! PLAIN, Tune / TuneOk, Open / OpenOk), then holds the connection and reports when it ends.
+//!
+//! Why not lapin here: every lapin connection runs its own I/O thread, and thousands of them (and
+//! thousands more when they all reconnect) cost the test process more CPU than the broker and
+//! setgate together on a 2-core machine, so the client, not setgate, would set the pace. This
+//! client is one tokio task and one socket per connection. Frames are built and parsed by
+//! `amq-protocol` (through `setgate-amqp`), never by hand.
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use anyhow::{bail, Context};
+use setgate_amqp::frame::{close_frame, encode, expect_start, read_frame, PROTOCOL_HEADER};
+use setgate_amqp::names::method_name;
+use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Largest frame this client reads: the handshake's frames and a Connection.Close are small.
+const FRAME_MAX: usize = 128 * 1024;
+
+/// An open AMQP connection (after Connection.OpenOk) with no channel.
+#[derive(Debug)]
+pub struct LiteConnection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// Connects to `addr` as `user` / `pass` on `vhost` and completes the handshake. A Connection.Close
+/// instead of the next handshake frame is an error with the peer's reply code and text.
+/// No deadline: the caller sets its own (a storm waits in accept queues on purpose).
+pub async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    pass: &str,
+    vhost: &str,
+) -> anyhow::Result<LiteConnection> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut c = LiteConnection {
+        stream,
+        buf: Vec::with_capacity(512),
+    };
+    c.stream.write_all(PROTOCOL_HEADER).await?;
+    let frame = c.read().await.context("waiting for Connection.Start")?;
+    let start = expect_start(&frame)?;
+    anyhow::ensure!(
+        start
+            .mechanisms
+            .to_string()
+            .split(' ')
+            .any(|m| m == "PLAIN"),
+        "the server does not offer PLAIN: {}",
+        start.mechanisms
+    );
+    let mut props = FieldTable::default();
+    props.insert(
+        "product".into(),
+        AMQPValue::LongString(LongString::from("setgate-testkit amqp_lite")),
+    );
+    c.send(connection::AMQPMethod::StartOk(connection::StartOk {
+        client_properties: props,
+        mechanism: ShortString::from("PLAIN"),
+        response: LongString::from(format!("\0{user}\0{pass}")),
+        locale: ShortString::from("en_US"),
+    }))
+    .await?;
+    let tune = match c.method().await.context("waiting for Connection.Tune")? {
+        connection::AMQPMethod::Tune(t) => t,
+        other => bail!("expected Connection.Tune, got {}", describe(other)),
+    };
+    // Heartbeats off: the connection carries no traffic and must not be closed for it.
+    c.send(connection::AMQPMethod::TuneOk(connection::TuneOk {
+        channel_max: tune.channel_max,
+        frame_max: tune.frame_max,
+        heartbeat: 0,
+    }))
+    .await?;
+    c.send(connection::AMQPMethod::Open(connection::Open {
+        virtual_host: ShortString::from(vhost),
+    }))
+    .await?;
+    match c.method().await.context("waiting for Connection.OpenOk")? {
+        connection::AMQPMethod::OpenOk(_) => Ok(c),
+        other => bail!("expected Connection.OpenOk, got {}", describe(other)),
+    }
+}
+
+impl LiteConnection {
+    /// Waits until the connection ends: the peer closes or resets the socket, or sends
+    /// Connection.Close (answered with Close-Ok). Returns how it ended.
+    pub async fn closed(mut self) -> String {
+        loop {
+            match self.method().await {
+                Ok(connection::AMQPMethod::Close(_)) => {
+                    let _ = self
+                        .send(connection::AMQPMethod::CloseOk(connection::CloseOk {}))
+                        .await;
+                    return "Connection.Close".into();
+                }
+                Ok(_) => continue,
+                Err(e) => return format!("{e:#}"),
+            }
+        }
+    }
+
+    /// Closes the connection the way a client should: Connection.Close, then waits for the
+    /// peer's Close-Ok (or the end of the socket). No deadline: the caller sets its own.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.stream.write_all(&close_frame(200, "bye")).await?;
+        loop {
+            match self.method().await {
+                Ok(connection::AMQPMethod::CloseOk(_)) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => match e.downcast_ref::<setgate_amqp::FrameError>() {
+                    Some(setgate_amqp::FrameError::Closed) => return Ok(()),
+                    _ => return Err(e.context("waiting for Connection.CloseOk")),
+                },
+            }
+        }
+    }
+
+    async fn read(&mut self) -> anyhow::Result<AMQPFrame> {
+        Ok(read_frame(&mut self.stream, &mut self.buf, FRAME_MAX).await?)
+    }
+
+    /// The next Connection method on channel 0 (heartbeats skipped).
+    async fn method(&mut self) -> anyhow::Result<connection::AMQPMethod> {
+        loop {
+            match self.read().await? {
+                AMQPFrame::Heartbeat | AMQPFrame::InvalidHeartbeat(_) => continue,
+                AMQPFrame::Method(0, AMQPClass::Connection(m)) => return Ok(m),
+                AMQPFrame::Method(_, class) => bail!("unexpected method {}", method_name(&class)),
+                _ => bail!("unexpected content frame before any channel was opened"),
+            }
+        }
+    }
+
+    async fn send(&mut self, m: connection::AMQPMethod) -> anyhow::Result<()> {
+        let bytes = encode(&AMQPFrame::Method(0, AMQPClass::Connection(m)));
+        self.stream.write_all(&bytes).await?;
+        Ok(())
+    }
+}
+
+/// A Connection method for an error: a Close with its reply, anything else by name.
+fn describe(m: connection::AMQPMethod) -> String {
+    match m {
+        connection::AMQPMethod::Close(c) => format!(
+            "Connection.Close {} {}",
+            c.reply_code,
+            c.reply_text.as_str()
+        ),
+        other => method_name(&AMQPClass::Connection(other)),
+    }
+}
