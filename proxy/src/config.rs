@@ -191,6 +191,14 @@ pub struct PoolConfig {
     /// `shutdown-sessions`: close a server's connections when it is marked down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_marked_down: Option<OnMarkedDown>,
+    /// For `set` listeners: broker connections per server opened ahead of time, up to the
+    /// broker's Connection.Start, so a client's StartOk goes out at once (0: none).
+    #[serde(default = "default_preopen")]
+    pub preopen: usize,
+    /// How long a pre-opened connection waits for a client before it is closed (and replaced
+    /// while clients keep coming). Well under the broker's `handshake_timeout`.
+    #[serde(default = "default_preopen_max_age", with = "humantime_serde")]
+    pub preopen_max_age: Duration,
     /// The servers, primaries and backups, in order.
     pub servers: Vec<ServerConfig>,
 }
@@ -348,6 +356,12 @@ fn default_handshake_timeout() -> Duration {
 }
 fn default_retries() -> u32 {
     3
+}
+fn default_preopen() -> usize {
+    2
+}
+fn default_preopen_max_age() -> Duration {
+    Duration::from_secs(3)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)

@@ -396,6 +396,8 @@ mod tests {
             retries: 3,
             connect_timeout: Duration::from_secs(1),
             on_marked_down: None,
+            preopen: 0,
+            preopen_max_age: Duration::from_secs(3),
             servers: servers
                 .iter()
                 .enumerate()
