@@ -101,6 +101,11 @@ fn proc_stat(pid: &str) -> Option<(i64, f64)> {
     Some((f.get(2)?.parse().ok()?, cpu))
 }
 
+/// CPU seconds (user + system, all threads) used by process `pid` so far.
+pub fn process_cpu_seconds(pid: i32) -> f64 {
+    cpu_of_pid(pid)
+}
+
 fn cpu_of_pid(pid: i32) -> f64 {
     proc_stat(&pid.to_string()).map_or(0.0, |s| s.1)
 }

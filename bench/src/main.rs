@@ -6,6 +6,8 @@
 //! `setgate-bench vrrp`       — VRRP takeover times, setgate vs Keepalived
 //! `setgate-bench chaos`      — a random mix of real faults; lost must be 0
 //! `setgate-bench limits`     — connection setup rate with connection limits on vs off
+//! `setgate-bench scale`      — 1,000 to 10,000 connections: CPU per message rate and memory per
+//!                              connection, setgate vs HAProxy
 
 mod chaos;
 mod cpu;
@@ -13,6 +15,7 @@ mod federation;
 mod limits;
 mod measure;
 mod proxy;
+mod scale;
 mod shovel;
 mod vrrp;
 
@@ -38,6 +41,8 @@ enum Bench {
     Chaos(chaos::Args),
     /// Connection limits: setup rate through a set listener with limits on vs off.
     Limits(limits::Args),
+    /// The scale curve: thousands of connections, setgate vs HAProxy.
+    Scale(scale::Args),
 }
 
 #[tokio::main]
@@ -49,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Vrrp(a) => vrrp::run(a).await,
         Bench::Chaos(a) => chaos::run(a).await,
         Bench::Limits(a) => limits::run(a).await,
+        Bench::Scale(a) => scale::run(a).await,
     }
 }
 

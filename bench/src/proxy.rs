@@ -53,6 +53,9 @@ pub struct Args {
     /// The setgate binary (default: next to this one, i.e. target/release/setgate).
     #[arg(long)]
     setgate: Option<PathBuf>,
+    /// Which cases to run: throughput, latency, setup, idle (default: all).
+    #[arg(long, value_delimiter = ',', default_values_t = ["throughput".to_string(), "latency".to_string(), "setup".to_string(), "idle".to_string()])]
+    cases: Vec<String>,
     /// Environment for the setgate process, e.g. `TOKIO_WORKER_THREADS=1` (repeatable).
     #[arg(long = "setgate-env", value_parser = parse_env)]
     setgate_env: Vec<(String, String)>,
@@ -128,6 +131,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let uri = |port: u16| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
 
+    for c in &args.cases {
+        anyhow::ensure!(
+            ["throughput", "latency", "setup", "idle"].contains(&c.as_str()),
+            "--cases: unknown case {c:?}; use throughput, latency, setup or idle"
+        );
+    }
+    let case = |c: &str| args.cases.iter().any(|x| x == c);
     // Warm up every path (broker JIT, connection caches) before measuring.
     for p in &paths {
         publish_confirms(&uri(p.port), 2_000, args.window).await?;
@@ -145,20 +155,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("run {}/{}", run + 1, args.runs);
         // Each run starts with another path, so no path is always measured first or last.
         paths.rotate_left(1);
-        for p in &paths {
+        for p in paths.iter().filter(|_| case("throughput")) {
             let rate = publish_confirms(&uri(p.port), args.messages, args.window).await?;
             record("publish_confirms_msgs_per_s", p.name, rate);
         }
-        for p in &paths {
+        for p in paths.iter().filter(|_| case("throughput")) {
             let rate = consume_acks(&uri(p.port), args.messages).await?;
             record("consume_acks_msgs_per_s", p.name, rate);
         }
-        for p in &paths {
+        for p in paths.iter().filter(|_| case("latency")) {
             let (p50, p99) = latency(&uri(p.port), args.round_trips).await?;
             record("end_to_end_latency_p50_us", p.name, p50);
             record("end_to_end_latency_p99_us", p.name, p99);
         }
-        for p in &paths {
+        for p in paths.iter().filter(|_| case("setup")) {
             let (rate, p50) = setup(&uri(p.port), args.connections).await?;
             record("connection_setup_per_s", p.name, rate);
             record("handshake_p50_us", p.name, p50);
@@ -193,6 +203,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut rss_paths = vec![("setgate-tcp", sg.pid().context("setgate pid")?, idle_port)];
     if let Some(h) = &haproxy {
         rss_paths.push(("haproxy", h.pid(), h.sink_port));
+    }
+    if !case("idle") {
+        rss_paths.clear();
     }
     for (name, pid, port) in rss_paths {
         let per_conn = idle_rss(pid, port, args.idle, &sink).await?;

@@ -6,11 +6,12 @@
 //! It reads files and builds the router (up to ~0.1 s for a large ring): call it off the async
 //! runtime (`spawn_blocking`). It binds nothing and starts nothing.
 
-use crate::config::{ProxyConfig, Secret};
+use crate::config::{ListenerMode, ProxyConfig, Secret};
 use crate::listener_stats::ListenerStats;
 use crate::pool::Pool;
 use crate::shared::{ListenerRuntime, Snapshot};
 use crate::upstream::{PoolRuntime, PoolTls};
+use crate::warm::Warm;
 use setgate_router::Router;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +26,15 @@ pub fn build(cfg: ProxyConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<
     // Pools are built only from a valid section: their errors would repeat the checks'.
     let checked = errs.is_empty();
     let mut pools = HashMap::new();
+    // Pools a `set` listener can send clients to: only these pre-open broker connections.
+    let set_pools: Vec<&str> = match &cfg.routing {
+        Some(r) if cfg.listeners.iter().any(|l| l.mode == ListenerMode::Set) => {
+            std::iter::once(r.default.as_str())
+                .chain(r.sets.iter().map(|s| s.pool.as_str()))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     for (i, p) in cfg.pools.iter().enumerate() {
         let field = format!("pool[{i}] ({})", p.name);
         let tls = match &p.tls {
@@ -43,7 +53,15 @@ pub fn build(cfg: ProxyConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Vec<
         let previous = prev.and_then(|s| s.pools.get(&p.name)).map(|r| &r.pool);
         match Pool::build(p, previous) {
             Ok(pool) => {
-                pools.insert(p.name.clone(), Arc::new(PoolRuntime { pool, tls }));
+                // A PROXY header names the client, who is not there yet: no pre-opening.
+                let preopen = if set_pools.contains(&p.name.as_str()) && !p.send_proxy {
+                    p.preopen
+                } else {
+                    0
+                };
+                let names: Vec<&str> = p.servers.iter().map(|s| s.name.as_str()).collect();
+                let warm = Warm::new(&p.name, &names, preopen, p.preopen_max_age);
+                pools.insert(p.name.clone(), Arc::new(PoolRuntime { pool, tls, warm }));
             }
             Err(e) => errs.push(format!("{field}: {e}")),
         }

@@ -203,6 +203,14 @@ pub struct PoolConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub slowstart: Option<Duration>,
+    /// For `set` listeners: broker connections per server opened ahead of time, up to the
+    /// broker's Connection.Start, so a client's StartOk goes out at once (0: none).
+    #[serde(default = "default_preopen")]
+    pub preopen: usize,
+    /// How long a pre-opened connection waits for a client before it is closed (and replaced
+    /// while clients keep coming). Well under the broker's `handshake_timeout`.
+    #[serde(default = "default_preopen_max_age", with = "humantime_serde")]
+    pub preopen_max_age: Duration,
     /// The servers, primaries and backups, in order.
     pub servers: Vec<ServerConfig>,
 }
@@ -371,6 +379,12 @@ fn default_handshake_timeout() -> Duration {
 }
 fn default_retries() -> u32 {
     3
+}
+fn default_preopen() -> usize {
+    2
+}
+fn default_preopen_max_age() -> Duration {
+    Duration::from_secs(3)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)

@@ -53,17 +53,22 @@ pub(crate) async fn handle(
         }
     }
     let stream = match &lst.tls {
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => Stream::TlsServer(Box::new(tls)),
-            Ok(Err(e)) => {
-                info!(error = %e, "closing: TLS handshake failed");
-                return handshake_failed(&lst.cfg.name, "tls");
+        // Boxed, as every handshake step below: a future's size is that of its largest state and
+        // a connection's task keeps it for life, so an inline TLS handshake would cost every
+        // spliced connection its bytes.
+        Some(acceptor) => {
+            match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
+                Ok(Ok(tls)) => Stream::TlsServer(Box::new(tls)),
+                Ok(Err(e)) => {
+                    info!(error = %e, "closing: TLS handshake failed");
+                    return handshake_failed(&lst.cfg.name, "tls");
+                }
+                Err(_) => {
+                    info!(timeout = ?lst.cfg.handshake_timeout, "closing: TLS handshake not done before the deadline");
+                    return handshake_failed(&lst.cfg.name, "timeout");
+                }
             }
-            Err(_) => {
-                info!(timeout = ?lst.cfg.handshake_timeout, "closing: TLS handshake not done before the deadline");
-                return handshake_failed(&lst.cfg.name, "timeout");
-            }
-        },
+        }
         None => Stream::Tcp(tcp),
     };
     match lst.cfg.mode {
@@ -95,7 +100,9 @@ async fn tcp_mode(
     drop(snap);
     // Connect attempts (retries included) stay inside the handshake deadline, as in set mode.
     let connected =
-        match tokio::time::timeout_at(deadline, upstream::connect(&pool, client, None)).await {
+        match tokio::time::timeout_at(deadline, Box::pin(upstream::connect(&pool, client, None)))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(crate::pool::PickError::Deadline(lst.cfg.handshake_timeout)),
         };

@@ -13,7 +13,7 @@
 //!   splice that both end in.
 //! - [`amqp`]: the AMQP frames setgate speaks itself (via `setgate-amqp`) and the routing key.
 //! - [`upstream`] and [`pool`]: picking a server (`balance`, backups, `maxconn`) and connecting
-//!   with retries.
+//!   with retries; [`warm`] and `preopen`: broker connections opened ahead of `set` clients.
 //! - [`splice`]: copying bytes both ways without holding buffers while idle (and, for `set`
 //!   connections, stopping between two AMQP frames).
 //! - [`reroute`]: the spliced `set` connections by key and SET; closing those a reload moved.
@@ -36,6 +36,7 @@ pub mod limits;
 pub mod listener;
 pub mod listener_stats;
 pub mod pool;
+mod preopen;
 pub mod proxy_proto;
 pub mod reroute;
 pub mod runtime;
@@ -51,6 +52,7 @@ pub mod tls;
 pub mod upstream;
 pub mod validate;
 mod validate_limits;
+pub mod warm;
 
 pub use admin::AdminExtensions;
 pub use build::build;

@@ -541,6 +541,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             on_marked_down: None,
             slowstart: None,
+            preopen: 0,
+            preopen_max_age: Duration::from_secs(3),
             servers: servers
                 .iter()
                 .enumerate()

@@ -235,6 +235,7 @@ impl Staged<'_> {
         }
         drop(bound);
         spawn_checkers(shared, &snapshot, old);
+        crate::preopen::spawn(shared, &snapshot);
         publish_routing_info(old, &snapshot);
         if old.is_none_or(|o| o.cfg.routing != snapshot.cfg.routing) {
             let window = snapshot

@@ -32,7 +32,8 @@ pub(crate) async fn serve(
     let arrival = crate::limits::on_arrival(lst, info.source.ip());
     let hello = match tokio::time::timeout_at(
         deadline,
-        handshake::accept_client(&mut client, &snap.client_start()),
+        // Boxed: see `conn::handle`.
+        Box::pin(handshake::accept_client(&mut client, &snap.client_start())),
     )
     .await
     {
@@ -110,7 +111,7 @@ pub(crate) async fn serve(
                 );
                 counter!("setgate_set_failovers_total", "set" => set_label.clone(), "to" => set.unwrap_or("-").to_string()).increment(1);
             }
-            match upstream::connect(&pool, info, Some(&hello.raw)).await {
+            match Box::pin(upstream::connect(&pool, info, Some(&hello.raw))).await {
                 Ok(up) => return Some((up, pool, *set)),
                 Err(e) => why.push(e),
             }
@@ -151,7 +152,7 @@ pub(crate) async fn serve(
     };
     let mut up = up;
     let vhost = crate::limits::admit_vhost(lst, &mut permit, &mut client, &mut up.stream);
-    match tokio::time::timeout_at(deadline, vhost).await {
+    match tokio::time::timeout_at(deadline, Box::pin(vhost)).await {
         Ok(Ok(())) => {}
         Ok(Err(crate::limits::VhostError::Refused(r))) => {
             handshake_failed(listener, r.limit.as_str());
@@ -174,5 +175,8 @@ pub(crate) async fn serve(
     let registered = shared
         .sessions
         .register(key.clone(), route.set, serving, &router);
+    // The handshake's leftovers (the client's StartOk and its properties) would otherwise live
+    // as long as the connection.
+    drop((hello, candidates));
     pump(shared, lst, &pool, client, up, Some(registered)).await;
 }

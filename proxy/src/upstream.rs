@@ -8,6 +8,7 @@ use crate::amqp::frame::{self, FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER}
 use crate::config::ClientTls;
 use crate::pool::{PickError, Pool, Slot};
 use crate::stream::{connect_tcp, Stream};
+use crate::warm::Warm;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct PoolRuntime {
     pub pool: Pool,
     /// TLS to the servers, when configured.
     pub tls: Option<PoolTls>,
+    /// Broker connections opened ahead of `set` clients (`preopen`), by server.
+    pub warm: Warm,
 }
 
 /// A connection to a server, ready to splice.
@@ -84,6 +87,8 @@ pub struct ClientInfo {
 /// answer (stopped, overloaded) counts as a failed connect and the next server is tried. The
 /// StartOk goes out right behind the header instead of after the broker's Start: RabbitMQ reads
 /// it from its socket once it has sent Start, and the client saves a round trip to the broker.
+/// Better still, a connection the pool pre-opened (`preopen`, [`Warm`]) takes the StartOk alone:
+/// the broker's accept and Start are then off the client's path.
 pub async fn connect(
     pool: &PoolRuntime,
     client: ClientInfo,
@@ -105,6 +110,18 @@ pub async fn connect(
         };
         tried.push(i);
         let server = &pool.pool.servers[i];
+        if let Some(greeting) = greeting {
+            if let Some(stream) = pool.warm.take(i) {
+                // The header went out and the broker's Start was read when it was opened.
+                if let Some(stream) = send_greeting(stream, greeting, pool).await {
+                    return Ok(Upstream {
+                        stream,
+                        slot,
+                        server: server.cfg.name.clone(),
+                    });
+                }
+            }
+        }
         let attempt = tokio::time::timeout(
             pool.pool.cfg.connect_timeout,
             connect_one(pool, &server.addr, client, greeting),
@@ -129,6 +146,13 @@ pub async fn connect(
         }
     }
     Err(PickError::Exhausted)
+}
+
+/// Sends a client's StartOk on a pre-opened connection; `None` if the broker is gone after all
+/// (the caller then connects afresh, to the same server).
+async fn send_greeting(mut stream: Stream, greeting: &[u8], pool: &PoolRuntime) -> Option<Stream> {
+    let sent = tokio::time::timeout(pool.pool.cfg.connect_timeout, stream.write_all(greeting));
+    matches!(sent.await, Ok(Ok(()))).then_some(stream)
 }
 
 async fn connect_one(
@@ -157,10 +181,29 @@ async fn connect_one(
     stream
         .write_all(&[&PROTOCOL_HEADER[..], greeting].concat())
         .await?;
-    let mut buf = Vec::new();
-    let f = frame::read_frame(&mut stream, &mut buf, HANDSHAKE_FRAME_MAX).await?;
-    frame::expect_start(&f)?;
+    read_start(&mut stream).await?;
     Ok(stream)
+}
+
+/// Opens a connection to server `i` of `pool` up to the broker's Connection.Start, for
+/// [`Warm`]: TCP, TLS if the pool wants it, the protocol header, the broker's Start.
+pub(crate) async fn preopen(pool: &PoolRuntime, i: usize) -> Result<Stream, FrameError> {
+    let addr = &pool.pool.servers[i].addr;
+    let tcp = connect_tcp(addr).await?;
+    let mut stream = match &pool.tls {
+        Some(tls) => tls.connect(tcp, addr).await?,
+        None => Stream::Tcp(tcp),
+    };
+    stream.write_all(PROTOCOL_HEADER).await?;
+    read_start(&mut stream).await?;
+    Ok(stream)
+}
+
+async fn read_start(stream: &mut Stream) -> Result<(), FrameError> {
+    let mut buf = Vec::new();
+    let f = frame::read_frame(stream, &mut buf, HANDSHAKE_FRAME_MAX).await?;
+    frame::expect_start(&f)?;
+    Ok(())
 }
 
 /// Shared handle to a pool runtime.

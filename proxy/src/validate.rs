@@ -151,6 +151,22 @@ fn validate_pools<'a>(cfg: &'a ProxyConfig, errs: &mut Vec<String>) -> HashSet<&
                 "{f}.connect_timeout: 0s; use a positive duration such as \"2s\""
             ));
         }
+        if pool.preopen > crate::warm::MAX_PREOPEN {
+            errs.push(format!(
+                "{f}.preopen: {} is more than {}; a few per server are enough (0 turns it off)",
+                pool.preopen,
+                crate::warm::MAX_PREOPEN
+            ));
+        }
+        if pool.preopen_max_age.is_zero()
+            || pool.preopen_max_age >= crate::warm::BROKER_HANDSHAKE_TIMEOUT
+        {
+            errs.push(format!(
+                "{f}.preopen_max_age: {:?}; use a positive duration under RabbitMQ's handshake_timeout of {:?}, such as \"3s\"",
+                pool.preopen_max_age,
+                crate::warm::BROKER_HANDSHAKE_TIMEOUT
+            ));
+        }
     }
     names
 }
@@ -209,5 +225,32 @@ fn validate_listeners(cfg: &ProxyConfig, pools: &HashSet<&str>, errs: &mut Vec<S
                 "{f}.handshake_timeout: 0s; use a positive duration such as \"10s\""
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{PoolConfig, ProxyConfig};
+
+    #[test]
+    fn preopen_out_of_bounds_is_named_with_the_fix() {
+        let pool: PoolConfig = toml::from_str(
+            "name = \"p\"\npreopen = 17\npreopen_max_age = \"10s\"\n\
+             servers = [{ name = \"a\", addr = \"127.0.0.1:5672\" }]\n",
+        )
+        .unwrap();
+        let cfg = ProxyConfig {
+            pools: vec![pool],
+            ..Default::default()
+        };
+        let errs = super::validate(&cfg);
+        let has = |s: &str| errs.iter().any(|e| e.contains(s));
+        assert!(has("pool[0] (p).preopen: 17 is more than 16"), "{errs:?}");
+        assert!(has("pool[0] (p).preopen_max_age: 10s"), "{errs:?}");
+        let ok: PoolConfig = toml::from_str(
+            "name = \"p\"\nservers = [{ name = \"a\", addr = \"127.0.0.1:5672\" }]\n",
+        )
+        .unwrap();
+        assert_eq!((ok.preopen, ok.preopen_max_age.as_secs()), (2, 3));
     }
 }

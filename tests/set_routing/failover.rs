@@ -25,9 +25,24 @@ async fn a_dead_set_fails_over_to_its_standby_and_comes_home_when_back() -> anyh
     let home = amqp::connect(&uri).await?;
     assert!(a.connection_users().await?.contains(&a_user));
     drop(home);
+    // A client came: set-a's server keeps connections pre-opened (`preopen`)...
+    let idle = "setgate_server_preopen_idle{pool=\"set-a\",server=\"a1\"}";
+    wait_until(
+        "pre-opened connections to a1",
+        Duration::from_secs(15),
+        || async { (sg.metric(idle).await.ok()?? == 2.0).then_some(()) },
+    )
+    .await?;
 
     a.kill9();
     wait_set_health(&sg, "set-a", false).await?;
+    // ...and none once it is down.
+    wait_until(
+        "no pre-opened connection to a dead a1",
+        Duration::from_secs(5),
+        || async { (sg.metric(idle).await.ok()?? == 0.0).then_some(()) },
+    )
+    .await?;
     let conn = amqp::connect(&uri).await?;
     publish_and_consume(&conn, "failover-q").await?;
     assert!(

@@ -9,6 +9,7 @@ mod common;
 
 mod clients;
 mod failover;
+mod preopen;
 mod routing;
 
 // What every module uses; each starts with `use super::*`.
