@@ -374,9 +374,11 @@ async fn rate_limit_paces_a_connection_storm() -> anyhow::Result<()> {
     // setgate paces its accepts; the broker sees each connection one client handshake later, and
     // those handshakes take more or less time on a busy machine. So: in any window of w seconds
     // the broker saw at most R * (w + J) + R connections (the rate, one second of burst, and J =
-    // 0.5 s of handshake jitter), and all N took at least (N - R) / R - J seconds to arrive.
-    // Without `rate_limit` all 120 arrive within a fraction of a second.
-    const J: f64 = 0.5;
+    // 1 s of handshake jitter), and all N took at least (N - R) / R - J seconds to arrive.
+    // Without `rate_limit` all 120 arrive within a fraction of a second. J was 0.5 s until a run
+    // of the whole binary beside a 10,000-connection benchmark bunched more than that (the same
+    // stall tests/reconnect_storm.rs allows for); 40 in any instant still fails an unpaced storm.
+    const J: f64 = 1.0;
     for i in 0..at.len() {
         for j in i..at.len() {
             let w = (at[j] - at[i]) as f64 / 1000.0;
