@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Connections being opened at once.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     open_concurrency: usize,
     /// The setgate binary (default: next to this one).
     #[arg(long)]
@@ -267,9 +267,17 @@ impl Proxy {
             PathKind::SetgateTcp | PathKind::SetgateSet => {
                 let cfg = Config::new()
                     .listener(Listener::tcp("tcp", "rabbit").maxconn(30_000))
-                    .listener(Listener::set("set").maxconn(30_000))
+                    // A broker flooded with new connections takes seconds to send its Start:
+                    // with the defaults (connect_timeout 2s) a set listener would refuse some of
+                    // the flood, where tcp mode and HAProxy (whose connect is the TCP one) wait.
+                    .listener(
+                        Listener::set("set")
+                            .maxconn(30_000)
+                            .handshake_timeout("60s"),
+                    )
                     .pool(
                         Pool::new("rabbit")
+                            .with("connect_timeout", "30s")
                             .check(Check::amqp().inter("2s"))
                             .server("n", node.amqp_addr()),
                     )
@@ -435,6 +443,11 @@ async fn expect(
 ) -> anyhow::Result<AMQPClass> {
     match read_frame(s, buf, 1 << 20).await? {
         AMQPFrame::Method(_, c) if ok(&c) => Ok(c),
+        AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => bail!(
+            "expected {what}, got Connection.Close {} {}",
+            c.reply_code,
+            c.reply_text
+        ),
         other => bail!(
             "expected {what}, got {}",
             setgate_amqp::frame::describe(&other)
