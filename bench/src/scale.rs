@@ -56,6 +56,9 @@ pub struct Args {
     /// The setgate binary (default: next to this one).
     #[arg(long)]
     setgate: Option<PathBuf>,
+    /// Environment for the setgate process, e.g. `RUST_LOG=warn` (repeatable).
+    #[arg(long = "setgate-env", value_parser = crate::proxy::parse_env)]
+    setgate_env: Vec<(String, String)>,
 }
 
 /// File descriptors the bench, the broker and the proxies need: 10,000 client connections are
@@ -217,7 +220,7 @@ async fn measure(
     most: usize,
     publish: &Arc<Vec<u8>>,
 ) -> anyhow::Result<Sample> {
-    let proxy = Proxy::start(path, bin, node, most).await?;
+    let proxy = Proxy::start(path, bin, node, most, &args.setgate_env).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss0, mem0, slab0) = (proxy.rss()?, mem_available()?, meminfo("SUnreclaim:")?);
     let conns = open_all(proxy.port, level, args.open_concurrency).await?;
@@ -256,6 +259,7 @@ impl Proxy {
         bin: &std::path::Path,
         node: &Node,
         most: usize,
+        env: &[(String, String)],
     ) -> anyhow::Result<Proxy> {
         match path {
             PathKind::Direct => Ok(Proxy {
@@ -283,6 +287,7 @@ impl Proxy {
                     )
                     .routing(Routing::new("rabbit"));
                 let opts = setgate_testkit::setgate::SetgateOptions {
+                    env: env.to_vec(),
                     quiet: true,
                     ..Default::default()
                 };
