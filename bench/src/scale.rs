@@ -51,11 +51,14 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Connections being opened at once.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     open_concurrency: usize,
     /// The setgate binary (default: next to this one).
     #[arg(long)]
     setgate: Option<PathBuf>,
+    /// Environment for the setgate process, e.g. `RUST_LOG=warn` (repeatable).
+    #[arg(long = "setgate-env", value_parser = crate::proxy::parse_env)]
+    setgate_env: Vec<(String, String)>,
 }
 
 /// File descriptors the bench, the broker and the proxies need: 10,000 client connections are
@@ -217,7 +220,7 @@ async fn measure(
     most: usize,
     publish: &Arc<Vec<u8>>,
 ) -> anyhow::Result<Sample> {
-    let proxy = Proxy::start(path, bin, node, most).await?;
+    let proxy = Proxy::start(path, bin, node, most, &args.setgate_env).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss0, mem0, slab0) = (proxy.rss()?, mem_available()?, meminfo("SUnreclaim:")?);
     let conns = open_all(proxy.port, level, args.open_concurrency).await?;
@@ -256,6 +259,7 @@ impl Proxy {
         bin: &std::path::Path,
         node: &Node,
         most: usize,
+        env: &[(String, String)],
     ) -> anyhow::Result<Proxy> {
         match path {
             PathKind::Direct => Ok(Proxy {
@@ -267,14 +271,23 @@ impl Proxy {
             PathKind::SetgateTcp | PathKind::SetgateSet => {
                 let cfg = Config::new()
                     .listener(Listener::tcp("tcp", "rabbit").maxconn(30_000))
-                    .listener(Listener::set("set").maxconn(30_000))
+                    // A broker flooded with new connections takes seconds to send its Start:
+                    // with the defaults (connect_timeout 2s) a set listener would refuse some of
+                    // the flood, where tcp mode and HAProxy (whose connect is the TCP one) wait.
+                    .listener(
+                        Listener::set("set")
+                            .maxconn(30_000)
+                            .handshake_timeout("60s"),
+                    )
                     .pool(
                         Pool::new("rabbit")
+                            .with("connect_timeout", "30s")
                             .check(Check::amqp().inter("2s"))
                             .server("n", node.amqp_addr()),
                     )
                     .routing(Routing::new("rabbit"));
                 let opts = setgate_testkit::setgate::SetgateOptions {
+                    env: env.to_vec(),
                     quiet: true,
                     ..Default::default()
                 };
@@ -435,6 +448,11 @@ async fn expect(
 ) -> anyhow::Result<AMQPClass> {
     match read_frame(s, buf, 1 << 20).await? {
         AMQPFrame::Method(_, c) if ok(&c) => Ok(c),
+        AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => bail!(
+            "expected {what}, got Connection.Close {} {}",
+            c.reply_code,
+            c.reply_text
+        ),
         other => bail!(
             "expected {what}, got {}",
             setgate_amqp::frame::describe(&other)

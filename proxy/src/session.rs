@@ -75,9 +75,11 @@ pub(crate) async fn pump(
         _ = marked_down => info!(pool = pool_name, server = %up.server, "closing: server marked down (on_marked_down = shutdown-sessions)"),
         _ = shared.closing.cancelled() => info!(pool = pool_name, server = %up.server, "closing: shutdown grace is over"),
         m = moved => {
-            let at = tokio::time::timeout(FINISH_TIMEOUT, splice.finish()).await.unwrap_or_default();
+            // Boxed: this rare path's futures (two 512-byte drains among them) would otherwise
+            // be part of every spliced connection's task for its whole life.
+            let at = Box::pin(tokio::time::timeout(FINISH_TIMEOUT, splice.finish())).await.unwrap_or_default();
             drop(splice);
-            close_moved(&mut client, &mut up.stream, &m, at).await;
+            Box::pin(close_moved(&mut client, &mut up.stream, &m, at)).await;
             info!(pool = pool_name, server = %up.server, from = m.from.as_deref().unwrap_or("-"), to = m.to.as_deref().unwrap_or("-"), clean = at.client, "closed: user moved to another SET (reroute)");
         }
     }
