@@ -312,6 +312,14 @@ async fn consume_acks(uri: &str, n: usize) -> anyhow::Result<f64> {
             FieldTable::default(),
         )
         .await?;
+    take_acking(&mut consumer, n).await?;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    conn.close(200, "done".into()).await?;
+    Ok(rate)
+}
+
+/// Takes `n` deliveries from `consumer`, acking (`multiple`) every 100th and the last.
+async fn take_acking(consumer: &mut lapin::Consumer, n: usize) -> anyhow::Result<()> {
     for i in 1..=n {
         let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
             .await?
@@ -321,9 +329,7 @@ async fn consume_acks(uri: &str, n: usize) -> anyhow::Result<f64> {
                 .await?;
         }
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    conn.close(200, "done".into()).await?;
-    Ok(rate)
+    Ok(())
 }
 
 /// A publisher (confirms, `window` in flight) and a consumer (prefetch 1000, an ack every 100) on
@@ -345,19 +351,10 @@ async fn publish_and_consume(uri: &str, n: usize, window: usize) -> anyhow::Resu
         )
         .await?;
     let start = Instant::now();
-    let consume = async {
-        for i in 1..=n {
-            let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-                .await?
-                .context("consumer ended")??;
-            if i % 100 == 0 || i == n {
-                d.ack(lapin::options::BasicAckOptions { multiple: true })
-                    .await?;
-            }
-        }
-        anyhow::Ok(())
-    };
-    tokio::try_join!(publish_window(&pch, q, n, window), consume)?;
+    tokio::try_join!(
+        publish_window(&pch, q, n, window),
+        take_acking(&mut consumer, n)
+    )?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     cconn.close(200, "done".into()).await?;
     pconn.close(200, "done".into()).await?;
