@@ -19,23 +19,16 @@ use std::sync::OnceLock;
 use tokio::runtime::{Builder, Handle};
 use tokio_util::task::TaskTracker;
 
-/// The connection runtimes, started on first use and kept for the life of the process.
+/// Connection runtimes, each driven by a thread of its own, and the one the next connection gets.
 struct Shards {
     handles: Vec<Handle>,
     next: AtomicUsize,
 }
 
-static SHARDS: OnceLock<Shards> = OnceLock::new();
-
-/// How many connection runtimes: one per core this process may run on (affinity and cgroup
-/// quota included).
-fn count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn shards() -> &'static Shards {
-    SHARDS.get_or_init(|| {
-        let handles = (0..count())
+impl Shards {
+    /// Starts `n` runtimes; their threads live as long as the process.
+    fn start(n: usize) -> Shards {
+        let handles = (0..n)
             .map(|i| {
                 let rt = Builder::new_current_thread()
                     .enable_all()
@@ -54,18 +47,37 @@ fn shards() -> &'static Shards {
             handles,
             next: AtomicUsize::new(0),
         }
-    })
+    }
+
+    fn spawn<F>(&self, tracker: &TaskTracker, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        tracker.spawn_on(task, &self.handles[i]);
+    }
+}
+
+/// The process's connection runtimes, started with the first connection.
+static SHARDS: OnceLock<Shards> = OnceLock::new();
+
+/// How many connection runtimes: one per core this process may run on (affinity and cgroup
+/// quota included).
+fn count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Runs `task` (a connection) on the next connection runtime in turn, tracked by `tracker`.
-/// `task` registers its sockets with that runtime (see [`crate::stream::rehome`]).
+/// `task` registers its sockets with that runtime (see [`crate::stream::rehome`]); that costs
+/// two `epoll_ctl` calls per connection, since tokio registers an accepted socket with the
+/// accepting runtime first.
 pub(crate) fn spawn<F>(tracker: &TaskTracker, task: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let s = shards();
-    let i = s.next.fetch_add(1, Ordering::Relaxed) % s.handles.len();
-    tracker.spawn_on(task, &s.handles[i]);
+    SHARDS
+        .get_or_init(|| Shards::start(count()))
+        .spawn(tracker, task);
 }
 
 #[cfg(test)]
@@ -76,11 +88,13 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_spread_over_one_thread_per_core() {
+        // Runtimes of its own: the process's are shared with whatever else runs connections.
+        let shards = Shards::start(count());
         let tracker = TaskTracker::new();
         let seen = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
         for _ in 0..(2 * count()) {
             let seen = seen.clone();
-            spawn(&tracker, async move {
+            shards.spawn(&tracker, async move {
                 let name = std::thread::current().name().unwrap_or("").to_string();
                 seen.lock().unwrap().insert(name);
             });
