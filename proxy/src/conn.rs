@@ -17,10 +17,19 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     snap: Arc<Snapshot>,
     lst: Arc<ListenerRuntime>,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     _slot: ListenerSlot,
 ) {
+    // Accepted on the main runtime; from here on its events go to this connection's runtime
+    // (see `crate::shards`).
+    let mut tcp = match crate::stream::rehome(tcp) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            warn!(error = %e, "closing: cannot register the socket with a connection runtime");
+            return handshake_failed(&lst.cfg.name, "register");
+        }
+    };
     let deadline = tokio::time::Instant::now() + lst.cfg.handshake_timeout;
     let local = tcp.local_addr().unwrap_or(peer);
     let mut client = ClientInfo {

@@ -143,8 +143,8 @@ async fn accept_loop(
         };
         crate::stream::tune_socket(&tcp);
         let span = tracing::info_span!("conn", listener = %lst.cfg.name, client = %peer, set = tracing::field::Empty);
-        shared.tracker.spawn(
-            crate::conn::handle(shared.clone(), snap, lst, tcp, peer, slot).instrument(span),
-        );
+        // Runs on a connection runtime, not this one; `handle` moves the socket there.
+        let conn = crate::conn::handle(shared.clone(), snap, lst, tcp, peer, slot);
+        crate::shards::spawn(&shared.tracker, conn.instrument(span));
     }
 }

@@ -66,6 +66,25 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Moves a socket registered with another runtime's epoll (the main runtime, where connections
+/// are accepted and pre-opened) onto the current one, so that its events wake the task reading it
+/// directly. Run inside the runtime it moves to; see [`crate::shards`].
+pub fn rehome(s: TcpStream) -> io::Result<TcpStream> {
+    TcpStream::from_std(s.into_std()?)
+}
+
+impl Stream {
+    /// [`rehome`] for a plain TCP stream. A TLS stream stays where it is (tokio-rustls cannot be
+    /// taken apart and put back together); it works from any runtime, at the cost of a
+    /// cross-thread wake-up per event.
+    pub fn rehome(self) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => rehome(s).map(Stream::Tcp),
+            other => Ok(other),
+        }
+    }
+}
+
 /// TCP options every proxied socket gets: no Nagle delay (AMQP is many small frames and latency
 /// matters) and keepalive (so a peer that vanished without a FIN is noticed).
 pub fn tune_socket(s: &TcpStream) {

@@ -111,7 +111,9 @@ pub async fn connect(
         tried.push(i);
         let server = &pool.pool.servers[i];
         if let Some(greeting) = greeting {
-            if let Some(stream) = pool.warm.take(i) {
+            // Opened on the main runtime: moved to this connection's own (see `shards`); one
+            // that cannot be moved is dropped and a fresh connection made below.
+            if let Some(stream) = pool.warm.take(i).and_then(|s| s.rehome().ok()) {
                 // The header went out and the broker's Start was read when it was opened.
                 if let Some(stream) = send_greeting(stream, greeting, pool).await {
                     return Ok(Upstream {
