@@ -351,26 +351,8 @@ async fn rate_limit_paces_a_connection_storm() -> anyhow::Result<()> {
         );
     }
     // When the broker accepted each connection (its own clock, milliseconds).
-    let out = n
-        .ctl(&[
-            "list_connections",
-            "user",
-            "connected_at",
-            "--silent",
-            "--no-table-headers",
-        ])
-        .await?;
-    let mut at: Vec<u64> = out
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next()? == "u2")
-                .then(|| f.next()?.parse().ok())
-                .flatten()
-        })
-        .collect();
-    at.sort_unstable();
-    assert_eq!(at.len(), N, "{out}");
+    let at = n.connected_at(&["u2"]).await?;
+    assert_eq!(at.len(), N, "{at:?}");
     // setgate paces its accepts; the broker sees each connection one client handshake later, and
     // those handshakes take more or less time on a busy machine. So: in any window of w seconds
     // the broker saw at most R * (w + J) + R connections (the rate, one second of burst, and J =

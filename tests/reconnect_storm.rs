@@ -63,33 +63,6 @@ fn config(a: &Node, b: &Node) -> Config {
         )
 }
 
-/// When the broker accepted each connection of `users` (its own clock, Unix milliseconds).
-async fn connected_at(n: &Node, users: &[String]) -> anyhow::Result<Vec<u64>> {
-    let out = n
-        .ctl(&[
-            "list_connections",
-            "user",
-            "connected_at",
-            "--silent",
-            "--no-table-headers",
-        ])
-        .await?;
-    let mut at: Vec<u64> = out
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let user = f.next()?;
-            users
-                .iter()
-                .any(|u| u == user)
-                .then(|| f.next()?.parse().ok())
-                .flatten()
-        })
-        .collect();
-    at.sort_unstable();
-    Ok(at)
-}
-
 /// The most connections in any window of `window_ms` (the times sorted).
 fn peak(at: &[u64], window_ms: u64) -> usize {
     let mut best = 0;
@@ -174,6 +147,7 @@ async fn a_reconnect_storm_after_a_set_dies_reaches_the_failover_set_at_the_rate
         .take(USERS)
         .collect();
     assert_eq!(users.len(), USERS, "{routes:?}");
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let with_pw: Vec<(String, String)> = users.iter().map(|u| (u.clone(), "pw".into())).collect();
     a.add_users(&with_pw).await?;
     b.add_users(&with_pw).await?;
@@ -184,7 +158,7 @@ async fn a_reconnect_storm_after_a_set_dies_reaches_the_failover_set_at_the_rate
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let on_a = connected_at(&a, &users).await?.len();
+    let on_a = a.connected_at(&user_refs).await?.len();
     assert_eq!(on_a, N, "set-a's broker has {on_a} of the {N} clients");
     eprintln!("{N} clients on set-a after {:?}", started.elapsed());
 
@@ -221,7 +195,7 @@ async fn a_reconnect_storm_after_a_set_dies_reaches_the_failover_set_at_the_rate
     // set-b's broker, by its own clock: at most R * (w + J) + R connections in any window of w
     // seconds (the rate, one second of burst, the jitter), and the storm spread over at least
     // (N - R) / R - J seconds (without rate_limit it arrives within a fraction of a second).
-    let at = connected_at(&b, &users).await?;
+    let at = b.connected_at(&user_refs).await?;
     assert_eq!(
         at.len(),
         N,

@@ -12,6 +12,7 @@
 mod chaos;
 mod cpu;
 mod federation;
+mod haproxy;
 mod limits;
 mod measure;
 mod proxy;

@@ -499,22 +499,17 @@ impl Sink {
 
 /// HAProxy 2.x in tcp mode in front of the same broker (and the sink), as people run it today.
 struct Haproxy {
-    child: std::process::Child,
+    process: crate::haproxy::Haproxy,
     amqp_port: u16,
     sink_port: u16,
 }
 
 impl Haproxy {
     async fn start(broker: u16, sink: u16) -> anyhow::Result<Option<Haproxy>> {
-        if std::process::Command::new("haproxy")
-            .arg("-v")
-            .output()
-            .is_err()
-        {
+        if !crate::haproxy::installed() {
             return Ok(None);
         }
         let (amqp_port, sink_port) = (free_port(), free_port());
-        let dir = setgate_testkit::unique_dir("bench-haproxy");
         let cfg = format!(
             "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n\
              frontend amqp\n  bind 127.0.0.1:{amqp_port}\n  default_backend rabbit\n\
@@ -522,36 +517,14 @@ impl Haproxy {
              frontend idle\n  bind 127.0.0.1:{sink_port}\n  default_backend sink\n\
              backend sink\n  server s 127.0.0.1:{sink}\n"
         );
-        std::fs::write(dir.join("haproxy.cfg"), cfg)?;
-        let child = std::process::Command::new("haproxy")
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg"))
-            .arg("-db")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", amqp_port))
-            .await
-            .is_err()
-        {
-            anyhow::ensure!(Instant::now() < deadline, "haproxy did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let process = crate::haproxy::Haproxy::start("bench-haproxy", &cfg, amqp_port).await?;
         Ok(Some(Haproxy {
-            child,
+            process,
             amqp_port,
             sink_port,
         }))
     }
     fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.pid()
     }
 }

@@ -118,10 +118,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let haproxy_here = std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_ok();
+    let haproxy_here = crate::haproxy::installed();
     let mut paths = vec![PathKind::Direct, PathKind::SetgateTcp, PathKind::SetgateSet];
     if haproxy_here {
         paths.push(PathKind::Haproxy);
@@ -250,7 +247,7 @@ struct Proxy {
     port: u16,
     pid: Option<i32>,
     _setgate: Option<Setgate>,
-    haproxy: Option<std::process::Child>,
+    _haproxy: Option<crate::haproxy::Haproxy>,
 }
 
 impl Proxy {
@@ -266,7 +263,7 @@ impl Proxy {
                 port: node.amqp_port,
                 pid: None,
                 _setgate: None,
-                haproxy: None,
+                _haproxy: None,
             }),
             PathKind::SetgateTcp | PathKind::SetgateSet => {
                 let cfg = Config::new()
@@ -304,12 +301,11 @@ impl Proxy {
                     port,
                     pid: sg.pid(),
                     _setgate: Some(sg),
-                    haproxy: None,
+                    _haproxy: None,
                 })
             }
             PathKind::Haproxy => {
                 let port = free_port();
-                let dir = setgate_testkit::unique_dir("bench-scale-haproxy");
                 // HAProxy needs 2 * maxconn descriptors (and more) and will not start without them.
                 let maxconn = most + 50;
                 let cfg = format!(
@@ -318,24 +314,13 @@ impl Proxy {
                      backend rabbit\n  server n 127.0.0.1:{} check\n",
                     node.amqp_port
                 );
-                std::fs::write(dir.join("haproxy.cfg"), cfg)?;
-                let child = std::process::Command::new("haproxy")
-                    .arg("-f")
-                    .arg(dir.join("haproxy.cfg"))
-                    .arg("-db")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()?;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                    anyhow::ensure!(Instant::now() < deadline, "haproxy did not start");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                let haproxy =
+                    crate::haproxy::Haproxy::start("bench-scale-haproxy", &cfg, port).await?;
                 Ok(Proxy {
                     port,
-                    pid: Some(child.id() as i32),
+                    pid: Some(haproxy.pid()),
                     _setgate: None,
-                    haproxy: Some(child),
+                    _haproxy: Some(haproxy),
                 })
             }
         }
@@ -347,15 +332,6 @@ impl Proxy {
 
     fn cpu(&self) -> f64 {
         self.pid.map_or(0.0, process_cpu_seconds)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.haproxy {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

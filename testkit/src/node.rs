@@ -470,6 +470,33 @@ impl Node {
             .collect())
     }
 
+    /// When the node accepted each AMQP connection of one of `users`, in Unix milliseconds on
+    /// its own clock, earliest first.
+    pub async fn connected_at(&self, users: &[&str]) -> anyhow::Result<Vec<u64>> {
+        let out = self
+            .ctl(&[
+                "list_connections",
+                "user",
+                "connected_at",
+                "--silent",
+                "--no-table-headers",
+            ])
+            .await?;
+        let mut at: Vec<u64> = out
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let user = f.next()?;
+                users
+                    .contains(&user)
+                    .then(|| f.next()?.parse().ok())
+                    .flatten()
+            })
+            .collect();
+        at.sort_unstable();
+        Ok(at)
+    }
+
     /// How many AMQP connections the node has now.
     pub async fn connection_count(&self) -> anyhow::Result<usize> {
         Ok(self.connection_users().await?.len())

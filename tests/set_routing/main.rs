@@ -104,6 +104,19 @@ async fn shared_edge(s: &Sets, routing: Routing) -> anyhow::Result<(Setgate, u16
     Ok((sg, port))
 }
 
+/// Connects as `user` with a wrong password through setgate on `port` and checks that the
+/// client gets the broker's own refusal (403 ACCESS_REFUSED), as it would without setgate.
+async fn assert_wrong_password_refused(user: &str, port: u16) {
+    let err = amqp::connect(&format!("amqp://{user}:wrong@127.0.0.1:{port}/%2f"))
+        .await
+        .expect_err("wrong password");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("ACCESS_REFUSED") || text.contains("403"),
+        "{text}"
+    );
+}
+
 fn node_of<'a>(s: &'a Sets, pool: &str) -> &'a Node {
     match pool {
         "set-a" => &s.nodes[0],
