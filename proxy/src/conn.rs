@@ -145,7 +145,7 @@ mod tests {
         let sizes = [
             ("conn::handle", future_size(super::handle), 1024),
             ("tcp_mode", future_size(super::tcp_mode), 2048),
-            ("set_mode::serve", future_size(crate::set_mode::serve), 3072),
+            ("set_mode::serve", future_size(crate::set_mode::serve), 2048),
             ("session::pump", future_size(crate::session::pump), 1536),
         ];
         for (name, size, budget) in sizes {

@@ -9,11 +9,13 @@
 
 use crate::amqp::handshake;
 use crate::amqp::key::routing_key;
+use crate::limits::Permit;
 use crate::pool::PickError;
+use crate::reroute::Registration;
 use crate::session::{close_client, handshake_failed, linger_close, pump, CONNECTION_FORCED};
 use crate::shared::{ListenerRuntime, Shared, Snapshot};
 use crate::stream::Stream;
-use crate::upstream::{self, ClientInfo};
+use crate::upstream::{self, ClientInfo, PoolRuntime, Upstream};
 use metrics::{counter, histogram};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -23,10 +25,51 @@ pub(crate) async fn serve(
     shared: &Shared,
     snap: Arc<Snapshot>,
     lst: &ListenerRuntime,
-    mut client: Stream,
+    client: Stream,
     info: ClientInfo,
     deadline: Instant,
 ) {
+    // Boxed, and over before the splice starts: a task keeps its future's largest state for
+    // life, and the handshake's (the client's StartOk, the route, the connect attempts) is
+    // larger than the splice's. This way a spliced connection's task holds only what it needs.
+    let Some(ready) = Box::pin(route_and_connect(shared, snap, lst, client, info, deadline)).await
+    else {
+        return;
+    };
+    let Ready {
+        client,
+        up,
+        pool,
+        registered,
+        permit,
+    } = ready;
+    pump(shared, lst, &pool, client, up, Some(registered)).await;
+    drop(permit);
+}
+
+/// A `set` client whose handshake is done, with its broker: what the splice needs, and what
+/// must live as long as the connection.
+struct Ready<'a> {
+    client: Stream,
+    up: Upstream,
+    pool: Arc<PoolRuntime>,
+    /// Remembered while spliced, so a reload with `reroute` can close it if its user moves.
+    registered: Registration<'a>,
+    /// Its place under the user's and vhost's limits.
+    permit: Permit,
+}
+
+/// From the protocol header to the client's Connection.Open: reads the client's StartOk,
+/// routes it, connects to its SET's broker (or the failover's), and applies the vhost limits.
+/// `None` when the connection ended here (it has been answered and counted).
+async fn route_and_connect<'a>(
+    shared: &'a Shared,
+    snap: Arc<Snapshot>,
+    lst: &ListenerRuntime,
+    mut client: Stream,
+    info: ClientInfo,
+    deadline: Instant,
+) -> Option<Ready<'a>> {
     let listener = lst.cfg.name.as_str();
     let started = Instant::now();
     let arrival = crate::limits::on_arrival(lst, info.source.ip());
@@ -57,14 +100,14 @@ pub(crate) async fn serve(
             } else {
                 linger_close(&mut client).await;
             }
-            return;
+            return None;
         }
         Err(_) => {
             info!(timeout = ?lst.cfg.handshake_timeout, "closing: no Connection.StartOk before the handshake deadline");
             handshake_failed(listener, "timeout");
             // If we got as far as sending Start, the client can read why.
             close_client(&mut client, CONNECTION_FORCED, "setgate: handshake timeout").await;
-            return;
+            return None;
         }
     };
     let mut permit = match crate::limits::admit_user(lst, arrival, &hello.start_ok) {
@@ -73,12 +116,12 @@ pub(crate) async fn serve(
             // The Close RabbitMQ sends for its own connection limits: 530 NOT_ALLOWED.
             handshake_failed(listener, r.limit.as_str());
             close_client(&mut client, crate::limits::NOT_ALLOWED, &r.text).await;
-            return;
+            return None;
         }
     };
     let Some(router) = snap.router.clone() else {
         warn!("closing: set listener without [routing]");
-        return;
+        return None;
     };
     let key = routing_key(&hello.start_ok, router.key_source());
     let route = router.route(key.as_deref());
@@ -147,7 +190,7 @@ pub(crate) async fn serve(
             warn!(set = %set_label, "closing: {text}");
             handshake_failed(listener, "no_server");
             close_client(&mut client, CONNECTION_FORCED, &text).await;
-            return;
+            return None;
         }
     };
     let mut up = up;
@@ -157,26 +200,30 @@ pub(crate) async fn serve(
         Ok(Err(crate::limits::VhostError::Refused(r))) => {
             handshake_failed(listener, r.limit.as_str());
             close_client(&mut client, crate::limits::NOT_ALLOWED, &r.text).await;
-            return;
+            return None;
         }
         Ok(Err(crate::limits::VhostError::Frame(e))) => {
             info!(error = %e, "closing: the AMQP handshake broke off before Connection.Open");
-            return handshake_failed(listener, e.cause());
+            handshake_failed(listener, e.cause());
+            return None;
         }
         Err(_) => {
             info!(timeout = ?lst.cfg.handshake_timeout, "closing: no Connection.Open before the handshake deadline");
-            return handshake_failed(listener, "timeout");
+            handshake_failed(listener, "timeout");
+            return None;
         }
     }
     counter!("setgate_set_connections_total", "set" => set_label, "reason" => reason).increment(1);
     histogram!("setgate_handshake_duration_seconds", "listener" => listener.to_string())
         .record(started.elapsed().as_secs_f64());
-    // Remembered while spliced, so a reload with `reroute` can close it if its user moves.
     let registered = shared
         .sessions
         .register(key.clone(), route.set, serving, &router);
-    // The handshake's leftovers (the client's StartOk and its properties) would otherwise live
-    // as long as the connection.
-    drop((hello, candidates));
-    pump(shared, lst, &pool, client, up, Some(registered)).await;
+    Some(Ready {
+        client,
+        up,
+        pool,
+        registered,
+        permit,
+    })
 }
