@@ -10,6 +10,12 @@
 //!   (on-confirm, persistent); the rate is taken by a consumer on a downstream queue, first
 //!   message to last.
 //! - `plugin`: the same with `rabbitmq_federation` on the downstream node (upstream + policy).
+//! - `ceiling`: the brokers' own ceiling under the live load: everything the two brokers do for a
+//!   federated message, at once and with no forwarder between: the confirmed publisher and a
+//!   consumer with batched acks on the source's queue, and a confirmed publisher and the sink's
+//!   consumer on the downstream. Its rate is the slower side's.
+//! - `ceiling-drain`: the same for a backlog drain: a consumer takes a backlog of `--messages`
+//!   from the source's queue while a confirmed publisher feeds the downstream's sink.
 //! - `setgate-paced`, `plugin-paced`: forwarding latency at a fixed rate below saturation.
 //! - `setgate-drain`, `plugin-drain`: a backlog drain, the forwarder's own capacity with no
 //!   publisher competing: `--messages` are published while the link is down (setgate stopped;
@@ -18,6 +24,8 @@
 //!
 //! Every case prints the CPU each process spent per message (`/proc`): setgate's own process, and
 //! each node's (the plugin works inside the downstream node).
+//!
+//! Both nodes are given a cluster name ([`crate::name_clusters`] says why).
 //!
 //! Latency is the downstream arrival time minus the publish time carried in a header.
 
@@ -55,6 +63,20 @@ pub struct Args {
 const SOURCE_X: &str = "bench.source";
 const SG_X: &str = "bench.setgate";
 const PLUGIN_X: &str = "bench.plugin";
+const CEILING_X: &str = "bench.ceiling";
+
+/// A `ceiling` run: the rates of the source's side and of the downstream's side, at once.
+struct Ceiling {
+    source: f64,
+    downstream: f64,
+}
+
+impl Ceiling {
+    /// The rate a forwarder between the two could reach at most: the slower side's.
+    fn rate(&self) -> f64 {
+        self.source.min(self.downstream)
+    }
+}
 
 /// Runs the benchmark.
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -66,14 +88,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (src, dst) = tokio::join!(Node::start(), Node::start_with(with_plugin));
     let (src, dst) = (src?, dst?);
+    crate::name_clusters(&[(&src, "bench-source"), (&dst, "bench-downstream")]).await?;
     let (su, du) = (src.amqp_uri(), dst.amqp_uri());
-    for x in [SOURCE_X, SG_X, PLUGIN_X] {
+    for x in [SOURCE_X, SG_X, PLUGIN_X, CEILING_X] {
         declare_exchange(&su, x, "topic").await?;
         declare_exchange(&du, x, "topic").await?;
     }
     declare_bound_queue(&su, "bench.source.q", SOURCE_X).await?;
     declare_bound_queue(&du, "bench.setgate.sink", SG_X).await?;
     declare_bound_queue(&du, "bench.plugin.sink", PLUGIN_X).await?;
+    declare_bound_queue(&du, "bench.ceiling.sink", CEILING_X).await?;
     if !args.skip_plugin {
         start_plugin(&src, &dst, PLUGIN_X, args.common.prefetch).await?;
     }
@@ -82,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (mut source, mut drained, mut setgate, mut plugin) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut setgate_drain, mut plugin_drain) = (Vec::new(), Vec::new());
+    let (mut ceiling, mut ceiling_drain) = (Vec::new(), Vec::new());
     let nodes = [("source_node", &src), ("downstream_node", &dst)];
     for run in 1..=args.common.runs {
         let cpu = Cpu::sample(None, &nodes);
@@ -102,6 +127,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         drained.push(m.rate);
 
+        let cpu = Cpu::sample(None, &nodes);
+        let (up, down) = tokio::try_join!(
+            through(&su, SOURCE_X, &su, "bench.source.q", load, Acks::Batched),
+            through(&du, CEILING_X, &du, "bench.ceiling.sink", load, Acks::Auto),
+        )?;
+        let c = Ceiling {
+            source: up.rate,
+            downstream: down.rate,
+        };
+        let cpu = cpu.since(None, &nodes);
+        eprintln!(
+            "run {run}: ceiling {:.0} msg/s (source side {:.0}, downstream side {:.0}); cpu s {cpu}",
+            c.rate(),
+            c.source,
+            c.downstream
+        );
+        ceiling.push((c, cpu));
+
         let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
         let cpu = Cpu::sample(Some(&sg), &nodes);
         let m = through(&su, SG_X, &du, "bench.setgate.sink", load, Acks::Auto).await?;
@@ -117,6 +160,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("run {run}: plugin {} ; cpu s {cpu}", show(&m));
             plugin.push((m, cpu));
         }
+
+        // The brokers' ceiling on a drain: a backlog on the source's queue taken by a bare
+        // consumer while a bare publisher feeds the downstream.
+        purge(&su, "bench.source.q").await?;
+        publish(&su, SOURCE_X, load).await?;
+        let cpu = Cpu::sample(None, &nodes);
+        let backlog = async {
+            let a =
+                Arrivals::consume(&[(&su, "bench.source.q")], load.messages, Acks::Batched).await?;
+            a.finish().await
+        };
+        let (up, down) = tokio::try_join!(
+            backlog,
+            through(&du, CEILING_X, &du, "bench.ceiling.sink", load, Acks::Auto),
+        )?;
+        let c = Ceiling {
+            source: up.rate,
+            downstream: down.rate,
+        };
+        let cpu = cpu.since(None, &nodes);
+        eprintln!(
+            "run {run}: ceiling-drain {:.0} msg/s (source side {:.0}, downstream side {:.0}); cpu s {cpu}",
+            c.rate(),
+            c.source,
+            c.downstream
+        );
+        ceiling_drain.push((c, cpu));
 
         // The backlog drains: setgate's link queue on the source exists (the live run declared
         // it) and keeps filling while setgate is stopped.
@@ -171,6 +241,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Cpu::median_per_message_us(v.iter().map(|m| &m.1), args.common.messages)
     };
     let common = json!({"messages": args.common.messages, "body_size": args.common.body_size, "persistent": true});
+    let ceiling_json = |v: &[(Ceiling, Cpu)]| {
+        let med = median(v.iter().map(|c| c.0.rate()).collect());
+        let j = json!({
+            "runs_msg_s": v.iter().map(|c| c.0.rate().round()).collect::<Vec<_>>(),
+            "median_msg_s": med.round(),
+            "source_side_msg_s": v.iter().map(|c| c.0.source.round()).collect::<Vec<_>>(),
+            "downstream_side_msg_s": v.iter().map(|c| c.0.downstream.round()).collect::<Vec<_>>(),
+            "cpu_us_per_msg": Cpu::median_per_message_us(v.iter().map(|c| &c.1), args.common.messages),
+            "ratio_to_source": ratio(med, source_med),
+            "load": common,
+        });
+        (med, j)
+    };
+    let (ceiling_med, ceiling_line) = ceiling_json(&ceiling);
+    let (ceiling_drain_med, ceiling_drain_line) = ceiling_json(&ceiling_drain);
     line(
         "source",
         json!({"runs_msg_s": rounded(&source), "median_msg_s": source_med.round(), "load": common}),
@@ -182,6 +267,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "ratio_to_source": ratio(median(drained.clone()), source_med), "load": common,
         }),
     );
+    line("ceiling", ceiling_line);
+    line("ceiling-drain", ceiling_drain_line);
     line(
         "setgate",
         json!({
@@ -192,6 +279,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "cpu_us_per_msg": cpu_us(&setgate),
             "ratio_to_source": ratio(sg_med, source_med),
             "ratio_to_source_drained": ratio(sg_med, median(drained.clone())),
+            "ratio_to_ceiling": ratio(sg_med, ceiling_med),
             "ratio_to_plugin": plugin_med.map(|p| ratio(sg_med, p)),
             "load": common,
         }),
@@ -206,6 +294,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "p99_ms": pct(&plugin, |m| m.p99_ms),
                 "cpu_us_per_msg": cpu_us(&plugin),
                 "ratio_to_source": ratio(p, source_med),
+                "ratio_to_ceiling": ratio(p, ceiling_med),
                 "load": common,
             }),
         );
@@ -220,6 +309,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "runs_msg_s": rates(&setgate_drain), "median_msg_s": sg_drain.round(),
             "cpu_us_per_msg": cpu_us(&setgate_drain),
             "ratio_to_source": ratio(sg_drain, source_med),
+            "ratio_to_ceiling": ratio(sg_drain, ceiling_drain_med),
             "ratio_to_plugin": plugin_drain_med.map(|p| ratio(sg_drain, p)),
             "load": common,
         }),
@@ -232,6 +322,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "runs_msg_s": rates(&plugin_drain), "median_msg_s": p.round(),
                 "cpu_us_per_msg": cpu_us(&plugin_drain),
                 "ratio_to_source": ratio(p, source_med),
+                "ratio_to_ceiling": ratio(p, ceiling_drain_med),
                 "load": common,
             }),
         );

@@ -184,6 +184,15 @@ pub struct Arrivals {
 impl Arrivals {
     /// Purges the queues and starts consuming; returns once every consumer is registered.
     pub async fn start(queues: &[(&str, &str)], n: u64, acks: Acks) -> anyhow::Result<Arrivals> {
+        for &(uri, queue) in queues {
+            purge(uri, queue).await?;
+        }
+        Arrivals::consume(queues, n, acks).await
+    }
+
+    /// Starts consuming what the queues hold (a backlog) and what arrives; returns once every
+    /// consumer is registered.
+    pub async fn consume(queues: &[(&str, &str)], n: u64, acks: Acks) -> anyhow::Result<Arrivals> {
         // A `multiple` ack covers one channel's deliveries: batched acks need a single queue.
         anyhow::ensure!(
             acks == Acks::Auto || queues.len() == 1,
@@ -192,7 +201,6 @@ impl Arrivals {
         let mut conns = Vec::new();
         let mut consumers = Vec::new();
         for &(uri, queue) in queues {
-            purge(uri, queue).await?;
             let conn = connect(uri).await?;
             let ch = conn.create_channel().await?;
             ch.basic_qos(2000, BasicQosOptions::default()).await?;

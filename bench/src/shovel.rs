@@ -143,6 +143,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bin,
         prefetch: args.common.prefetch,
     };
+    crate::name_clusters(&[
+        (&lab.src, "bench-source"),
+        (&lab.dst, "bench-destination"),
+        (&lab.set_b, "bench-set-b"),
+    ])
+    .await?;
     lab.declare().await?;
 
     let load = args.common.load();
