@@ -40,6 +40,12 @@ impl Cpu {
             .collect())
     }
 
+    /// The same with `secs` more for process `name` (one this module cannot sample).
+    pub fn with(mut self, name: &str, secs: f64) -> Cpu {
+        self.0.push((name.to_string(), secs));
+        self
+    }
+
     /// Microseconds of CPU per message of each process, as JSON.
     pub fn per_message_us(&self, messages: u64) -> Value {
         self.json(|t| (t * 1e6 / messages as f64 * 10.0).round() / 10.0)

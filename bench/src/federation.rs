@@ -16,6 +16,9 @@
 //!   consumer on the downstream. Its rate is the slower side's.
 //! - `ceiling-drain`: the same for a backlog drain: a consumer takes a backlog of `--messages`
 //!   from the source's queue while a confirmed publisher feeds the downstream's sink.
+//! - `floor-drain`: the drain of `setgate-drain` (from the source's queue to the ceiling's
+//!   exchange) through [`floor`], a hot path of our own with no lapin: what setgate's CPU per
+//!   message could come down to (a measurement, not a forwarder).
 //! - `setgate-paced`, `plugin-paced`: forwarding latency at a fixed rate below saturation.
 //! - `setgate-drain`, `plugin-drain`: a backlog drain, the forwarder's own capacity with no
 //!   publisher competing: `--messages` are published while the link is down (setgate stopped;
@@ -29,6 +32,7 @@
 //!
 //! Latency is the downstream arrival time minus the publish time carried in a header.
 
+pub mod floor;
 mod setup;
 
 use crate::cpu::Cpu;
@@ -107,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut setgate_drain, mut plugin_drain) = (Vec::new(), Vec::new());
     let (mut ceiling, mut ceiling_drain) = (Vec::new(), Vec::new());
+    let mut floor_drain = Vec::new();
     let nodes = [("source_node", &src), ("downstream_node", &dst)];
     for run in 1..=args.common.runs {
         let cpu = Cpu::sample(None, &nodes);
@@ -200,6 +205,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("run {run}: setgate-drain {} ; cpu s {cpu}", show(&m));
         setgate_drain.push((m, cpu));
         drop(sg);
+
+        purge(&su, "bench.source.q").await?;
+        publish(&su, SOURCE_X, load).await?;
+        let arrivals =
+            Arrivals::start(&[(&du, "bench.ceiling.sink")], load.messages, Acks::Auto).await?;
+        let cpu = Cpu::sample(None, &nodes);
+        let (from, to) = (src.amqp_addr(), dst.amqp_addr());
+        let prefetch = args.common.prefetch;
+        let forwarder = floor::spawn(
+            from,
+            "bench.source.q",
+            to,
+            CEILING_X,
+            load.messages,
+            prefetch,
+        )
+        .await?;
+        let m = arrivals.finish().await?;
+        let cpu = cpu.since(None, &nodes).with("floor", forwarder);
+        eprintln!("run {run}: floor-drain {} ; cpu s {cpu}", show(&m));
+        floor_drain.push((m, cpu));
 
         if !args.skip_plugin {
             plugin_link(&src, PluginLink::Down).await?;
@@ -327,6 +353,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }),
         );
     }
+    let floor_med = median(floor_drain.iter().map(|m| m.0.rate).collect());
+    line(
+        "floor-drain",
+        json!({
+            "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
+            "runs_msg_s": rates(&floor_drain), "median_msg_s": floor_med.round(),
+            "cpu_us_per_msg": cpu_us(&floor_drain),
+            "ratio_to_setgate_drain": ratio(floor_med, sg_drain),
+            "load": common,
+        }),
+    );
     let paced_json = |m: &Measured| json!({"rate_msg_s": args.paced_rate, "messages": args.paced_messages, "p50_ms": m.p50_ms, "p99_ms": m.p99_ms});
     line("setgate-paced", paced_json(&sg_paced));
     if let Some(m) = plugin_paced {

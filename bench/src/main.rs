@@ -44,6 +44,9 @@ enum Bench {
     Limits(limits::Args),
     /// The scale curve: thousands of connections, setgate vs HAProxy.
     Scale(scale::Args),
+    /// The floor forwarder the federation bench runs as a child (no lapin; a measurement).
+    #[command(hide = true)]
+    ForwardFloor(federation::floor::Args),
 }
 
 #[tokio::main]
@@ -56,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Chaos(a) => chaos::run(a).await,
         Bench::Limits(a) => limits::run(a).await,
         Bench::Scale(a) => scale::run(a).await,
+        Bench::ForwardFloor(a) => federation::floor::run(a).await,
     }
 }
 

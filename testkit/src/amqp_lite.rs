@@ -91,6 +91,12 @@ pub async fn connect(
 }
 
 impl LiteConnection {
+    /// The socket, right after the handshake (nothing of the next frame read yet), for a client
+    /// that goes on with channels of its own.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Waits until the connection ends: the peer closes or resets the socket, or sends
     /// Connection.Close (answered with Close-Ok). Returns how it ended.
     pub async fn closed(mut self) -> String {
