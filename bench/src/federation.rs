@@ -132,23 +132,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         drained.push(m.rate);
 
-        let cpu = Cpu::sample(None, &nodes);
-        let (up, down) = tokio::try_join!(
-            through(&su, SOURCE_X, &su, "bench.source.q", load, Acks::Batched),
-            through(&du, CEILING_X, &du, "bench.ceiling.sink", load, Acks::Auto),
-        )?;
-        let c = Ceiling {
-            source: up.rate,
-            downstream: down.rate,
-        };
-        let cpu = cpu.since(None, &nodes);
-        eprintln!(
-            "run {run}: ceiling {:.0} msg/s (source side {:.0}, downstream side {:.0}); cpu s {cpu}",
-            c.rate(),
-            c.source,
-            c.downstream
-        );
-        ceiling.push((c, cpu));
+        let source_side = through(&su, SOURCE_X, &su, "bench.source.q", load, Acks::Batched);
+        ceiling.push(ceiling_run("ceiling", run, &du, load, &nodes, source_side).await?);
 
         let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
         let cpu = Cpu::sample(Some(&sg), &nodes);
@@ -170,28 +155,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // consumer while a bare publisher feeds the downstream.
         purge(&su, "bench.source.q").await?;
         publish(&su, SOURCE_X, load).await?;
-        let cpu = Cpu::sample(None, &nodes);
         let backlog = async {
             let a =
                 Arrivals::consume(&[(&su, "bench.source.q")], load.messages, Acks::Batched).await?;
             a.finish().await
         };
-        let (up, down) = tokio::try_join!(
-            backlog,
-            through(&du, CEILING_X, &du, "bench.ceiling.sink", load, Acks::Auto),
-        )?;
-        let c = Ceiling {
-            source: up.rate,
-            downstream: down.rate,
-        };
-        let cpu = cpu.since(None, &nodes);
-        eprintln!(
-            "run {run}: ceiling-drain {:.0} msg/s (source side {:.0}, downstream side {:.0}); cpu s {cpu}",
-            c.rate(),
-            c.source,
-            c.downstream
-        );
-        ceiling_drain.push((c, cpu));
+        ceiling_drain.push(ceiling_run("ceiling-drain", run, &du, load, &nodes, backlog).await?);
 
         // The backlog drains: setgate's link queue on the source exists (the live run declared
         // it) and keeps filling while setgate is stopped.
@@ -328,40 +297,47 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let sg_drain = median(setgate_drain.iter().map(|m| m.0.rate).collect());
     let plugin_drain_med =
         (!plugin_drain.is_empty()).then(|| median(plugin_drain.iter().map(|m| m.0.rate).collect()));
-    line(
-        "setgate-drain",
-        json!({
+    // A drain case's line: what every drain prints, then its ratios.
+    let drain_line = |case: &str, v: &[(Measured, Cpu)], med: f64, ratios: serde_json::Value| {
+        let mut j = json!({
             "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
-            "runs_msg_s": rates(&setgate_drain), "median_msg_s": sg_drain.round(),
-            "cpu_us_per_msg": cpu_us(&setgate_drain),
+            "runs_msg_s": rates(v), "median_msg_s": med.round(),
+            "cpu_us_per_msg": cpu_us(v), "load": common,
+        });
+        if let (Some(j), serde_json::Value::Object(r)) = (j.as_object_mut(), ratios) {
+            j.extend(r);
+        }
+        line(case, j);
+    };
+    drain_line(
+        "setgate-drain",
+        &setgate_drain,
+        sg_drain,
+        json!({
             "ratio_to_source": ratio(sg_drain, source_med),
             "ratio_to_ceiling": ratio(sg_drain, ceiling_drain_med),
             "ratio_to_plugin": plugin_drain_med.map(|p| ratio(sg_drain, p)),
-            "load": common,
         }),
     );
     if let Some(p) = plugin_drain_med {
-        line(
+        drain_line(
             "plugin-drain",
+            &plugin_drain,
+            p,
             json!({
-                "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
-                "runs_msg_s": rates(&plugin_drain), "median_msg_s": p.round(),
-                "cpu_us_per_msg": cpu_us(&plugin_drain),
                 "ratio_to_source": ratio(p, source_med),
                 "ratio_to_ceiling": ratio(p, ceiling_drain_med),
-                "load": common,
             }),
         );
     }
     let floor_med = median(floor_drain.iter().map(|m| m.0.rate).collect());
-    line(
+    drain_line(
         "floor-drain",
+        &floor_drain,
+        floor_med,
         json!({
-            "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
-            "runs_msg_s": rates(&floor_drain), "median_msg_s": floor_med.round(),
-            "cpu_us_per_msg": cpu_us(&floor_drain),
             "ratio_to_setgate_drain": ratio(floor_med, sg_drain),
-            "load": common,
+            "ratio_to_plugin": plugin_drain_med.map(|p| ratio(floor_med, p)),
         }),
     );
     let paced_json = |m: &Measured| json!({"rate_msg_s": args.paced_rate, "messages": args.paced_messages, "p50_ms": m.p50_ms, "p99_ms": m.p99_ms});
@@ -370,6 +346,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         line("plugin-paced", paced_json(&m));
     }
     Ok(())
+}
+
+/// One run of a `ceiling` case: `source_side` and a bare confirmed publisher with the sink's
+/// consumer on the downstream, at once.
+async fn ceiling_run(
+    case: &str,
+    run: usize,
+    du: &str,
+    load: Load,
+    nodes: &[(&str, &Node)],
+    source_side: impl std::future::Future<Output = anyhow::Result<Measured>>,
+) -> anyhow::Result<(Ceiling, Cpu)> {
+    let cpu = Cpu::sample(None, nodes);
+    let downstream_side = through(du, CEILING_X, du, "bench.ceiling.sink", load, Acks::Auto);
+    let (up, down) = tokio::try_join!(source_side, downstream_side)?;
+    let c = Ceiling {
+        source: up.rate,
+        downstream: down.rate,
+    };
+    let cpu = cpu.since(None, nodes);
+    eprintln!(
+        "run {run}: {case} {:.0} msg/s (source side {:.0}, downstream side {:.0}); cpu s {cpu}",
+        c.rate(),
+        c.source,
+        c.downstream
+    );
+    Ok((c, cpu))
 }
 
 fn show(m: &Measured) -> String {
