@@ -22,8 +22,8 @@
 //! - `setgate-paced`, `plugin-paced`: forwarding latency at a fixed rate below saturation.
 //! - `setgate-drain`, `plugin-drain`: a backlog drain, the forwarder's own capacity with no
 //!   publisher competing: `--messages` are published while the link is down (setgate stopped;
-//!   the plugin's upstream pointed at a closed port), then the link comes back and a consumer on
-//!   the downstream queue times the arrivals, first to last.
+//!   the plugin's link user without permissions on the source), then the link comes back and a
+//!   consumer on the downstream queue times the arrivals, first to last.
 //!
 //! Every case prints the CPU each process spent per message (`/proc`): setgate's own process, and
 //! each node's (the plugin works inside the downstream node).

@@ -9,10 +9,11 @@
 //! It runs as its own process (`setgate-bench forward-floor`) so that its CPU is its own, and
 //! prints it when done.
 
-use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
+use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic, channel, confirm, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use anyhow::{bail, Context};
+use setgate_amqp::frame::parse;
 use setgate_amqp::names::method_name;
 use setgate_testkit::amqp_lite;
 use std::collections::VecDeque;
@@ -106,13 +107,6 @@ impl Side {
                 bail!("closed during setup");
             }
         }
-    }
-}
-
-fn parse(bytes: &[u8]) -> anyhow::Result<AMQPFrame> {
-    match parse_frame(bytes) {
-        Ok((_, f)) => Ok(f),
-        Err(e) => bail!("malformed frame: {e:?}"),
     }
 }
 
