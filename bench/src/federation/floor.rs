@@ -248,6 +248,8 @@ pub async fn spawn(
     count: u64,
     prefetch: u32,
 ) -> anyhow::Result<f64> {
+    let prefetch = u16::try_from(prefetch)
+        .with_context(|| format!("forward-floor: a prefetch of {prefetch} is over AMQP's 65535"))?;
     let out = tokio::process::Command::new(std::env::current_exe()?)
         .arg("forward-floor")
         .args(["--from", &from.to_string(), "--queue", queue])
