@@ -285,6 +285,11 @@ pub struct Received {
     pub at: Instant,
 }
 
+/// How long one step of the collector's connect and consume may take.
+const COLLECTOR_STEP: Duration = Duration::from_secs(10);
+/// The collector's heartbeat (seconds): a dead connection is noticed within about twice this.
+const COLLECTOR_HEARTBEAT: u16 = 2;
+
 /// Consumes a queue in the background (reconnecting across broker restarts) and keeps every
 /// message it received, in arrival order.
 #[derive(Debug, Clone)]
@@ -312,20 +317,43 @@ impl Collector {
         c
     }
 
+    /// One connection's worth of consuming. Every step is bounded and the connection carries a
+    /// short heartbeat: a broker killed mid-call must send the collector round its reconnect
+    /// loop, never leave it waiting on a dead connection (it once sat out a whole test that way
+    /// while the messages it waited for were in its queue).
     async fn consume_once(&self, uri: &str, queue: &str) -> anyhow::Result<()> {
-        let conn = connect(uri).await?;
-        let ch = conn.create_channel().await?;
-        ch.basic_qos(1000, BasicQosOptions::default()).await?;
-        let mut consumer = ch
-            .basic_consume(
-                queue.into(),
-                "collector".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        while let Some(d) = consumer.next().await {
-            let d = d?;
+        let mut parsed: lapin::uri::AMQPUri = uri.parse().map_err(anyhow::Error::msg)?;
+        parsed.query.heartbeat = Some(COLLECTOR_HEARTBEAT);
+        let conn = tokio::time::timeout(
+            COLLECTOR_STEP,
+            lapin::Connection::connect_uri(parsed, lapin::ConnectionProperties::default()),
+        )
+        .await
+        .context("collector: connecting timed out")??;
+        let setup = async {
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(1000, BasicQosOptions::default()).await?;
+            let consumer = ch
+                .basic_consume(
+                    queue.into(),
+                    "collector".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>(consumer)
+        };
+        let mut consumer = tokio::time::timeout(COLLECTOR_STEP, setup)
+            .await
+            .context("collector: setting up the consumer timed out")??;
+        loop {
+            let d = match tokio::time::timeout(COLLECTOR_STEP, consumer.next()).await {
+                Ok(Some(d)) => d?,
+                Ok(None) => break,
+                // Quiet is fine on a live connection; a dead one must not be waited on.
+                Err(_) if conn.status().connected() => continue,
+                Err(_) => anyhow::bail!("collector: connection lost without an error"),
+            };
             let id = d
                 .properties
                 .message_id()
@@ -339,7 +367,9 @@ impl Collector {
                 body: d.data.clone(),
                 at: Instant::now(),
             });
-            d.ack(BasicAckOptions::default()).await?;
+            tokio::time::timeout(COLLECTOR_STEP, d.ack(BasicAckOptions::default()))
+                .await
+                .context("collector: ack timed out")??;
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
