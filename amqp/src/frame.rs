@@ -20,7 +20,8 @@ pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// one can make us buffer.
 pub const HANDSHAKE_FRAME_MAX: usize = 64 * 1024;
 
-const FRAME_END: u8 = 0xCE;
+/// The octet that ends every frame.
+pub const FRAME_END: u8 = 0xCE;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]

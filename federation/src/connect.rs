@@ -125,8 +125,38 @@ async fn open(uri: &AmqpUri, props: ConnectionProperties) -> lapin::Result<Conne
     Connection::connector(parsed, runtime, transport, props).await
 }
 
+/// A byte stream to a broker: TCP, or TLS over it.
+pub(crate) trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> Io for T {}
+
+/// The TCP (and, for `amqps`, TLS) stream to `uri`, with the knocking connect lapin's
+/// connections get; for setgate's own publishing connections (`wire`).
+pub(crate) async fn transport(uri: &AMQPUri) -> lapin::Result<Box<dyn Io>> {
+    match uri.scheme {
+        AMQPScheme::AMQP => {
+            let addr = (uri.authority.host.as_str(), uri.authority.port);
+            let stream = knock(KNOCK, || tokio::net::TcpStream::connect(addr)).await?;
+            // Publishes are written in batches already; a confirm or heartbeat must not wait.
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream))
+        }
+        AMQPScheme::AMQPS => {
+            let runtime = lapin::runtime::default_runtime()?;
+            let tls = OwnedTLSConfig::default();
+            let stream = knock(KNOCK_TLS, || {
+                uri.connect_with_config_async(tls.as_ref(), &runtime)
+            })
+            .await?;
+            Ok(Box::new(stream.compat()))
+        }
+    }
+}
+
 /// Gives `uri` the default heartbeat unless it names one.
-fn with_default_heartbeat(uri: &mut AMQPUri) {
+pub(crate) fn with_default_heartbeat(uri: &mut AMQPUri) {
     uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT);
 }
 
@@ -173,7 +203,11 @@ fn connect_error(e: &lapin::Error) -> String {
     if let lapin::ErrorKind::IOError(io) = e.kind() {
         return io.to_string();
     }
-    let text = describe(e);
+    with_advice(describe(e))
+}
+
+/// A broker's refusal of a connection, with what to check when it says.
+pub(crate) fn with_advice(text: String) -> String {
     if text.contains("ACCESS_REFUSED") {
         format!("{text} (check the user name and password in the URI)")
     } else if text.contains("NOT_ALLOWED") {

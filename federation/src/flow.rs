@@ -11,7 +11,7 @@ use crate::error::{LinkError, Side};
 use crate::forward::{Ended, Events, Forwarder};
 use crate::hops::{HopPolicy, Origin};
 use crate::metrics::FlowMetrics;
-use crate::outlet::{Dial, Outlet, OutletEvent, Outlets};
+use crate::outlet::{open_wire, Dial, Outlet, OutletEvent, Outlets};
 use crate::plan::{hold_queue, Downstream, FlowSpec, Headers};
 use crate::shovel::DeleteAfter;
 use crate::shovelled::Shovelled;
@@ -22,8 +22,7 @@ use crate::topology::{
     ExchangeSide,
 };
 use futures_util::StreamExt;
-use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::{Channel, Connection};
+use lapin::options::QueueDeclareOptions;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -265,18 +264,22 @@ async fn connected(
         let outlets = match down {
             Some(down) => {
                 check(spec, up, down, compare_types).await?;
-                let channel =
-                    confirm_channel(&down.conn, Side::Downstream, &down_label(spec), confirm)
-                        .await?;
-                let mut o =
-                    Outlet::fixed(spec.downstream_name(), channel, down.conn.status().clone());
+                let wire = open_wire(
+                    Side::Downstream,
+                    &down_label(spec),
+                    &down.uri,
+                    conn_name,
+                    confirm,
+                )
+                .await?;
+                let mut o = Outlet::fixed(spec.downstream_name(), Side::Downstream, wire);
                 o.cluster_name = down.cluster_name.clone();
                 o.uri = down.uri.without_credentials().to_string();
                 Outlets(vec![o])
             }
             None => {
                 check_source(&up.conn, spec, up.uri.vhost()).await?;
-                routed_outlets(spec, status, &up.conn, conn_name, confirm).await?
+                routed_outlets(spec, status, up, conn_name, confirm).await?
             }
         };
         let limit = delete_after_limit(spec, status);
@@ -394,32 +397,12 @@ async fn check(
     .await
 }
 
-/// A channel, in confirm mode for `on-confirm`.
-async fn confirm_channel(
-    conn: &Connection,
-    side: Side,
-    cluster: &str,
-    confirm: bool,
-) -> Result<Channel, LinkError> {
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(|e| LinkError::broker("opening a channel", side, cluster, &e))?;
-    if confirm {
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| LinkError::broker("enabling publisher confirms", side, cluster, &e))?;
-    }
-    Ok(channel)
-}
-
 /// A routed destination's outlets: one per cluster (connecting now, each on its own), then
-/// the hold outlet, a channel on the upstream connection with every hold queue declared.
+/// the hold outlet, a publishing connection to the upstream, with every hold queue declared.
 async fn routed_outlets(
     spec: &FlowSpec,
     status: &FlowStatus,
-    up: &Connection,
+    up: &Endpoint,
     conn_name: &str,
     confirm: bool,
 ) -> Result<Outlets, LinkError> {
@@ -446,25 +429,32 @@ async fn routed_outlets(
         })
         .collect();
     let cluster = spec.upstream.name.as_str();
-    let hold = confirm_channel(up, Side::Upstream, cluster, confirm).await?;
+    let declares = up
+        .conn
+        .create_channel()
+        .await
+        .map_err(|e| LinkError::broker("opening a channel", Side::Upstream, cluster, &e))?;
     for c in &routes.clusters {
         let queue = hold_queue(hold_prefix, &c.name);
-        hold.queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            hold_queue_arguments(&spec.upstream, false),
-        )
-        .await
-        .map_err(|e| {
-            LinkError::broker(
-                format!("declaring hold queue \"{queue}\""),
-                Side::Upstream,
-                cluster,
-                &e,
+        declares
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                hold_queue_arguments(&spec.upstream, false),
             )
-        })?;
+            .await
+            .map_err(|e| {
+                LinkError::broker(
+                    format!("declaring hold queue \"{queue}\""),
+                    Side::Upstream,
+                    cluster,
+                    &e,
+                )
+            })?;
     }
-    outlets.push(Outlet::fixed("hold", hold, up.status().clone()));
+    let _ = declares.close(200, "hold queues declared".into()).await;
+    let hold = open_wire(Side::Upstream, cluster, &up.uri, conn_name, confirm).await?;
+    outlets.push(Outlet::fixed("hold", Side::Upstream, hold));
     Ok(Outlets(outlets))
 }
 

@@ -29,21 +29,20 @@ use crate::config::AckMode;
 use crate::error::{LinkError, Side};
 use crate::hops::{outgoing_properties, with_received_from, HopPolicy, Origin, Verdict};
 use crate::metrics::FlowMetrics;
-use crate::outlet::{Confirmed, OutletEvent, Outlets};
+use crate::outlet::{wire_error, Confirmed, Outlet, OutletEvent, Outlets};
 use crate::plan::{hold_queue, Downstream, FlowSpec, Headers, Target, HOLD_ROUTING_KEY};
 use crate::route::Choice;
 use crate::shovelled::Shovelled;
 use crate::status::FlowStatus;
 use crate::stop::stopped;
 use crate::tracker::{AckTracker, Outcome, UpstreamAck};
+use crate::wire::Settled;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Confirmation, ConnectionStatus, Consumer, Event};
+use lapin::{Channel, ConnectionStatus, Consumer, Event};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +89,29 @@ pub(crate) struct Forwarder {
     pub shovelled: Option<Shovelled>,
     /// `delete_after`: how many more messages this attempt may take (`None`: no limit).
     pub limit: Option<u64>,
+}
+
+/// [`Forwarder::named`] for an operation that borrows the forwarder itself.
+async fn named<T>(
+    status: &FlowStatus,
+    run: &mut Run,
+    side: Side,
+    what: &'static str,
+    op: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(op);
+    if let Ok(v) = tokio::time::timeout(STALL_NAMED_AFTER, &mut op).await {
+        return v;
+    }
+    show(status, run, Activity::AwaitingAnswer { side, what });
+    op.await
+}
+
+fn show(status: &FlowStatus, run: &mut Run, activity: Activity) {
+    if run.activity != activity {
+        run.activity = activity;
+        status.set_activity(activity.describe());
+    }
 }
 
 /// How a forwarder ended without an error.
@@ -312,19 +334,12 @@ impl Forwarder {
     async fn forward(&mut self, run: &mut Run, batch: &mut Vec<Delivery>) -> Result<(), LinkError> {
         let counters = &self.status.counters;
         let mode = self.spec.upstream.ack_mode;
-        let options = BasicPublishOptions {
-            mandatory: self.spec.mandatory,
-            immediate: false,
-        };
+        let mandatory = self.spec.mandatory;
         let n_outlets = self.outlets.0.len();
-        let channels: Vec<Option<Channel>> = self
-            .outlets
-            .0
-            .iter()
-            .map(|o| o.up().map(|u| u.channel.clone()))
-            .collect();
-        let mut groups: Vec<Vec<_>> = (0..n_outlets).map(|_| Vec::new()).collect();
-        let mut seqs: Vec<Vec<Option<u64>>> = (0..n_outlets).map(|_| Vec::new()).collect();
+        // Per outlet: whether it was published to, and (without confirms) what its write settles.
+        let mut written = vec![false; n_outlets];
+        let mut unconfirmed: Vec<Vec<Option<u64>>> = (0..n_outlets).map(|_| Vec::new()).collect();
+        let start = Instant::now();
         let limit = self.limit;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -463,17 +478,22 @@ impl Forwarder {
                 headers.unwrap_or_default(),
                 self.spec.upstream.trust_user_id,
             );
-            let Some(channel) = &channels[outlet] else {
+            let o = &mut self.outlets.0[outlet];
+            let Some(wire) = o.wire() else {
                 unreachable!("messages are only sent to outlets that are up");
             };
-            seqs[outlet].push(seq);
-            groups[outlet].push(channel.basic_publish(
-                exchange,
-                routing_key,
-                options,
+            let tag = wire.publish(
+                exchange.as_str(),
+                routing_key.as_str(),
+                mandatory,
+                &props,
                 &d.data,
-                props,
-            ));
+            );
+            written[outlet] = true;
+            match (mode, seq) {
+                (AckMode::OnConfirm, Some(seq)) => o.confirms.push(seq, start, tag),
+                (_, seq) => unconfirmed[outlet].push(seq),
+            }
         }
         if let Some(limit) = limit {
             if run.taken >= limit && !run.limit_reached {
@@ -486,101 +506,77 @@ impl Forwarder {
                 .await;
             }
         }
-        let start = Instant::now();
-        let sends = groups
-            .into_iter()
-            .enumerate()
-            .filter(|(_, g)| !g.is_empty())
-            .map(|(i, g)| {
-                let o = &self.outlets.0[i];
-                let status = o.up().expect("published to it").status.clone();
-                let name = o.name.clone();
-                async move {
-                    let n = g.len();
-                    let sent = while_open(
-                        Side::Downstream,
-                        &name,
-                        &status,
-                        "publishing",
-                        futures_util::future::join_all(g),
-                    );
-                    tokio::pin!(sent);
-                    // A downstream whose socket stays open but which stops reading (no reset, no
-                    // heartbeat missed yet) would hold the loop here, and with it the watchdog:
-                    // bound the wait too. Only a resource alarm the broker announced
-                    // (connection.blocked) is waited out.
-                    let r = loop {
-                        match tokio::time::timeout(CONFIRM_DEADLINE, &mut sent).await {
-                            Ok(r) => break r,
-                            Err(_) if status.blocked() => continue,
-                            Err(_) => {
-                                break Err(LinkError::Silent {
-                                    side: Side::Downstream,
-                                    cluster: name.clone(),
-                                    what: format!(
-                                        "publishing {n} messages did not complete in {}s",
-                                        CONFIRM_DEADLINE.as_secs()
-                                    ),
-                                })
-                            }
-                        }
-                    };
-                    (i, r)
-                }
-            });
-        let sends = futures_util::future::join_all(sends);
-        let results = self.named(run, Side::Downstream, "publishing", sends).await;
         batch.clear();
-        for (i, result) in results {
-            let seqs = std::mem::take(&mut seqs[i]);
-            let confirms = match result {
-                Ok(c) => c,
-                Err(e) if self.outlets.0[i].fatal => return Err(e),
-                Err(e) => {
-                    self.give_back(run, &seqs);
-                    self.outlet_down(run, i, &e);
-                    continue;
-                }
-            };
-            for (seq, result) in seqs.iter().zip(confirms) {
-                let confirm = match result {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let o = &self.outlets.0[i];
-                        let err = LinkError::broker(
-                            match &self.spec.target {
-                                Target::Exchange { name, .. } => {
-                                    format!("publishing to exchange \"{name}\"")
-                                }
-                                Target::Queue(q) => format!("publishing to queue \"{q}\""),
-                            },
-                            Side::Downstream,
-                            &o.name,
-                            &e,
-                        );
-                        if o.fatal {
-                            return Err(err);
-                        }
-                        self.give_back(run, &seqs);
-                        self.outlet_down(run, i, &err);
-                        break;
-                    }
-                };
-                match (mode, seq) {
-                    (AckMode::OnConfirm, Some(seq)) => {
-                        self.outlets.0[i].confirms.push(*seq, start, confirm)
-                    }
-                    (_, seq) => {
-                        drop(confirm);
+        let which: Vec<usize> = (0..n_outlets).filter(|&i| written[i]).collect();
+        for (i, result) in self.flush(run, &which).await {
+            let seqs = std::mem::take(&mut unconfirmed[i]);
+            match result {
+                Ok(()) => {
+                    for seq in seqs {
                         if let Some(seq) = seq {
-                            run.tracker.resolve(*seq, Outcome::Done);
+                            run.tracker.resolve(seq, Outcome::Done);
                         }
                         self.count_forwarded(i);
                     }
                 }
+                Err(e) if self.outlets.0[i].fatal => return Err(e),
+                Err(e) => {
+                    self.give_back(run, &seqs);
+                    self.outlet_down(run, i, &e);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Writes a batch's publishes to their outlets. A destination whose socket stays open but
+    /// which stops reading (no reset, no heartbeat missed yet) would hold the loop here, and
+    /// with it the watchdog: the wait is bounded too. Only a resource alarm the broker announced
+    /// (connection.blocked) is waited out.
+    async fn flush(
+        &mut self,
+        run: &mut Run,
+        which: &[usize],
+    ) -> Vec<(usize, Result<(), LinkError>)> {
+        if which.is_empty() {
+            return Vec::new();
+        }
+        let mut waited = Duration::ZERO;
+        loop {
+            let op = tokio::time::timeout(CONFIRM_DEADLINE, self.outlets.flush(which));
+            let flushed = named(&self.status, run, Side::Downstream, "publishing", op).await;
+            match flushed {
+                Ok(results) => {
+                    return results
+                        .into_iter()
+                        .map(|(i, r)| {
+                            let o = &self.outlets.0[i];
+                            (i, r.map_err(|e| wire_error(o.side, &o.name, &e)))
+                        })
+                        .collect()
+                }
+                Err(_) if which.iter().any(|&i| self.outlets.0[i].blocked()) => {
+                    waited += CONFIRM_DEADLINE;
+                }
+                Err(_) => {
+                    waited += CONFIRM_DEADLINE;
+                    return which
+                        .iter()
+                        .map(|&i| {
+                            let err = LinkError::Silent {
+                                side: Side::Downstream,
+                                cluster: self.outlets.0[i].name.clone(),
+                                what: format!(
+                                    "writing publishes did not complete in {}s",
+                                    waited.as_secs()
+                                ),
+                            };
+                            (i, Err(err))
+                        })
+                        .collect();
+                }
+            }
+        }
     }
 
     /// Publishes to a destination that failed before they were all sent: requeued upstream.
@@ -607,7 +603,7 @@ impl Forwarder {
     ) -> Result<(), LinkError> {
         let counters = &self.status.counters;
         let outcome = match result {
-            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+            Settled::Ack => {
                 self.metrics
                     .confirm_latency
                     .record(start.elapsed().as_secs_f64());
@@ -615,32 +611,17 @@ impl Forwarder {
                 run.backoff = Duration::ZERO;
                 Outcome::Done
             }
-            Ok(Confirmation::Ack(Some(_))) => {
+            Settled::Returned => {
                 counters.rejected.fetch_add(1, Relaxed);
                 self.metrics.returned.increment(1);
                 run.returned = true;
                 Outcome::Rejected
             }
-            Ok(Confirmation::Nack(_)) => {
+            Settled::Nack => {
                 counters.rejected.fetch_add(1, Relaxed);
                 self.metrics.nacked.increment(1);
                 run.nacked = true;
                 Outcome::Rejected
-            }
-            Err(e) => {
-                let err = LinkError::broker(
-                    "waiting for a publish confirm",
-                    Side::Downstream,
-                    &self.outlets.0[i].name,
-                    &e,
-                );
-                if self.outlets.0[i].fatal {
-                    return Err(err);
-                }
-                run.tracker.resolve(seq, Outcome::Rejected);
-                run.requeue_now = true;
-                self.outlet_down(run, i, &err);
-                return Ok(());
             }
         };
         run.tracker.resolve(seq, outcome);
@@ -731,7 +712,7 @@ impl Forwarder {
         if let Some((i, oldest)) = self.outlets.oldest() {
             let o = &self.outlets.0[i];
             let waited = oldest.elapsed();
-            let blocked = o.up().is_some_and(|u| u.status.blocked());
+            let blocked = o.blocked();
             if waited >= CONFIRM_DEADLINE && !blocked {
                 let err = LinkError::Silent {
                     side: Side::Downstream,
@@ -769,11 +750,7 @@ impl Forwarder {
                 ),
             });
         }
-        let blocked = self
-            .outlets
-            .0
-            .iter()
-            .any(|o| o.up().is_some_and(|u| u.status.blocked()));
+        let blocked = self.outlets.0.iter().any(Outlet::blocked);
         let activity = if run.paused_until.is_some() {
             run.activity
         } else if blocked {
@@ -828,19 +805,11 @@ impl Forwarder {
         what: &'static str,
         op: impl std::future::Future<Output = T>,
     ) -> T {
-        tokio::pin!(op);
-        if let Ok(v) = tokio::time::timeout(STALL_NAMED_AFTER, &mut op).await {
-            return v;
-        }
-        self.show(run, Activity::AwaitingAnswer { side, what });
-        op.await
+        named(&self.status, run, side, what, op).await
     }
 
     fn show(&self, run: &mut Run, activity: Activity) {
-        if run.activity != activity {
-            run.activity = activity;
-            self.status.set_activity(activity.describe());
-        }
+        show(&self.status, run, activity);
     }
 
     /// Stops consuming, waits up to `grace` for outstanding confirms, acks what was confirmed.

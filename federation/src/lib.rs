@@ -15,7 +15,7 @@
 //! - `flow`: one flow's connect / set up / forward / retry loop.
 //! - `connect`: ordered multi-URI connection and the broker's `cluster_name`.
 //! - `topology`: exchange checks, the upstream queue, bindings, consumer.
-//! - `forward`: the pipelined republish loop.
+//! - `forward`: the pipelined republish loop. `wire`: the publishing connection it writes to.
 //! - `stop`: the stop signal `flow` and `forward` both wait on.
 //! - `tracker`: publish sequence -> delivery tag; which upstream acks a confirm allows.
 //! - `hops`: `x-received-from`, `max_hops` and cycle checks; republished properties.
@@ -45,6 +45,7 @@ mod topology;
 mod tracker;
 mod validate;
 mod validate_messaging;
+mod wire;
 
 pub use config::{
     AckMode, DownstreamConfig, FederationConfig, LinkConfig, QueueType, UpstreamConfig,

@@ -1,26 +1,24 @@
-//! Where a flow publishes: one *outlet* per destination cluster, each with its channel and the
-//! publishes awaiting their confirms.
+//! Where a flow publishes: one *outlet* per destination cluster, each with its publishing
+//! connection (a [`Wire`], the flow's own, not lapin's) and the publishes awaiting their confirms.
 //!
-//! A plain link or shovel has one outlet, on a connection the flow owns; losing it ends the
-//! flow's attempt (`fatal`), as it always did. A destination that routes messages to SETs has
-//! an outlet per cluster (the center's, then each SET's), each on its own connection, plus the
-//! *hold* outlet: a channel on the upstream connection that parks messages of a SET that is down
-//! in a queue on the source. A SET's outlet that goes down is local news: its unconfirmed
+//! A plain link or shovel has one outlet, opened with the flow's attempt; losing it ends the
+//! attempt (`fatal`), as it always did. A destination that routes messages to SETs has an outlet
+//! per cluster (the center's, then each SET's), each connecting on its own, plus the *hold*
+//! outlet: a connection to the upstream that parks messages of a SET that is down in a queue on
+//! the source. A SET's outlet that goes down is local news: its unconfirmed
 //! publishes are requeued upstream (and then parked, or sent to the failover SET), it reconnects
 //! on its own every `reconnect_delay`, and the other SETs never wait for it.
 
-use crate::connect::{connect, Endpoint};
+use crate::connect::connect;
 use crate::error::{LinkError, Side};
 use crate::plan::Target;
 use crate::status::SetStats;
 use crate::topology::check_target;
 use crate::tracker::Seq;
 use crate::uri::AmqpUri;
+use crate::wire::{Confirm, Settled, Wire, WireError};
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, StreamExt};
-use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Confirmation, ConnectionStatus, Event, PublisherConfirm};
+use futures_util::FutureExt;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -29,25 +27,39 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use sync_wrapper::SyncWrapper;
 
-/// How long closing an outlet's own connection may take (a stopped broker never answers).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long closing an outlet's connection may take (a stopped broker never answers).
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A publish's confirm with its sequence number and publish time.
-pub(crate) type Confirmed = (Seq, Instant, lapin::Result<Confirmation>);
+pub(crate) type Confirmed = (Seq, Instant, Settled);
 
-/// Publishes awaiting their confirm, oldest first. Only the oldest is awaited: the tracker acks
-/// nothing past an unconfirmed publish anyway, and the broker confirms in order in practice,
-/// so this costs no latency and saves a task and an allocation per message.
+/// A publish awaiting its confirm.
+struct Entry {
+    seq: Seq,
+    start: Instant,
+    tag: u64,
+    settled: Option<Settled>,
+}
+
+/// Publishes awaiting their confirm, in publish order (so in delivery-tag order, one tag after
+/// the other). A confirm marks its publishes; they leave from the front, so the oldest is
+/// always the one still waiting longest (the watchdog's), and out-of-order confirms wait for the
+/// ones before them (the tracker acks nothing past an unconfirmed publish anyway).
 #[derive(Default)]
-pub(crate) struct Pending(VecDeque<(Seq, Instant, PublisherConfirm)>);
+pub(crate) struct Pending(VecDeque<Entry>);
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn push(&mut self, seq: Seq, start: Instant, confirm: PublisherConfirm) {
-        self.0.push_back((seq, start, confirm));
+    pub fn push(&mut self, seq: Seq, start: Instant, tag: u64) {
+        self.0.push_back(Entry {
+            seq,
+            start,
+            tag,
+            settled: None,
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -56,42 +68,48 @@ impl Pending {
 
     /// When the oldest publish still waiting for its confirm went out.
     pub fn oldest(&self) -> Option<Instant> {
-        self.0.front().map(|p| p.1)
+        self.0.front().map(|p| p.start)
     }
 
-    /// The oldest publish's confirm, if it has come. It is removed only once resolved.
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Confirmed>> {
-        let Some(front) = self.0.front_mut() else {
-            return Poll::Ready(None);
+    /// Marks the publishes a confirm covers (those already marked keep their mark: a return
+    /// is read before the ack of the same publish).
+    fn settle(&mut self, c: Confirm) {
+        let Some(first) = self.0.front().map(|e| e.tag) else {
+            return;
         };
-        let result = std::task::ready!(Pin::new(&mut front.2).poll(cx));
-        let (seq, start, _) = self.0.pop_front().expect("front exists");
-        Poll::Ready(Some((seq, start, result)))
+        let Some(last) = c.tag.checked_sub(first) else {
+            return; // settled and gone already
+        };
+        let last = (last as usize).min(self.0.len().saturating_sub(1));
+        let from = if c.multiple { 0 } else { last };
+        if !c.multiple && self.0[last].tag != c.tag {
+            return; // a tag never published: nothing to mark
+        }
+        for e in self.0.range_mut(from..=last) {
+            e.settled.get_or_insert(c.settled);
+        }
+    }
+
+    /// The oldest publish, if its confirm came.
+    fn pop_settled(&mut self) -> Option<Confirmed> {
+        let settled = self.0.front()?.settled?;
+        let e = self.0.pop_front().expect("front exists");
+        Some((e.seq, e.start, settled))
     }
 
     /// Gives up on every publish still waiting (their outlet is gone): their sequence numbers.
+    /// Those confirmed behind an unconfirmed one go too: at-least-once allows the duplicate.
     fn abandon(&mut self) -> Vec<Seq> {
-        self.0.drain(..).map(|(seq, _, _)| seq).collect()
+        self.0.drain(..).map(|e| e.seq).collect()
     }
-}
-
-/// An open outlet.
-pub(crate) struct Up {
-    pub channel: Channel,
-    pub status: ConnectionStatus,
-    /// The outlet's own connection; `None` when the flow owns it (a plain destination, the
-    /// hold outlet on the upstream connection).
-    endpoint: Option<Endpoint>,
-    /// Its connection's events; `None` when the flow listens to them itself.
-    events: Option<SyncWrapper<BoxStream<'static, Event>>>,
 }
 
 /// The forwarder is shared by reference across awaits, so it must be `Sync`; the boxed
 /// stream and future are only ever used through `&mut`, which `SyncWrapper` makes explicit.
 enum State {
-    Up(Box<Up>),
+    Up(Box<Wire>),
     Down(Pin<Box<tokio::time::Sleep>>),
-    Connecting(SyncWrapper<BoxFuture<'static, Result<Up, LinkError>>>),
+    Connecting(SyncWrapper<BoxFuture<'static, Result<Opened, LinkError>>>),
 }
 
 /// How an outlet of a routed destination (re)connects.
@@ -110,6 +128,8 @@ pub(crate) struct Outlet {
     pub name: String,
     /// Losing it ends the flow's attempt.
     pub fatal: bool,
+    /// The side of the link its cluster is on (the hold outlet publishes to the upstream).
+    pub side: Side,
     state: State,
     pub confirms: Pending,
     /// The SET's counters in the status (routed destinations).
@@ -136,17 +156,13 @@ pub(crate) enum OutletEvent {
 }
 
 impl Outlet {
-    /// An outlet on a channel the flow opened, on a connection the flow owns and watches.
-    pub fn fixed(name: &str, channel: Channel, status: ConnectionStatus) -> Outlet {
+    /// An outlet on a publishing connection the flow opened; losing it ends the attempt.
+    pub fn fixed(name: &str, side: Side, wire: Wire) -> Outlet {
         Outlet {
             name: name.to_string(),
             fatal: true,
-            state: State::Up(Box::new(Up {
-                channel,
-                status,
-                endpoint: None,
-                events: None,
-            })),
+            side,
+            state: State::Up(Box::new(wire)),
             confirms: Pending::default(),
             stats: None,
             dial: None,
@@ -163,6 +179,7 @@ impl Outlet {
         Outlet {
             name: name.to_string(),
             fatal: false,
+            side: Side::Downstream,
             state,
             confirms: Pending::default(),
             stats: Some(stats),
@@ -180,12 +197,17 @@ impl Outlet {
         matches!(self.state, State::Connecting(_))
     }
 
-    /// The open channel, if up.
-    pub fn up(&self) -> Option<&Up> {
-        match &self.state {
-            State::Up(u) => Some(u),
+    /// The publishing connection, if up.
+    pub fn wire(&mut self) -> Option<&mut Wire> {
+        match &mut self.state {
+            State::Up(w) => Some(w),
             _ => None,
         }
+    }
+
+    /// Its broker announced a resource alarm.
+    pub fn blocked(&self) -> bool {
+        matches!(&self.state, State::Up(w) if w.blocked())
     }
 
     /// Takes the outlet down after `err`: closes its connection in the background, gives up on
@@ -206,10 +228,8 @@ impl Outlet {
             &mut self.state,
             State::Down(Box::pin(tokio::time::sleep(delay))),
         );
-        if let State::Up(up) = old {
-            if let Some(ep) = up.endpoint {
-                tokio::spawn(close(ep));
-            }
+        if let State::Up(wire) = old {
+            tokio::spawn(wire.close(CLOSE_TIMEOUT));
         }
         if let Some(s) = &self.stats {
             s.set_down(err.to_string());
@@ -218,12 +238,10 @@ impl Outlet {
         self.confirms.abandon()
     }
 
-    /// Closes the outlet's own connection, if it has one.
+    /// Closes the outlet's connection.
     pub async fn close(self) {
-        if let State::Up(up) = self.state {
-            if let Some(ep) = up.endpoint {
-                close(ep).await;
-            }
+        if let State::Up(wire) = self.state {
+            wire.close(CLOSE_TIMEOUT).await;
         }
     }
 
@@ -239,12 +257,10 @@ impl Outlet {
                 State::Connecting(fut) => {
                     let result = std::task::ready!(fut.get_mut().as_mut().poll(cx));
                     return Poll::Ready(match result {
-                        Ok(up) => {
-                            if let Some(ep) = &up.endpoint {
-                                self.cluster_name = ep.cluster_name.clone();
-                                self.uri = ep.uri.without_credentials().to_string();
-                            }
-                            self.state = State::Up(Box::new(up));
+                        Ok(opened) => {
+                            self.cluster_name = opened.cluster_name;
+                            self.uri = opened.uri;
+                            self.state = State::Up(Box::new(opened.wire));
                             if let Some(s) = &self.stats {
                                 s.set_up();
                             }
@@ -268,96 +284,100 @@ impl Outlet {
                         }
                     });
                 }
-                State::Up(up) => {
-                    if let Some(events) = &mut up.events {
-                        while let Poll::Ready(ev) = events.get_mut().poll_next_unpin(cx) {
-                            match ev {
-                                Some(Event::Error(e)) if !up.status.connected() => {
-                                    return Poll::Ready(OutletEvent::Lost(
-                                        i,
-                                        LinkError::broker(
-                                            "connection",
-                                            Side::Downstream,
-                                            &self.name,
-                                            &e,
-                                        ),
-                                    ));
-                                }
-                                Some(_) => {}
-                                None => {
-                                    return Poll::Ready(OutletEvent::Lost(
-                                        i,
-                                        LinkError::Broker {
-                                            what: "connection".into(),
-                                            side: Side::Downstream,
-                                            cluster: self.name.clone(),
-                                            reason: "closed".into(),
-                                        },
-                                    ))
-                                }
-                            }
+                State::Up(wire) => loop {
+                    if let Some(c) = self.confirms.pop_settled() {
+                        return Poll::Ready(OutletEvent::Confirm(i, c));
+                    }
+                    match std::task::ready!(wire.poll_confirm(cx)) {
+                        Ok(c) => self.confirms.settle(c),
+                        Err(e) => {
+                            return Poll::Ready(OutletEvent::Lost(
+                                i,
+                                wire_error(self.side, &self.name, &e),
+                            ))
                         }
                     }
-                    return match self.confirms.poll_next(cx) {
-                        Poll::Ready(Some(c)) => Poll::Ready(OutletEvent::Confirm(i, c)),
-                        _ => Poll::Pending,
-                    };
-                }
+                },
             }
         }
     }
 }
 
-/// Connects an outlet: its URIs in order, the target checked, a channel (in confirm mode).
-async fn open(cluster: String, dial: Dial) -> Result<Up, LinkError> {
-    let ep = connect(Side::Downstream, &cluster, &dial.uris, &dial.conn_name).await?;
-    let events = ep.conn.events_listener().boxed();
-    let ready = async {
-        check_target(&ep.conn, &cluster, ep.uri.vhost(), &dial.target).await?;
-        let channel =
-            ep.conn.create_channel().await.map_err(|e| {
-                LinkError::broker("opening a channel", Side::Downstream, &cluster, &e)
-            })?;
-        if dial.confirm {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| {
-                    LinkError::broker(
-                        "enabling publisher confirms",
-                        Side::Downstream,
-                        &cluster,
-                        &e,
-                    )
-                })?;
-        }
-        Ok::<_, LinkError>(channel)
-    };
-    match ready.await {
-        Ok(channel) => {
-            tracing::info!(cluster = %cluster, uri = ep.uri.masked(), "destination up");
-            Ok(Up {
-                channel,
-                status: ep.conn.status().clone(),
-                endpoint: Some(ep),
-                events: Some(SyncWrapper::new(events)),
-            })
-        }
-        Err(e) => {
-            close(ep).await;
-            Err(e)
-        }
+/// A publishing connection's failure, named.
+pub(crate) fn wire_error(side: Side, cluster: &str, e: &WireError) -> LinkError {
+    match e {
+        WireError::Silent => LinkError::Silent {
+            side,
+            cluster: cluster.to_string(),
+            what: e.to_string(),
+        },
+        WireError::Closed(_) => LinkError::Broker {
+            what: "publishing".into(),
+            side,
+            cluster: cluster.to_string(),
+            reason: e.to_string(),
+        },
+        WireError::Lost(_) | WireError::Protocol(_) => LinkError::Broker {
+            what: "connection".into(),
+            side,
+            cluster: cluster.to_string(),
+            reason: e.to_string(),
+        },
     }
 }
 
-async fn close(ep: Endpoint) {
+/// An outlet that connected.
+struct Opened {
+    wire: Wire,
+    cluster_name: String,
+    uri: String,
+}
+
+/// Connects an outlet: its URIs in order, the target checked (on a lapin connection, closed
+/// then), and its publishing connection to the same URI.
+async fn open(cluster: String, dial: Dial) -> Result<Opened, LinkError> {
+    let ep = connect(Side::Downstream, &cluster, &dial.uris, &dial.conn_name).await?;
+    let checked = check_target(&ep.conn, &cluster, ep.uri.vhost(), &dial.target).await;
     if ep.conn.status().connected() {
         let _ = tokio::time::timeout(
             CLOSE_TIMEOUT,
-            ep.conn.close(200, "setgate flow closing".into()),
+            ep.conn.close(200, "setgate: target checked".into()),
         )
         .await;
     }
+    checked?;
+    let wire = open_wire(
+        Side::Downstream,
+        &cluster,
+        &ep.uri,
+        &dial.conn_name,
+        dial.confirm,
+    )
+    .await?;
+    tracing::info!(cluster = %cluster, uri = ep.uri.masked(), "destination up");
+    Ok(Opened {
+        wire,
+        cluster_name: ep.cluster_name,
+        uri: ep.uri.without_credentials().to_string(),
+    })
+}
+
+/// The publishing connection to `uri`, a URI lapin just connected to.
+pub(crate) async fn open_wire(
+    side: Side,
+    cluster: &str,
+    uri: &AmqpUri,
+    conn_name: &str,
+    confirm: bool,
+) -> Result<Wire, LinkError> {
+    Wire::open(uri, conn_name, confirm)
+        .await
+        .map_err(|reason| LinkError::Broker {
+            what: "opening the publishing connection".into(),
+            side,
+            cluster: cluster.to_string(),
+            reason,
+        })
 }
 
 /// The outlets of a flow.
@@ -386,6 +406,37 @@ impl Outlets {
     /// No publish awaits a confirm.
     pub fn settled(&self) -> bool {
         self.0.iter().all(|o| o.confirms.is_empty())
+    }
+
+    /// Writes what was published to the outlets `which`, all at once: each one's result.
+    pub async fn flush(&mut self, which: &[usize]) -> Vec<(usize, Result<(), WireError>)> {
+        let mut done: Vec<Option<Result<(), WireError>>> = vec![None; which.len()];
+        std::future::poll_fn(|cx| {
+            let mut all = true;
+            for (k, &i) in which.iter().enumerate() {
+                if done[k].is_some() {
+                    continue;
+                }
+                match self.0[i].wire() {
+                    Some(w) => match w.poll_flush(cx) {
+                        Poll::Ready(r) => done[k] = Some(r),
+                        Poll::Pending => all = false,
+                    },
+                    None => done[k] = Some(Err(WireError::Lost("down".into()))),
+                }
+            }
+            if all {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        which
+            .iter()
+            .zip(done)
+            .map(|(&i, r)| (i, r.expect("all done")))
+            .collect()
     }
 
     /// Publishes awaiting confirms, over all outlets.

@@ -1,0 +1,993 @@
+//! A publishing AMQP connection of the flow's own: the hot path to a destination.
+//!
+//! Through lapin every publish was handed to the connection's I/O thread and every confirm
+//! resolved a promise that woke the flow's task: at thousands of messages a second those
+//! hand-offs (futex wake-ups, context switches, a promise and its allocations per message) were
+//! most of setgate's CPU per forwarded message. A `Wire` belongs to the flow's task: a publish
+//! appends its frames to a buffer, one write sends a batch, and confirms are read on the same
+//! task as delivery tags (`multiple` kept as it came).
+//!
+//! It speaks what publishing needs and nothing else: the connection handshake (PLAIN, or
+//! EXTERNAL when the URI asks), one channel (in confirm mode for `on-confirm`),
+//! Basic.Publish, confirms, Basic.Return, Connection.Blocked/Unblocked, heartbeats both ways and
+//! Close from either side. Declares and checks stay on lapin.
+
+use crate::connect::{
+    transport, with_advice, with_default_heartbeat, Io, CONNECT_TIMEOUT, DEFAULT_HEARTBEAT,
+};
+use crate::uri::AmqpUri;
+use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
+use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use lapin::uri::{AMQPUri, SASLMechanism};
+use setgate_amqp::frame::{parse, FRAME_END};
+use setgate_amqp::names::method_name;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The one channel a wire publishes on.
+const CHANNEL: u16 = 1;
+/// The frame_max a wire asks for when neither the broker nor the URI sets one (RabbitMQ's
+/// default); also the limit on frames read during the handshake.
+const FRAME_MAX: u32 = 128 * 1024;
+/// Frame header (type, channel, size) and frame end around a payload.
+const FRAME_OVERHEAD: usize = 8;
+/// Read this much at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a wire failed. The flow words it as a [`crate::error::LinkError`] naming the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WireError {
+    /// The socket failed or closed.
+    Lost(String),
+    /// The broker closed the connection or the channel: its reply text.
+    Closed(String),
+    /// Nothing was read for two heartbeat intervals.
+    Silent,
+    /// The broker sent what a publishing client cannot take.
+    Protocol(String),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Lost(e) => write!(f, "connection lost ({e})"),
+            WireError::Closed(text) => f.write_str(text),
+            WireError::Silent => f.write_str("nothing received for two heartbeat intervals"),
+            WireError::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+/// What the broker said about a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Confirmed.
+    Ack,
+    /// Refused (a queue at its length limit with `reject-publish`, say).
+    Nack,
+    /// Returned as unroutable (`mandatory`), then confirmed.
+    Returned,
+}
+
+/// A confirm as read: the publish `tag` (and with `multiple`, every one before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Confirm {
+    pub tag: u64,
+    pub multiple: bool,
+    pub settled: Settled,
+}
+
+/// Where a returned message's content stands while it is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    None,
+    Header,
+    Body(u64),
+}
+
+/// An open publishing connection with one channel.
+pub(crate) struct Wire {
+    io: Box<dyn Io>,
+    rd: Vec<u8>,
+    wr: Vec<u8>,
+    /// Bytes of `wr` already written.
+    written: usize,
+    /// Largest frame either side sends, and body chunk per frame.
+    frame_max: usize,
+    chunk: usize,
+    heartbeat: Option<Duration>,
+    last_read: Instant,
+    last_write: Instant,
+    tick: Option<Pin<Box<Sleep>>>,
+    blocked: bool,
+    confirm: bool,
+    /// The tag the next publish gets (confirm mode).
+    next_tag: u64,
+    skip: Skip,
+    /// A return was read and the confirm it precedes has not: see [`Returns`].
+    returns: Returns,
+    confirms: VecDeque<Confirm>,
+    failed: Option<WireError>,
+    /// The broker's `cluster_name`.
+    pub cluster_name: Option<String>,
+}
+
+/// Which confirm a Basic.Return belongs to. A return names no delivery tag; RabbitMQ sends it
+/// while it handles the publish, then (in the same flush, after any confirms of earlier publishes
+/// that came meanwhile) the confirms, ascending, the returned publish's last since nothing after
+/// it has been handled yet. So the returned publish is the highest tag among the confirms read
+/// after the return and before the next one; confirms after a return are held until the next
+/// return or the end of what was read, and a return with no confirm yet waits for the next read.
+#[derive(Default)]
+struct Returns {
+    /// Returns read and not yet matched to a confirm.
+    open: usize,
+    /// Confirms read since the first of them.
+    after: Vec<Confirm>,
+}
+
+impl Wire {
+    /// Connects to `uri` (TCP or TLS as it says), authenticates, opens the vhost and one channel,
+    /// in confirm mode if `confirm`. Bounded by twice the connect timeout.
+    pub async fn open(uri: &AmqpUri, conn_name: &str, confirm: bool) -> Result<Wire, String> {
+        let mut uri: AMQPUri = uri.expose().parse()?;
+        with_default_heartbeat(&mut uri);
+        match tokio::time::timeout(
+            2 * CONNECT_TIMEOUT,
+            Wire::handshake(&uri, conn_name, confirm),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer within {}s",
+                (2 * CONNECT_TIMEOUT).as_secs()
+            )),
+        }
+    }
+
+    async fn handshake(uri: &AMQPUri, conn_name: &str, confirm: bool) -> Result<Wire, String> {
+        let io = transport(uri).await.map_err(|e| e.to_string())?;
+        let mut w = Wire::new(io, confirm);
+        w.wr.extend_from_slice(setgate_amqp::frame::PROTOCOL_HEADER);
+        w.flush().await.map_err(|e| e.to_string())?;
+        let start = match w.next_method().await? {
+            AMQPClass::Connection(connection::AMQPMethod::Start(s)) => s,
+            other => {
+                return Err(format!(
+                    "expected Connection.Start, got {}",
+                    method_name(&other)
+                ))
+            }
+        };
+        w.cluster_name = match start.server_properties.inner().get("cluster_name") {
+            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
+            _ => None,
+        };
+        let mechanism = match uri.query.auth_mechanism {
+            Some(SASLMechanism::External) => "EXTERNAL",
+            _ => "PLAIN",
+        };
+        let offered = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
+        if !offered.split_whitespace().any(|m| m == mechanism) {
+            return Err(format!(
+                "the broker does not offer {mechanism} authentication (it offers {offered})"
+            ));
+        }
+        let response = match mechanism {
+            "PLAIN" => format!(
+                "\0{}\0{}",
+                uri.authority.userinfo.username, uri.authority.userinfo.password
+            ),
+            _ => String::new(),
+        };
+        w.send(connection::AMQPMethod::StartOk(connection::StartOk {
+            client_properties: client_properties(conn_name),
+            mechanism: mechanism.into(),
+            response: response.into(),
+            locale: "en_US".into(),
+        }))
+        .await?;
+        let tune = match w.next_method().await? {
+            AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
+            other => return Err(refusal(&other, "Connection.Tune")),
+        };
+        // The broker's frame_max unless the URI asks for less, as lapin's connections have it: a
+        // forwarded message's headers travel in one frame, so this is the largest they can be.
+        let frame_max = match negotiate(uri.query.frame_max.unwrap_or(0), tune.frame_max) {
+            0 => FRAME_MAX,
+            n => n.max(4096),
+        };
+        let heartbeat = negotiate(
+            u32::from(uri.query.heartbeat.unwrap_or(DEFAULT_HEARTBEAT)),
+            u32::from(tune.heartbeat),
+        ) as u16;
+        w.frame_max = frame_max as usize;
+        w.chunk = frame_max as usize - FRAME_OVERHEAD;
+        w.send(connection::AMQPMethod::TuneOk(connection::TuneOk {
+            channel_max: 1,
+            frame_max,
+            heartbeat,
+        }))
+        .await?;
+        w.send(connection::AMQPMethod::Open(connection::Open {
+            virtual_host: uri.vhost.as_str().into(),
+        }))
+        .await?;
+        match w.next_method().await? {
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
+            other => return Err(refusal(&other, "Connection.OpenOk")),
+        }
+        w.call(AMQPClass::Channel(channel::AMQPMethod::Open(
+            channel::Open {},
+        )))
+        .await?;
+        if confirm {
+            w.call(AMQPClass::Confirm(confirm::AMQPMethod::Select(
+                confirm::Select { nowait: false },
+            )))
+            .await?;
+        }
+        if heartbeat > 0 {
+            let every = Duration::from_secs(u64::from(heartbeat));
+            w.heartbeat = Some(every);
+            w.tick = Some(Box::pin(tokio::time::sleep(every / 2)));
+        }
+        Ok(w)
+    }
+
+    fn new(io: Box<dyn Io>, confirm: bool) -> Wire {
+        Wire {
+            io,
+            rd: Vec::with_capacity(READ_CHUNK),
+            wr: Vec::with_capacity(READ_CHUNK),
+            written: 0,
+            frame_max: FRAME_MAX as usize,
+            chunk: FRAME_MAX as usize - FRAME_OVERHEAD,
+            heartbeat: None,
+            last_read: Instant::now(),
+            last_write: Instant::now(),
+            tick: None,
+            blocked: false,
+            confirm,
+            next_tag: 1,
+            skip: Skip::None,
+            returns: Returns::default(),
+            confirms: VecDeque::new(),
+            failed: None,
+            cluster_name: None,
+        }
+    }
+
+    /// The broker announced a resource alarm (Connection.Blocked) and has not lifted it.
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Queues a publish; returns its delivery tag (meaningful in confirm mode). Nothing is
+    /// written until [`Wire::poll_flush`].
+    pub fn publish(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        properties: &AMQPProperties,
+        body: &[u8],
+    ) -> u64 {
+        encode_publish(
+            &mut self.wr,
+            self.chunk,
+            (exchange, routing_key, mandatory),
+            properties,
+            body,
+        );
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        tag
+    }
+
+    /// Writes what is queued. Ready when all of it is written.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        if let Some(e) = &self.failed {
+            return Poll::Ready(Err(e.clone()));
+        }
+        while self.written < self.wr.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.wr[self.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(self.fail(WireError::Lost("closed".into()))))
+                }
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(self.fail(WireError::Lost(e.to_string()))))
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !self.wr.is_empty() {
+            self.wr.clear();
+            self.written = 0;
+            self.last_write = Instant::now();
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.fail(WireError::Lost(e.to_string())))),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes what is queued.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// The next confirm. Meanwhile reads what the broker sends, answers its heartbeats and
+    /// Close, keeps writing what is queued, and sends heartbeats when nothing else went out.
+    pub fn poll_confirm(&mut self, cx: &mut Context<'_>) -> Poll<Result<Confirm, WireError>> {
+        if let Some(c) = self.confirms.pop_front() {
+            return Poll::Ready(Ok(c));
+        }
+        if let Some(e) = &self.failed {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if let Err(e) = self.poll_heartbeat(cx) {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            if let Err(e) = self.take_frames() {
+                // Best effort: the CloseOk answering a Close, if that is what ended it.
+                let _ = self.poll_flush(cx);
+                return Poll::Ready(Err(self.fail(e)));
+            }
+            // A Close answered, a heartbeat to send: written now.
+            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if let Some(e) = &self.failed {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if let Some(c) = self.confirms.pop_front() {
+                return Poll::Ready(Ok(c));
+            }
+        }
+    }
+
+    /// Closes the connection politely, waiting at most `timeout` for the broker's answer.
+    pub async fn close(mut self, timeout: Duration) {
+        if self.failed.is_some() {
+            return;
+        }
+        let close = connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "setgate flow closing".into(),
+            class_id: 0,
+            method_id: 0,
+        });
+        let _ = tokio::time::timeout(timeout, async {
+            self.push(&AMQPFrame::Method(0, AMQPClass::Connection(close)));
+            self.flush().await?;
+            loop {
+                match self.next_method().await {
+                    Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) | Err(_) => {
+                        return Ok::<_, WireError>(())
+                    }
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    fn fail(&mut self, e: WireError) -> WireError {
+        self.failed = Some(e.clone());
+        e
+    }
+
+    /// Sends a heartbeat when nothing was written for half the interval; fails when nothing was
+    /// read for two.
+    fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Result<(), WireError> {
+        let Some(every) = self.heartbeat else {
+            return Ok(());
+        };
+        loop {
+            let tick = self.tick.as_mut().expect("set with the heartbeat");
+            if tick.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            tick.as_mut().reset(now + every / 2);
+            if now.duration_since(self.last_read) >= 2 * every {
+                return Err(self.fail(WireError::Silent));
+            }
+            if now.duration_since(self.last_write) >= every / 2 && self.wr.is_empty() {
+                self.wr.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, FRAME_END]);
+                if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Reads more bytes into `rd`.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        self.rd.reserve(READ_CHUNK);
+        let len = self.rd.len();
+        let spare = self.rd.spare_capacity_mut();
+        let mut buf = ReadBuf::uninit(spare);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(
+                        self.fail(WireError::Lost("the broker closed the connection".into()))
+                    ));
+                }
+                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+                unsafe { self.rd.set_len(len + n) };
+                self.last_read = Instant::now();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.fail(WireError::Lost(e.to_string())))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Handles every whole frame read so far.
+    fn take_frames(&mut self) -> Result<(), WireError> {
+        let mut pos = 0;
+        while let Some(len) = frame_len(&self.rd[pos..]) {
+            if len > self.frame_max + FRAME_OVERHEAD {
+                return Err(WireError::Protocol(format!(
+                    "a frame of {len} bytes, over the frame_max of {}",
+                    self.frame_max
+                )));
+            }
+            if self.rd.len() < pos + len {
+                break;
+            }
+            let frame = &self.rd[pos..pos + len];
+            pos += len;
+            // Bodies of returned messages are skipped unparsed.
+            if frame[0] == 3 {
+                match self.skip {
+                    Skip::Body(left) => {
+                        let left = left.saturating_sub((len - FRAME_OVERHEAD) as u64);
+                        self.skip = if left == 0 {
+                            Skip::None
+                        } else {
+                            Skip::Body(left)
+                        };
+                        continue;
+                    }
+                    _ => return Err(WireError::Protocol("a content body out of place".into())),
+                }
+            }
+            let frame = parse(frame).map_err(|e| WireError::Protocol(e.to_string()))?;
+            self.on_frame(frame)?;
+        }
+        self.rd.drain(..pos);
+        // The end of what was read ends a return's group of confirms if it has one.
+        self.settle_returns();
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: AMQPFrame) -> Result<(), WireError> {
+        let method = match frame {
+            AMQPFrame::Heartbeat => return Ok(()),
+            AMQPFrame::Header(_, h) if self.skip == Skip::Header => {
+                self.skip = if h.body_size == 0 {
+                    Skip::None
+                } else {
+                    Skip::Body(h.body_size)
+                };
+                return Ok(());
+            }
+            AMQPFrame::Method(_, m) => m,
+            other => {
+                return Err(WireError::Protocol(format!(
+                    "unexpected {}",
+                    setgate_amqp::frame::describe(&other)
+                )))
+            }
+        };
+        match method {
+            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.confirmed(Confirm {
+                tag: a.delivery_tag,
+                multiple: a.multiple,
+                settled: Settled::Ack,
+            }),
+            AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => self.confirmed(Confirm {
+                tag: n.delivery_tag,
+                multiple: n.multiple,
+                settled: Settled::Nack,
+            }),
+            AMQPClass::Basic(basic::AMQPMethod::Return(_)) => {
+                self.skip = Skip::Header;
+                if self.confirm {
+                    self.settle_returns();
+                    self.returns.open += 1;
+                }
+            }
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(b)) => {
+                tracing::warn!(reason = %b.reason, "destination blocked by a resource alarm");
+                self.blocked = true;
+            }
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => self.blocked = false,
+            AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
+                self.push(&AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                ));
+                return Err(WireError::Closed(c.reply_text.to_string()));
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(c)) => {
+                self.push(&AMQPFrame::Method(
+                    CHANNEL,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                ));
+                return Err(WireError::Closed(c.reply_text.to_string()));
+            }
+            other => {
+                return Err(WireError::Protocol(format!(
+                    "unexpected {}",
+                    method_name(&other)
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn confirmed(&mut self, c: Confirm) {
+        if self.returns.open > 0 {
+            self.returns.after.push(c);
+        } else {
+            self.confirms.push_back(c);
+        }
+    }
+
+    /// Ends the group of confirms after the open returns: their publishes are the highest tags
+    /// the group confirms. Without a confirm yet, the returns stay open for the next read.
+    fn settle_returns(&mut self) {
+        if self.returns.open == 0 || self.returns.after.is_empty() {
+            return;
+        }
+        let after = std::mem::take(&mut self.returns.after);
+        for tag in returned_tags(&after, std::mem::take(&mut self.returns.open)) {
+            self.confirms.push_back(Confirm {
+                tag,
+                multiple: false,
+                settled: Settled::Returned,
+            });
+        }
+        self.confirms.extend(after);
+    }
+
+    fn push(&mut self, frame: &AMQPFrame) {
+        let buf = std::mem::take(&mut self.wr);
+        let ctx = gen_frame(frame)(WriteContext::from(buf)).expect("serialising into a Vec");
+        self.wr = ctx.into_inner().0;
+    }
+
+    async fn send(&mut self, method: connection::AMQPMethod) -> Result<(), String> {
+        self.push(&AMQPFrame::Method(0, AMQPClass::Connection(method)));
+        self.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Sends a method on the channel and waits for its answer.
+    async fn call(&mut self, method: AMQPClass) -> Result<(), String> {
+        let name = method_name(&method);
+        self.push(&AMQPFrame::Method(CHANNEL, method));
+        self.flush().await.map_err(|e| e.to_string())?;
+        match self.next_method().await? {
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))
+            | AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => Ok(()),
+            other => Err(refusal(&other, &format!("the answer to {name}"))),
+        }
+    }
+
+    /// The next method frame (heartbeats skipped), during the handshake.
+    async fn next_method(&mut self) -> Result<AMQPClass, String> {
+        loop {
+            if let Some(len) = frame_len(&self.rd) {
+                if len > self.frame_max + FRAME_OVERHEAD {
+                    return Err(format!("the broker sent a frame of {len} bytes"));
+                }
+                if self.rd.len() >= len {
+                    let frame = parse(&self.rd[..len]).map_err(|e| e.to_string())?;
+                    self.rd.drain(..len);
+                    match frame {
+                        AMQPFrame::Method(_, m) => return Ok(m),
+                        AMQPFrame::Heartbeat => continue,
+                        other => {
+                            return Err(format!(
+                                "unexpected {}",
+                                setgate_amqp::frame::describe(&other)
+                            ))
+                        }
+                    }
+                }
+            }
+            std::future::poll_fn(|cx| self.poll_read(cx))
+                .await
+                .map_err(|e| match e {
+                    WireError::Lost(_) if self.tick.is_none() => {
+                        "the broker closed the connection during the handshake".to_string()
+                    }
+                    e => e.to_string(),
+                })?;
+        }
+    }
+}
+
+/// Appends a publish: Basic.Publish (written by hand: amq-protocol's generator allocates its
+/// flag names), the content header, the body in frames of at most `chunk` bytes.
+fn encode_publish(
+    wr: &mut Vec<u8>,
+    chunk: usize,
+    (exchange, routing_key, mandatory): (&str, &str, bool),
+    properties: &AMQPProperties,
+    body: &[u8],
+) {
+    let at = begin_frame(wr, 1);
+    wr.extend_from_slice(&[0, 60, 0, 40, 0, 0]);
+    short_str(wr, exchange);
+    short_str(wr, routing_key);
+    wr.push(u8::from(mandatory));
+    end_frame(wr, at);
+    let at = begin_frame(wr, 2);
+    wr.extend_from_slice(&[0, 60, 0, 0]);
+    wr.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    let buf = std::mem::take(wr);
+    let ctx = gen_properties(properties)(WriteContext::from(buf))
+        .expect("serialising into a Vec cannot fail");
+    *wr = ctx.into_inner().0;
+    end_frame(wr, at);
+    for part in body.chunks(chunk) {
+        wr.push(3);
+        wr.extend_from_slice(&CHANNEL.to_be_bytes());
+        wr.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        wr.extend_from_slice(part);
+        wr.push(FRAME_END);
+    }
+}
+
+/// The size of the frame starting `bytes`, once its header is there.
+fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let b = bytes.get(..7)?;
+    Some(u32::from_be_bytes([b[3], b[4], b[5], b[6]]) as usize + FRAME_OVERHEAD)
+}
+
+/// The `n` highest tags `confirms` cover (a `multiple` one covers the tags below it too).
+fn returned_tags(confirms: &[Confirm], n: usize) -> Vec<u64> {
+    let mut tags: Vec<u64> = confirms
+        .iter()
+        .flat_map(|c| {
+            let lowest = if c.multiple {
+                c.tag.saturating_sub(n as u64 - 1).max(1)
+            } else {
+                c.tag
+            };
+            lowest..=c.tag
+        })
+        .collect();
+    tags.sort_unstable_by(|a, b| b.cmp(a));
+    tags.dedup();
+    tags.truncate(n);
+    tags
+}
+
+/// Starts a frame of `kind` on the channel; returns where its size goes.
+fn begin_frame(wr: &mut Vec<u8>, kind: u8) -> usize {
+    wr.push(kind);
+    wr.extend_from_slice(&CHANNEL.to_be_bytes());
+    let at = wr.len();
+    wr.extend_from_slice(&[0; 4]);
+    at
+}
+
+/// Writes the size of the frame begun at `at` and its end.
+fn end_frame(wr: &mut Vec<u8>, at: usize) {
+    let size = (wr.len() - at - 4) as u32;
+    wr[at..at + 4].copy_from_slice(&size.to_be_bytes());
+    wr.push(FRAME_END);
+}
+
+/// An AMQP short string; names reaching here come from AMQP (at most 255 bytes).
+fn short_str(wr: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(255)];
+    wr.push(b.len() as u8);
+    wr.extend_from_slice(b);
+}
+
+/// The lower of two limits where 0 means none.
+fn negotiate(ours: u32, theirs: u32) -> u32 {
+    match (ours, theirs) {
+        (0, t) => t,
+        (o, 0) => o,
+        (o, t) => o.min(t),
+    }
+}
+
+/// What the broker sent instead of `expected`: its Close reply text if it closed.
+fn refusal(got: &AMQPClass, expected: &str) -> String {
+    match got {
+        AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
+            with_advice(c.reply_text.to_string())
+        }
+        AMQPClass::Channel(channel::AMQPMethod::Close(c)) => c.reply_text.to_string(),
+        other => format!("expected {expected}, got {}", method_name(other)),
+    }
+}
+
+fn client_properties(conn_name: &str) -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "connection.blocked",
+        "authentication_failure_close",
+        "basic.nack",
+    ] {
+        caps.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    props.insert("product".into(), AMQPValue::LongString("setgate".into()));
+    props.insert(
+        "version".into(),
+        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
+    );
+    props.insert(
+        "connection_name".into(),
+        AMQPValue::LongString(LongString::from(conn_name)),
+    );
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    props
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::frame::parsing::parse_frame;
+    use amq_protocol::frame::AMQPContentHeader;
+    use tokio::io::AsyncWriteExt;
+
+    fn frames(mut bytes: &[u8]) -> Vec<AMQPFrame> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (rest, f) = parse_frame(bytes).expect("a frame");
+            out.push(f);
+            bytes = rest;
+        }
+        out
+    }
+
+    fn method(m: basic::AMQPMethod) -> Vec<u8> {
+        setgate_amqp::frame::encode(&AMQPFrame::Method(CHANNEL, AMQPClass::Basic(m)))
+    }
+
+    fn ack(tag: u64, multiple: bool) -> Vec<u8> {
+        method(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: tag,
+            multiple,
+        }))
+    }
+
+    /// A return with its header and a body of `size` bytes in one frame (none when empty).
+    fn returned(size: usize) -> Vec<u8> {
+        let mut b = method(basic::AMQPMethod::Return(basic::Return {
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+            exchange: "x".into(),
+            routing_key: "k".into(),
+        }));
+        b.extend(setgate_amqp::frame::encode(&AMQPFrame::Header(
+            CHANNEL,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: size as u64,
+                properties: AMQPProperties::default(),
+            },
+        )));
+        if size > 0 {
+            b.extend(setgate_amqp::frame::encode(&AMQPFrame::Body(
+                CHANNEL,
+                vec![1; size],
+            )));
+        }
+        b
+    }
+
+    /// A wire over an in-memory pipe; the other end plays the broker.
+    fn wire() -> (Wire, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        (Wire::new(Box::new(ours), true), theirs)
+    }
+
+    async fn confirms(w: &mut Wire, n: usize) -> Vec<(u64, bool, Settled)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let c = std::future::poll_fn(|cx| w.poll_confirm(cx)).await.unwrap();
+            out.push((c.tag, c.multiple, c.settled));
+        }
+        out
+    }
+
+    #[test]
+    fn a_publish_is_the_method_the_header_and_the_body_in_chunks() {
+        let mut wr = Vec::new();
+        let props = AMQPProperties::default().with_delivery_mode(2);
+        encode_publish(&mut wr, 4, ("x", "rk", true), &props, &[7; 10]);
+        let got = frames(&wr);
+        assert_eq!(got.len(), 5, "method, header, three body frames");
+        assert_eq!(
+            got[0],
+            AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                    exchange: "x".into(),
+                    routing_key: "rk".into(),
+                    mandatory: true,
+                    immediate: false,
+                }))
+            )
+        );
+        assert_eq!(
+            got[1],
+            AMQPFrame::Header(
+                1,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: 10,
+                    properties: props,
+                }
+            )
+        );
+        assert_eq!(got[2], AMQPFrame::Body(1, vec![7; 4]));
+        assert_eq!(got[4], AMQPFrame::Body(1, vec![7; 2]));
+    }
+
+    #[test]
+    fn an_empty_body_has_no_body_frame() {
+        let mut wr = Vec::new();
+        encode_publish(
+            &mut wr,
+            4,
+            ("", "q", false),
+            &AMQPProperties::default(),
+            &[],
+        );
+        assert_eq!(frames(&wr).len(), 2);
+    }
+
+    #[test]
+    fn returned_publishes_are_the_highest_tags_confirmed() {
+        let single = |tag| Confirm {
+            tag,
+            multiple: false,
+            settled: Settled::Ack,
+        };
+        assert_eq!(returned_tags(&[single(3), single(9)], 1), vec![9]);
+        let multiple = Confirm {
+            multiple: true,
+            ..single(7)
+        };
+        assert_eq!(returned_tags(&[multiple], 2), vec![7, 6]);
+        assert_eq!(returned_tags(&[single(1)], 1), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_return_marks_the_highest_tag_of_the_confirms_after_it() {
+        let (mut w, mut broker) = wire();
+        // Publish 4 is returned; the confirms of 2 and 3 (queues) come in the same flush.
+        let mut bytes = ack(1, false);
+        bytes.extend(returned(300));
+        bytes.extend(ack(2, false));
+        bytes.extend(ack(4, false));
+        bytes.extend(ack(3, false));
+        broker.write_all(&bytes).await.unwrap();
+        assert_eq!(
+            confirms(&mut w, 5).await,
+            vec![
+                (1, false, Settled::Ack),
+                (4, false, Settled::Returned),
+                (2, false, Settled::Ack),
+                (4, false, Settled::Ack),
+                (3, false, Settled::Ack),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_return_read_before_its_confirm_waits_for_it() {
+        let (mut w, mut broker) = wire();
+        broker.write_all(&returned(0)).await.unwrap();
+        let first = tokio::time::timeout(
+            Duration::from_millis(50),
+            std::future::poll_fn(|cx| w.poll_confirm(cx)),
+        )
+        .await;
+        assert!(first.is_err(), "nothing to say before the confirm");
+        broker.write_all(&ack(5, true)).await.unwrap();
+        assert_eq!(
+            confirms(&mut w, 2).await,
+            vec![(5, false, Settled::Returned), (5, true, Settled::Ack)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_channel_close_is_answered_and_named() {
+        let (mut w, mut broker) = wire();
+        let close = setgate_amqp::frame::encode(&AMQPFrame::Method(
+            CHANNEL,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 404,
+                reply_text: "NOT_FOUND - no exchange 'x' in vhost '/'".into(),
+                class_id: 60,
+                method_id: 40,
+            })),
+        ));
+        broker.write_all(&close).await.unwrap();
+        let e = std::future::poll_fn(|cx| w.poll_confirm(cx))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            WireError::Closed("NOT_FOUND - no exchange 'x' in vhost '/'".into())
+        );
+        let mut answer = vec![0; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut broker, &mut answer)
+            .await
+            .unwrap();
+        assert!(matches!(
+            &frames(&answer)[..],
+            [AMQPFrame::Method(
+                1,
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
+            )]
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_closed_socket_is_a_lost_connection() {
+        let (mut w, broker) = wire();
+        drop(broker);
+        let e = std::future::poll_fn(|cx| w.poll_confirm(cx))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WireError::Lost(_)), "{e:?}");
+    }
+
+    #[test]
+    fn limits_are_negotiated_with_zero_as_none() {
+        assert_eq!(negotiate(0, 5), 5);
+        assert_eq!(negotiate(5, 0), 5);
+        assert_eq!(negotiate(60, 5), 5);
+        assert_eq!(negotiate(0, 0), 0);
+    }
+
+    #[test]
+    fn a_refused_login_says_what_to_check() {
+        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 403,
+            reply_text: "ACCESS_REFUSED - Login was refused".into(),
+            class_id: 0,
+            method_id: 0,
+        }));
+        assert!(refusal(&close, "Connection.Tune").contains("check the user name"));
+        let other = AMQPClass::Connection(connection::AMQPMethod::Secure(Default::default()));
+        assert!(refusal(&other, "Connection.Tune").contains("expected Connection.Tune"));
+    }
+}
