@@ -482,7 +482,7 @@ impl Forwarder {
             let Some(wire) = o.wire() else {
                 unreachable!("messages are only sent to outlets that are up");
             };
-            let tag = wire.publish(
+            let published = wire.publish(
                 exchange.as_str(),
                 routing_key.as_str(),
                 mandatory,
@@ -491,7 +491,7 @@ impl Forwarder {
             );
             written[outlet] = true;
             match (mode, seq) {
-                (AckMode::OnConfirm, Some(seq)) => o.confirms.push(seq, start, tag),
+                (AckMode::OnConfirm, Some(seq)) => o.confirms.push(seq, start, published),
                 (_, seq) => unconfirmed[outlet].push(seq),
             }
         }

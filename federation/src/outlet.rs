@@ -16,7 +16,7 @@ use crate::status::SetStats;
 use crate::topology::check_target;
 use crate::tracker::Seq;
 use crate::uri::AmqpUri;
-use crate::wire::{Confirm, Settled, Wire, WireError};
+use crate::wire::{Said, Settled, Wire, WireError};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use std::collections::VecDeque;
@@ -38,6 +38,8 @@ struct Entry {
     seq: Seq,
     start: Instant,
     tag: u64,
+    /// Its content's fingerprint (publishes with `mandatory`), to know it by when returned.
+    fingerprint: u64,
     settled: Option<Settled>,
 }
 
@@ -46,61 +48,98 @@ struct Entry {
 /// always the one still waiting longest (the watchdog's), and out-of-order confirms wait for the
 /// ones before them (the tracker acks nothing past an unconfirmed publish anyway).
 #[derive(Default)]
-pub(crate) struct Pending(VecDeque<Entry>);
+pub(crate) struct Pending {
+    entries: VecDeque<Entry>,
+    /// Returns that matched no publish waiting: the next confirm's publishes are all taken as
+    /// returned (requeued, so a duplicate at worst, never a loss).
+    unmatched_returns: usize,
+}
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries.is_empty()
     }
 
-    pub fn push(&mut self, seq: Seq, start: Instant, tag: u64) {
-        self.0.push_back(Entry {
+    pub fn push(&mut self, seq: Seq, start: Instant, (tag, fingerprint): (u64, u64)) {
+        self.entries.push_back(Entry {
             seq,
             start,
             tag,
+            fingerprint,
             settled: None,
         });
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries.len()
     }
 
     /// When the oldest publish still waiting for its confirm went out.
     pub fn oldest(&self) -> Option<Instant> {
-        self.0.front().map(|p| p.start)
+        self.entries.front().map(|p| p.start)
     }
 
-    /// Marks the publishes a confirm covers (those already marked keep their mark: a return
-    /// is read before the ack of the same publish).
-    fn settle(&mut self, c: Confirm) {
-        let Some(first) = self.0.front().map(|e| e.tag) else {
+    /// Takes what the broker said: a return marks the oldest waiting publish with its content
+    /// (its confirm follows and leaves the mark), a confirm marks the publishes it covers.
+    fn said(&mut self, said: Said) {
+        match said {
+            Said::Returned { fingerprint } => {
+                let waiting = self
+                    .entries
+                    .iter_mut()
+                    .find(|e| e.settled.is_none() && e.fingerprint == fingerprint);
+                match waiting {
+                    Some(e) => e.settled = Some(Settled::Returned),
+                    None => self.unmatched_returns += 1,
+                }
+            }
+            Said::Confirm {
+                tag,
+                multiple,
+                settled,
+            } => {
+                let settled = match settled {
+                    Settled::Ack if self.unmatched_returns > 0 => {
+                        self.unmatched_returns = 0;
+                        Settled::Returned
+                    }
+                    s => s,
+                };
+                self.settle(tag, multiple, settled);
+            }
+        }
+    }
+
+    /// Marks the publishes a confirm covers; those marked already (returned) keep their mark.
+    fn settle(&mut self, tag: u64, multiple: bool, settled: Settled) {
+        let Some(first) = self.entries.front().map(|e| e.tag) else {
             return;
         };
-        let Some(last) = c.tag.checked_sub(first) else {
+        let Some(last) = tag.checked_sub(first) else {
             return; // settled and gone already
         };
-        let last = (last as usize).min(self.0.len().saturating_sub(1));
-        let from = if c.multiple { 0 } else { last };
-        if !c.multiple && self.0[last].tag != c.tag {
+        let last = (last as usize).min(self.entries.len().saturating_sub(1));
+        if !multiple && self.entries[last].tag != tag {
             return; // a tag never published: nothing to mark
         }
-        for e in self.0.range_mut(from..=last) {
-            e.settled.get_or_insert(c.settled);
+        let from = if multiple { 0 } else { last };
+        for e in self.entries.range_mut(from..=last) {
+            e.settled.get_or_insert(settled);
         }
     }
 
     /// The oldest publish, if its confirm came.
     fn pop_settled(&mut self) -> Option<Confirmed> {
-        let settled = self.0.front()?.settled?;
-        let e = self.0.pop_front().expect("front exists");
+        let settled = self.entries.front()?.settled?;
+        let e = self.entries.pop_front().expect("front exists");
         Some((e.seq, e.start, settled))
     }
 
     /// Gives up on every publish still waiting (their outlet is gone): their sequence numbers.
     /// Those confirmed behind an unconfirmed one go too: at-least-once allows the duplicate.
     fn abandon(&mut self) -> Vec<Seq> {
-        self.0.drain(..).map(|e| e.seq).collect()
+        self.unmatched_returns = 0;
+        self.entries.drain(..).map(|e| e.seq).collect()
     }
 }
 
@@ -288,8 +327,8 @@ impl Outlet {
                     if let Some(c) = self.confirms.pop_settled() {
                         return Poll::Ready(OutletEvent::Confirm(i, c));
                     }
-                    match std::task::ready!(wire.poll_confirm(cx)) {
-                        Ok(c) => self.confirms.settle(c),
+                    match std::task::ready!(wire.poll_said(cx)) {
+                        Ok(said) => self.confirms.said(said),
                         Err(e) => {
                             return Poll::Ready(OutletEvent::Lost(
                                 i,
@@ -460,5 +499,76 @@ impl Outlets {
 
     pub async fn close(self) {
         futures_util::future::join_all(self.0.into_iter().map(Outlet::close)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(tag: u64, multiple: bool) -> Said {
+        Said::Confirm {
+            tag,
+            multiple,
+            settled: Settled::Ack,
+        }
+    }
+
+    /// Publishes with tags 1..=n; publish `t` has fingerprint 100 + t.
+    fn pending(n: u64) -> Pending {
+        let mut p = Pending::default();
+        for t in 1..=n {
+            p.push(t, Instant::now(), (t, 100 + t));
+        }
+        p
+    }
+
+    fn settled(p: &mut Pending) -> Vec<(Seq, Settled)> {
+        std::iter::from_fn(|| p.pop_settled().map(|(seq, _, s)| (seq, s))).collect()
+    }
+
+    #[test]
+    fn a_return_marks_its_publish_whatever_confirm_covers_it() {
+        let mut p = pending(4);
+        // 3 is returned; one `multiple` confirm then covers 1 to 4 (queues confirmed the rest).
+        p.said(Said::Returned { fingerprint: 103 });
+        p.said(ack(4, true));
+        assert_eq!(
+            settled(&mut p),
+            vec![
+                (1, Settled::Ack),
+                (2, Settled::Ack),
+                (3, Settled::Returned),
+                (4, Settled::Ack)
+            ]
+        );
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn confirms_out_of_order_wait_for_the_ones_before_them() {
+        let mut p = pending(3);
+        p.said(ack(2, false));
+        assert!(settled(&mut p).is_empty(), "1 is still waiting");
+        assert!(p.oldest().is_some());
+        p.said(ack(1, false));
+        assert_eq!(settled(&mut p), vec![(1, Settled::Ack), (2, Settled::Ack)]);
+        p.said(ack(9, false));
+        assert!(
+            settled(&mut p).is_empty(),
+            "a tag never published marks nothing"
+        );
+    }
+
+    #[test]
+    fn a_return_that_matches_nothing_makes_the_next_confirm_a_requeue() {
+        let mut p = pending(2);
+        p.said(Said::Returned { fingerprint: 7 });
+        p.said(ack(2, true));
+        assert_eq!(
+            settled(&mut p),
+            vec![(1, Settled::Returned), (2, Settled::Returned)],
+            "a duplicate at worst, never a loss"
+        );
     }
 }

@@ -76,20 +76,31 @@ pub(crate) enum Settled {
     Returned,
 }
 
-/// A confirm as read: the publish `tag` (and with `multiple`, every one before it).
+/// What the broker said, as read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Confirm {
-    pub tag: u64,
-    pub multiple: bool,
-    pub settled: Settled,
+pub(crate) enum Said {
+    /// A confirm (`Ack` or `Nack`) of the publish `tag`, and with `multiple` of every one before.
+    Confirm {
+        tag: u64,
+        multiple: bool,
+        settled: Settled,
+    },
+    /// A publish was returned as unroutable; its confirm follows. A return names no delivery
+    /// tag, and which confirm it precedes cannot be told from the order of frames (RabbitMQ may
+    /// confirm publishes of other queues in between, with `multiple`), so it is known by its
+    /// content: the [`fingerprint`] of its exchange, routing key, properties and body, the same
+    /// as [`Wire::publish`] gave it.
+    Returned { fingerprint: u64 },
 }
 
-/// Where a returned message's content stands while it is skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Skip {
-    None,
-    Header,
-    Body(u64),
+/// A returned message being read: its content is needed for its fingerprint.
+struct Returning {
+    exchange: String,
+    routing_key: String,
+    /// The properties as re-encoded (amq-protocol encodes a table the same way every time).
+    properties: Option<Vec<u8>>,
+    body: Vec<u8>,
+    left: u64,
 }
 
 /// An open publishing connection with one channel.
@@ -110,27 +121,11 @@ pub(crate) struct Wire {
     confirm: bool,
     /// The tag the next publish gets (confirm mode).
     next_tag: u64,
-    skip: Skip,
-    /// A return was read and the confirm it precedes has not: see [`Returns`].
-    returns: Returns,
-    confirms: VecDeque<Confirm>,
+    returning: Option<Returning>,
+    said: VecDeque<Said>,
     failed: Option<WireError>,
     /// The broker's `cluster_name`.
     pub cluster_name: Option<String>,
-}
-
-/// Which confirm a Basic.Return belongs to. A return names no delivery tag; RabbitMQ sends it
-/// while it handles the publish, then (in the same flush, after any confirms of earlier publishes
-/// that came meanwhile) the confirms, ascending, the returned publish's last since nothing after
-/// it has been handled yet. So the returned publish is the highest tag among the confirms read
-/// after the return and before the next one; confirms after a return are held until the next
-/// return or the end of what was read, and a return with no confirm yet waits for the next read.
-#[derive(Default)]
-struct Returns {
-    /// Returns read and not yet matched to a confirm.
-    open: usize,
-    /// Confirms read since the first of them.
-    after: Vec<Confirm>,
 }
 
 impl Wire {
@@ -258,9 +253,8 @@ impl Wire {
             blocked: false,
             confirm,
             next_tag: 1,
-            skip: Skip::None,
-            returns: Returns::default(),
-            confirms: VecDeque::new(),
+            returning: None,
+            said: VecDeque::new(),
             failed: None,
             cluster_name: None,
         }
@@ -271,8 +265,9 @@ impl Wire {
         self.blocked
     }
 
-    /// Queues a publish; returns its delivery tag (meaningful in confirm mode). Nothing is
-    /// written until [`Wire::poll_flush`].
+    /// Queues a publish; returns its delivery tag (meaningful in confirm mode) and, with
+    /// `mandatory`, its [`fingerprint`] (0 without). Nothing is written until
+    /// [`Wire::poll_flush`].
     pub fn publish(
         &mut self,
         exchange: &str,
@@ -280,17 +275,22 @@ impl Wire {
         mandatory: bool,
         properties: &AMQPProperties,
         body: &[u8],
-    ) -> u64 {
-        encode_publish(
+    ) -> (u64, u64) {
+        let props = encode_publish(
             &mut self.wr,
             self.chunk,
             (exchange, routing_key, mandatory),
             properties,
             body,
         );
+        let fp = if mandatory {
+            fingerprint(exchange, routing_key, &self.wr[props], body)
+        } else {
+            0
+        };
         let tag = self.next_tag;
         self.next_tag += 1;
-        tag
+        (tag, fp)
     }
 
     /// Writes what is queued. Ready when all of it is written.
@@ -327,10 +327,10 @@ impl Wire {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    /// The next confirm. Meanwhile reads what the broker sends, answers its heartbeats and
+    /// The next thing the broker said. Meanwhile reads what the broker sends, answers its heartbeats and
     /// Close, keeps writing what is queued, and sends heartbeats when nothing else went out.
-    pub fn poll_confirm(&mut self, cx: &mut Context<'_>) -> Poll<Result<Confirm, WireError>> {
-        if let Some(c) = self.confirms.pop_front() {
+    pub fn poll_said(&mut self, cx: &mut Context<'_>) -> Poll<Result<Said, WireError>> {
+        if let Some(c) = self.said.pop_front() {
             return Poll::Ready(Ok(c));
         }
         if let Some(e) = &self.failed {
@@ -360,7 +360,7 @@ impl Wire {
             if let Some(e) = &self.failed {
                 return Poll::Ready(Err(e.clone()));
             }
-            if let Some(c) = self.confirms.pop_front() {
+            if let Some(c) = self.said.pop_front() {
                 return Poll::Ready(Ok(c));
             }
         }
@@ -461,16 +461,14 @@ impl Wire {
             }
             let frame = &self.rd[pos..pos + len];
             pos += len;
-            // Bodies of returned messages are skipped unparsed.
+            // Bodies (of returned messages) are taken unparsed.
             if frame[0] == 3 {
-                match self.skip {
-                    Skip::Body(left) => {
-                        let left = left.saturating_sub((len - FRAME_OVERHEAD) as u64);
-                        self.skip = if left == 0 {
-                            Skip::None
-                        } else {
-                            Skip::Body(left)
-                        };
+                match &mut self.returning {
+                    Some(r) if r.properties.is_some() && r.left > 0 => {
+                        let part = &frame[7..len - 1];
+                        r.body.extend_from_slice(part);
+                        r.left = r.left.saturating_sub(part.len() as u64);
+                        self.returned_if_complete();
                         continue;
                     }
                     _ => return Err(WireError::Protocol("a content body out of place".into())),
@@ -480,22 +478,23 @@ impl Wire {
             self.on_frame(frame)?;
         }
         self.rd.drain(..pos);
-        // The end of what was read ends a return's group of confirms if it has one.
-        self.settle_returns();
         Ok(())
     }
 
     fn on_frame(&mut self, frame: AMQPFrame) -> Result<(), WireError> {
         let method = match frame {
             AMQPFrame::Heartbeat => return Ok(()),
-            AMQPFrame::Header(_, h) if self.skip == Skip::Header => {
-                self.skip = if h.body_size == 0 {
-                    Skip::None
-                } else {
-                    Skip::Body(h.body_size)
-                };
-                return Ok(());
-            }
+            AMQPFrame::Header(_, h) => match &mut self.returning {
+                Some(r) if r.properties.is_none() => {
+                    let ctx = gen_properties(&h.properties)(WriteContext::from(Vec::new()))
+                        .expect("serialising into a Vec cannot fail");
+                    r.properties = Some(ctx.into_inner().0);
+                    r.left = h.body_size;
+                    self.returned_if_complete();
+                    return Ok(());
+                }
+                _ => return Err(WireError::Protocol("a content header out of place".into())),
+            },
             AMQPFrame::Method(_, m) => m,
             other => {
                 return Err(WireError::Protocol(format!(
@@ -505,22 +504,24 @@ impl Wire {
             }
         };
         match method {
-            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.confirmed(Confirm {
+            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.said.push_back(Said::Confirm {
                 tag: a.delivery_tag,
                 multiple: a.multiple,
                 settled: Settled::Ack,
             }),
-            AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => self.confirmed(Confirm {
+            AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => self.said.push_back(Said::Confirm {
                 tag: n.delivery_tag,
                 multiple: n.multiple,
                 settled: Settled::Nack,
             }),
-            AMQPClass::Basic(basic::AMQPMethod::Return(_)) => {
-                self.skip = Skip::Header;
-                if self.confirm {
-                    self.settle_returns();
-                    self.returns.open += 1;
-                }
+            AMQPClass::Basic(basic::AMQPMethod::Return(r)) => {
+                self.returning = Some(Returning {
+                    exchange: r.exchange.to_string(),
+                    routing_key: r.routing_key.to_string(),
+                    properties: None,
+                    body: Vec::new(),
+                    left: 0,
+                });
             }
             AMQPClass::Connection(connection::AMQPMethod::Blocked(b)) => {
                 tracing::warn!(reason = %b.reason, "destination blocked by a resource alarm");
@@ -551,29 +552,22 @@ impl Wire {
         Ok(())
     }
 
-    fn confirmed(&mut self, c: Confirm) {
-        if self.returns.open > 0 {
-            self.returns.after.push(c);
-        } else {
-            self.confirms.push_back(c);
-        }
-    }
-
-    /// Ends the group of confirms after the open returns: their publishes are the highest tags
-    /// the group confirms. Without a confirm yet, the returns stay open for the next read.
-    fn settle_returns(&mut self) {
-        if self.returns.open == 0 || self.returns.after.is_empty() {
+    /// A returned message whose content is all read is said (in confirm mode).
+    fn returned_if_complete(&mut self) {
+        let complete = self
+            .returning
+            .as_ref()
+            .is_some_and(|r| r.properties.is_some() && r.left == 0);
+        if !complete {
             return;
         }
-        let after = std::mem::take(&mut self.returns.after);
-        for tag in returned_tags(&after, std::mem::take(&mut self.returns.open)) {
-            self.confirms.push_back(Confirm {
-                tag,
-                multiple: false,
-                settled: Settled::Returned,
+        let r = self.returning.take().expect("checked");
+        if self.confirm {
+            let props = r.properties.as_deref().unwrap_or_default();
+            self.said.push_back(Said::Returned {
+                fingerprint: fingerprint(&r.exchange, &r.routing_key, props, &r.body),
             });
         }
-        self.confirms.extend(after);
     }
 
     fn push(&mut self, frame: &AMQPFrame) {
@@ -641,7 +635,7 @@ fn encode_publish(
     (exchange, routing_key, mandatory): (&str, &str, bool),
     properties: &AMQPProperties,
     body: &[u8],
-) {
+) -> std::ops::Range<usize> {
     let at = begin_frame(wr, 1);
     wr.extend_from_slice(&[0, 60, 0, 40, 0, 0]);
     short_str(wr, exchange);
@@ -651,10 +645,12 @@ fn encode_publish(
     let at = begin_frame(wr, 2);
     wr.extend_from_slice(&[0, 60, 0, 0]);
     wr.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    let props_at = wr.len();
     let buf = std::mem::take(wr);
     let ctx = gen_properties(properties)(WriteContext::from(buf))
         .expect("serialising into a Vec cannot fail");
     *wr = ctx.into_inner().0;
+    let props = props_at..wr.len();
     end_frame(wr, at);
     for part in body.chunks(chunk) {
         wr.push(3);
@@ -663,31 +659,28 @@ fn encode_publish(
         wr.extend_from_slice(part);
         wr.push(FRAME_END);
     }
+    props
+}
+
+/// What identifies a publish's content: its exchange, routing key, encoded properties and body.
+/// Two publishes with the same fingerprint route the same way, so which of them a return is
+/// taken for makes no difference to what arrives.
+pub(crate) fn fingerprint(
+    exchange: &str,
+    routing_key: &str,
+    properties: &[u8],
+    body: &[u8],
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (exchange, routing_key, properties, body).hash(&mut h);
+    h.finish()
 }
 
 /// The size of the frame starting `bytes`, once its header is there.
 fn frame_len(bytes: &[u8]) -> Option<usize> {
     let b = bytes.get(..7)?;
     Some(u32::from_be_bytes([b[3], b[4], b[5], b[6]]) as usize + FRAME_OVERHEAD)
-}
-
-/// The `n` highest tags `confirms` cover (a `multiple` one covers the tags below it too).
-fn returned_tags(confirms: &[Confirm], n: usize) -> Vec<u64> {
-    let mut tags: Vec<u64> = confirms
-        .iter()
-        .flat_map(|c| {
-            let lowest = if c.multiple {
-                c.tag.saturating_sub(n as u64 - 1).max(1)
-            } else {
-                c.tag
-            };
-            lowest..=c.tag
-        })
-        .collect();
-    tags.sort_unstable_by(|a, b| b.cmp(a));
-    tags.dedup();
-    tags.truncate(n);
-    tags
 }
 
 /// Starts a frame of `kind` on the channel; returns where its size goes.
@@ -816,11 +809,10 @@ mod tests {
         (Wire::new(Box::new(ours), true), theirs)
     }
 
-    async fn confirms(w: &mut Wire, n: usize) -> Vec<(u64, bool, Settled)> {
+    async fn said(w: &mut Wire, n: usize) -> Vec<Said> {
         let mut out = Vec::new();
         for _ in 0..n {
-            let c = std::future::poll_fn(|cx| w.poll_confirm(cx)).await.unwrap();
-            out.push((c.tag, c.multiple, c.settled));
+            out.push(std::future::poll_fn(|cx| w.poll_said(cx)).await.unwrap());
         }
         out
     }
@@ -872,59 +864,92 @@ mod tests {
         assert_eq!(frames(&wr).len(), 2);
     }
 
-    #[test]
-    fn returned_publishes_are_the_highest_tags_confirmed() {
-        let single = |tag| Confirm {
-            tag,
-            multiple: false,
-            settled: Settled::Ack,
-        };
-        assert_eq!(returned_tags(&[single(3), single(9)], 1), vec![9]);
-        let multiple = Confirm {
-            multiple: true,
-            ..single(7)
-        };
-        assert_eq!(returned_tags(&[multiple], 2), vec![7, 6]);
-        assert_eq!(returned_tags(&[single(1)], 1), vec![1]);
-    }
-
     #[tokio::test]
-    async fn a_return_marks_the_highest_tag_of_the_confirms_after_it() {
+    async fn a_returned_message_is_known_by_the_fingerprint_its_publish_had() {
         let (mut w, mut broker) = wire();
-        // Publish 4 is returned; the confirms of 2 and 3 (queues) come in the same flush.
-        let mut bytes = ack(1, false);
-        bytes.extend(returned(300));
-        bytes.extend(ack(2, false));
-        bytes.extend(ack(4, false));
-        bytes.extend(ack(3, false));
+        let mut headers = FieldTable::default();
+        headers.insert("x-user-id".into(), AMQPValue::LongString("u7".into()));
+        let props = AMQPProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id("42".into())
+            .with_headers(headers);
+        let body = b"for u7".to_vec();
+        let (tag, fp) = w.publish("x", "k1", true, &props, &body);
+        assert_eq!(tag, 1);
+        // What RabbitMQ sends back: the return, the content as published, then the confirm.
+        let mut bytes = method(basic::AMQPMethod::Return(basic::Return {
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+            exchange: "x".into(),
+            routing_key: "k1".into(),
+        }));
+        bytes.extend(setgate_amqp::frame::encode(&AMQPFrame::Header(
+            CHANNEL,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties: props.clone(),
+            },
+        )));
+        // In two body frames, as a broker with a small frame_max would send it.
+        for part in body.chunks(4) {
+            bytes.extend(setgate_amqp::frame::encode(&AMQPFrame::Body(
+                CHANNEL,
+                part.to_vec(),
+            )));
+        }
+        bytes.extend(ack(1, false));
         broker.write_all(&bytes).await.unwrap();
         assert_eq!(
-            confirms(&mut w, 5).await,
+            said(&mut w, 2).await,
             vec![
-                (1, false, Settled::Ack),
-                (4, false, Settled::Returned),
-                (2, false, Settled::Ack),
-                (4, false, Settled::Ack),
-                (3, false, Settled::Ack),
+                Said::Returned { fingerprint: fp },
+                Said::Confirm {
+                    tag: 1,
+                    multiple: false,
+                    settled: Settled::Ack
+                },
             ]
+        );
+        let other = w.publish("x", "k1", true, &props, b"for u8").1;
+        assert_ne!(other, fp, "another body, another fingerprint");
+        assert_eq!(
+            w.publish("x", "k1", false, &props, &body).1,
+            0,
+            "not mandatory"
         );
     }
 
     #[tokio::test]
-    async fn a_return_read_before_its_confirm_waits_for_it() {
+    async fn an_empty_returned_body_completes_at_its_header() {
         let (mut w, mut broker) = wire();
-        broker.write_all(&returned(0)).await.unwrap();
-        let first = tokio::time::timeout(
-            Duration::from_millis(50),
-            std::future::poll_fn(|cx| w.poll_confirm(cx)),
-        )
-        .await;
-        assert!(first.is_err(), "nothing to say before the confirm");
-        broker.write_all(&ack(5, true)).await.unwrap();
-        assert_eq!(
-            confirms(&mut w, 2).await,
-            vec![(5, false, Settled::Returned), (5, true, Settled::Ack)]
+        let mut bytes = returned(0);
+        bytes.extend(ack(5, true));
+        broker.write_all(&bytes).await.unwrap();
+        let got = said(&mut w, 2).await;
+        assert!(matches!(got[0], Said::Returned { .. }), "{got:?}");
+        assert!(
+            matches!(
+                got[1],
+                Said::Confirm {
+                    tag: 5,
+                    multiple: true,
+                    ..
+                }
+            ),
+            "{got:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_frame_out_of_place_is_a_protocol_error() {
+        let (mut w, mut broker) = wire();
+        let body = setgate_amqp::frame::encode(&AMQPFrame::Body(CHANNEL, vec![1; 3]));
+        broker.write_all(&body).await.unwrap();
+        let e = std::future::poll_fn(|cx| w.poll_said(cx))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WireError::Protocol(_)), "{e:?}");
     }
 
     #[tokio::test]
@@ -940,7 +965,7 @@ mod tests {
             })),
         ));
         broker.write_all(&close).await.unwrap();
-        let e = std::future::poll_fn(|cx| w.poll_confirm(cx))
+        let e = std::future::poll_fn(|cx| w.poll_said(cx))
             .await
             .unwrap_err();
         assert_eq!(
@@ -964,7 +989,7 @@ mod tests {
     async fn a_closed_socket_is_a_lost_connection() {
         let (mut w, broker) = wire();
         drop(broker);
-        let e = std::future::poll_fn(|cx| w.poll_confirm(cx))
+        let e = std::future::poll_fn(|cx| w.poll_said(cx))
             .await
             .unwrap_err();
         assert!(matches!(e, WireError::Lost(_)), "{e:?}");

@@ -268,3 +268,54 @@ async fn ring_of_three_with_max_hops_2_delivers_once_per_cluster() -> anyhow::Re
     );
     Ok(())
 }
+
+/// With `mandatory`, a message the downstream cannot route is returned, stays upstream, and
+/// moves once a queue is bound for it, while the routable ones go on. setgate's publishing
+/// connection matches each return to its publish's confirm; a return taken for an ack would lose
+/// the message, so every unroutable message must arrive in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandatory_returns_keep_unroutable_messages_upstream_until_they_route() -> anyhow::Result<()>
+{
+    let _p = permit().await;
+    let s = shared().await;
+    let x = "t-mandatory";
+    let sink = "t-mandatory.sink";
+    topology(x, &[&s.dc1, &s.dc2], &[]).await?;
+    // k0 routes downstream; k1 does not until it is bound below.
+    declare_queue_bound_by(&s.dc2.amqp_uri(), sink, x, &["k0"]).await?;
+    let cfg = config()
+        .upstream(Upstream::new("dc1", &[s.dc1.amqp_uri()]))
+        .link(link("mand", "dc1", "dc2", &s.dc2, x).with("mandatory", true));
+    let sg = Setgate::start(BIN, &cfg).await?;
+    wait_running(&sg, "mand").await?;
+    let collector = Collector::start(&s.dc2.amqp_uri(), sink);
+
+    let mut opts = PublishOptions::new(x);
+    opts.keys = 2;
+    let confirmed = publish(&s.dc1.amqp_uri(), 0..2_000, &opts).await?;
+    let routable: BTreeSet<u64> = confirmed.iter().copied().filter(|id| id % 2 == 0).collect();
+    let missing = collector.wait_for(&routable, Duration::from_secs(90)).await;
+    assert!(
+        missing.is_empty(),
+        "routable messages missing: {}",
+        missing.len()
+    );
+    assert!(
+        collector.ids().iter().all(|id| id % 2 == 0),
+        "an unroutable message arrived before its key was bound"
+    );
+    let flow = &link_status(&sg, "mand").await?["flows"][0];
+    assert!(
+        flow["rejected"].as_u64().unwrap_or(0) > 0,
+        "no publish was returned: {flow}"
+    );
+
+    declare_queue_bound_by(&s.dc2.amqp_uri(), sink, x, &["k1"]).await?;
+    let missing = collector
+        .wait_for(&confirmed, Duration::from_secs(90))
+        .await;
+    let tally = Tally::of(&confirmed, &collector.received());
+    tally.print("mandatory, k1 bound late");
+    assert!(missing.is_empty() && tally.missing == 0, "{tally:?}");
+    Ok(())
+}

@@ -13,8 +13,8 @@ mod status;
 use lapin::types::AMQPValue;
 use setgate_testkit::config::{Config, Link, Upstream};
 use setgate_testkit::fed::{
-    declare_exchange, header, link_status, metric, publish, received_from, topology, wait_received,
-    wait_running, wait_state, Collector, PublishOptions, Tally,
+    declare_exchange, declare_queue_bound_by, header, link_status, metric, publish, received_from,
+    topology, wait_received, wait_running, wait_state, Collector, PublishOptions, Tally,
 };
 use setgate_testkit::{free_port, wait_until, Node, Setgate};
 use std::collections::{BTreeMap, BTreeSet};
