@@ -327,7 +327,7 @@ impl Wire {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    /// The next thing the broker said. Meanwhile reads what the broker sends, answers its heartbeats and
+    /// The next thing the broker said. Meanwhile reads what the broker sends, answers its
     /// Close, keeps writing what is queued, and sends heartbeats when nothing else went out.
     pub fn poll_said(&mut self, cx: &mut Context<'_>) -> Poll<Result<Said, WireError>> {
         if let Some(c) = self.said.pop_front() {
