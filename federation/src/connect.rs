@@ -226,13 +226,7 @@ pub(crate) async fn cluster_name(uri: &AmqpUri) -> Result<String, String> {
 
 async fn read_cluster_name(uri: &AmqpUri) -> Result<String, String> {
     let parsed: lapin::uri::AMQPUri = uri.expose().parse()?;
-    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-    // lapin's stream is futures-io; setgate-amqp reads tokio's.
-    let mut stream = parsed
-        .connect_async(&runtime)
-        .await
-        .map_err(|e| e.to_string())?
-        .compat();
+    let mut stream = transport(&parsed).await.map_err(|e| e.to_string())?;
     stream
         .write_all(PROTOCOL_HEADER)
         .await

@@ -124,8 +124,6 @@ pub(crate) struct Wire {
     returning: Option<Returning>,
     said: VecDeque<Said>,
     failed: Option<WireError>,
-    /// The broker's `cluster_name`.
-    pub cluster_name: Option<String>,
 }
 
 impl Wire {
@@ -161,10 +159,6 @@ impl Wire {
                     method_name(&other)
                 ))
             }
-        };
-        w.cluster_name = match start.server_properties.inner().get("cluster_name") {
-            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
-            _ => None,
         };
         let mechanism = match uri.query.auth_mechanism {
             Some(SASLMechanism::External) => "EXTERNAL",
@@ -256,7 +250,6 @@ impl Wire {
             returning: None,
             said: VecDeque::new(),
             failed: None,
-            cluster_name: None,
         }
     }
 
