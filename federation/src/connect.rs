@@ -36,6 +36,9 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The heartbeat (seconds) a link connection asks for when its URI does not say.
 pub(crate) const DEFAULT_HEARTBEAT: u16 = 5;
 
+/// How long closing a connection may take (a stopped broker never answers).
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One TCP connect try of the knocking connect (TLS handshake included for `amqps`, which
 /// gets more: two more round trips over a long link).
 const KNOCK: Duration = Duration::from_secs(1);

@@ -6,7 +6,7 @@
 //! not acknowledged, so an attempt that ends for any reason loses nothing.
 
 use crate::config::AckMode;
-use crate::connect::{connect, Endpoint};
+use crate::connect::{connect, Endpoint, CLOSE_TIMEOUT};
 use crate::error::{LinkError, Side};
 use crate::forward::{Ended, Events, Forwarder};
 use crate::hops::{HopPolicy, Origin};
@@ -21,6 +21,7 @@ use crate::topology::{
     check_exchanges, check_source, check_target, consume_upstream, hold_queue_arguments,
     ExchangeSide,
 };
+use crate::wire::Wire;
 use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,9 +30,6 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
-
-/// How long closing a connection may take (a stopped broker never answers).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a routed flow waits for its clusters' first connections before it consumes:
 /// messages for a cluster not yet connected would be parked, which costs a detour.
@@ -283,7 +281,15 @@ async fn connected(
             }
         };
         let limit = delete_after_limit(spec, status);
-        let queue = consume_upstream(&up.conn, spec, |depth| {
+        let mut inlet = Wire::open(&up.uri, conn_name, false)
+            .await
+            .map_err(|reason| LinkError::Broker {
+                what: "opening the consuming connection".into(),
+                side: Side::Upstream,
+                cluster: spec.upstream.name.clone(),
+                reason,
+            })?;
+        let queue = consume_upstream(&up.conn, &mut inlet, spec, |depth| {
             let remaining = limit(depth);
             let prefetch = u64::from(spec.upstream.prefetch_count);
             // validate() keeps prefetch_count within 1..=65535; a limit lowers it so that no
@@ -292,17 +298,15 @@ async fn connected(
             (u16::try_from(p).unwrap_or(u16::MAX), remaining)
         })
         .await?;
-        let depth_channel = up.conn.create_channel().await.map_err(|e| {
-            LinkError::broker("opening a channel", Side::Upstream, &spec.upstream.name, &e)
-        })?;
-        Ok::<_, LinkError>((outlets, queue, depth_channel))
+        Ok::<_, LinkError>((outlets, queue, inlet))
     };
-    let (mut outlets, queue, depth_channel) = tokio::select! {
+    let (mut outlets, queue, mut inlet) = tokio::select! {
         r = setup => r?,
         _ = stopped(stop) => return Ok(Ended::Stopped),
     };
     if down.is_none() {
-        first_connections(&mut outlets).await;
+        // The consumer is on: its connection's heartbeats go on meanwhile.
+        let _ = inlet.alive_during(first_connections(&mut outlets)).await;
     }
     status
         .counters
@@ -328,11 +332,9 @@ async fn connected(
         spec: spec.clone(),
         status: status.clone(),
         metrics: metrics.clone(),
-        depth_channel,
-        up: queue.channel,
+        depth_channel: queue.channel,
         up_status: up.conn.status().clone(),
         outlets,
-        consumer: queue.consumer,
         origin: Origin {
             uri: up.uri.without_credentials().into(),
             exchange: spec.exchange.clone(),
@@ -351,7 +353,7 @@ async fn connected(
         up: up_events,
         down: down_events,
     };
-    forwarder.run(events, stop).await
+    forwarder.run(inlet, events, stop).await
 }
 
 fn down_label(spec: &FlowSpec) -> String {

@@ -2,7 +2,7 @@
 //! acknowledge upstream according to `ack_mode`.
 //!
 //! Publishing never waits for a confirm: up to `prefetch_count` publishes are in flight. Ready
-//! deliveries are republished as one batch (one wake-up of lapin's I/O thread), confirms are
+//! deliveries are republished as one batch (one write per destination), confirms are
 //! taken in publish order per destination ([`Outlets`]), and the [`AckTracker`] turns the
 //! confirmed prefix into `multiple` acks, sent every quarter of the prefetch under load and at
 //! once when nothing is in flight.
@@ -26,6 +26,7 @@
 //! off, blocked) is kept in its status.
 
 use crate::config::AckMode;
+use crate::connect::CLOSE_TIMEOUT;
 use crate::error::{LinkError, Side};
 use crate::hops::{outgoing_properties, with_received_from, HopPolicy, Origin, Verdict};
 use crate::metrics::FlowMetrics;
@@ -36,13 +37,13 @@ use crate::shovelled::Shovelled;
 use crate::status::FlowStatus;
 use crate::stop::stopped;
 use crate::tracker::{AckTracker, Outcome, UpstreamAck};
-use crate::wire::Settled;
+use crate::wire::{Delivery, Settled, Wire, WireError};
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ConnectionStatus, Consumer, Event};
+use lapin::{Channel, ConnectionStatus, Event};
+use std::future::poll_fn;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,13 +77,11 @@ pub(crate) struct Forwarder {
     pub spec: Arc<FlowSpec>,
     pub status: Arc<FlowStatus>,
     pub metrics: FlowMetrics,
-    /// A spare upstream channel for the periodic passive declare of the queue.
+    /// An upstream channel for the periodic passive declare of the queue.
     pub depth_channel: Channel,
-    pub up: Channel,
     pub up_status: ConnectionStatus,
     /// Where messages go: the one destination, or (routed) each cluster then the hold outlet.
     pub outlets: Outlets,
-    pub consumer: Consumer,
     pub origin: Origin,
     pub policy: HopPolicy,
     /// A shovel with `add_forward_headers`: the `x-shovelled` entry's fixed part.
@@ -162,18 +161,24 @@ struct Run {
 impl Forwarder {
     /// Forwards until an error (the flow reconnects), a stop request (drains, then
     /// [`Ended::Stopped`]) or, with `delete_after`, the last message moved.
+    ///
+    /// `inlet` is the flow's consuming connection to the upstream: closing it (here, after the
+    /// outlets) hands back to the upstream queue every delivery not acknowledged.
     pub async fn run(
         mut self,
+        mut inlet: Wire,
         events: Events,
         stop: &mut watch::Receiver<Option<Duration>>,
     ) -> Result<Ended, LinkError> {
-        let result = self.forward_loop(events, stop).await;
+        let result = self.forward_loop(&mut inlet, events, stop).await;
         std::mem::take(&mut self.outlets).close().await;
+        inlet.close(CLOSE_TIMEOUT).await;
         result
     }
 
     async fn forward_loop(
         &mut self,
+        inlet: &mut Wire,
         events: Events,
         stop: &mut watch::Receiver<Option<Duration>>,
     ) -> Result<Ended, LinkError> {
@@ -209,11 +214,12 @@ impl Forwarder {
         let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
         let down_name = self.spec.downstream_name().to_string();
         loop {
+            let consuming = run.paused_until.is_none() && !run.limit_reached;
             tokio::select! {
                 biased;
                 _ = stopped(stop) => {
                     let grace = stop.borrow().unwrap_or_default();
-                    self.drain(&mut run, grace).await?;
+                    self.drain(&mut run, grace, inlet).await?;
                     return Ok(Ended::Stopped);
                 }
                 ev = up_events.next() => lost(Side::Upstream, &self.spec.upstream.name, &self.up_status, ev)?,
@@ -224,28 +230,34 @@ impl Forwarder {
                 ev = self.outlets.next() => self.on_outlet(&mut run, ev)?,
                 _ = tokio::time::sleep_until(run.paused_until.unwrap_or_else(tokio::time::Instant::now)),
                     if run.paused_until.is_some() => run.paused_until = None,
-                d = self.consumer.next(), if run.paused_until.is_none() && !run.limit_reached => {
+                // While not consuming, the inlet is still read and written (heartbeats, a
+                // cancel), its deliveries kept for later.
+                d = poll_fn(|cx| if consuming {
+                    inlet.poll_delivery(cx)
+                } else {
+                    inlet.poll_alive(cx).map(Err)
+                }) => {
                     run.last_delivery = Instant::now();
                     batch.push(self.delivery(d)?);
-                    // Take what else is already here: one wake-up of the I/O thread per batch.
+                    // Take what else is already read or readable: one batch per wake-up.
                     while batch.len() < BATCH {
-                        match self.consumer.next().now_or_never() {
+                        match poll_fn(|cx| inlet.poll_delivery(cx)).now_or_never() {
                             Some(d) => batch.push(self.delivery(d)?),
                             None => break,
                         }
                     }
-                    self.forward(&mut run, &mut batch).await?;
+                    self.forward(&mut run, &mut batch, inlet).await?;
                     // New deliveries are no progress while older publishes wait for their
                     // confirms (a downstream that stopped reading): keep naming that wait.
                     if self.outlets.oldest().is_none_or(|(_, o)| o.elapsed() < STALL_NAMED_AFTER) {
                         self.show(&mut run, Activity::Forwarding);
                     }
                 }
-                _ = depth_tick.tick() => self.refresh_depth(&mut run).await?,
+                _ = depth_tick.tick() => self.refresh_depth(&mut run, inlet).await?,
                 _ = watch_tick.tick() => {
                     self.watch(&mut run)?;
                     if let Activity::AskingUpstream { .. } = run.activity {
-                        self.refresh_depth(&mut run).await?;
+                        self.refresh_depth(&mut run, inlet).await?;
                         depth_tick.reset();
                         self.watch(&mut run)?;
                     }
@@ -254,7 +266,7 @@ impl Forwarder {
             while let Some(ev) = self.outlets.next_now() {
                 self.on_outlet(&mut run, ev)?;
             }
-            self.maybe_send_acks(&mut run).await?;
+            self.maybe_send_acks(&mut run, inlet).await?;
             if run.limit_reached && run.tracker.outstanding() == 0 && self.outlets.settled() {
                 return self.limit_done();
             }
@@ -283,19 +295,35 @@ impl Forwarder {
         }
     }
 
-    fn delivery(&self, d: Option<lapin::Result<Delivery>>) -> Result<Delivery, LinkError> {
-        match d {
-            Some(Ok(d)) => Ok(d),
-            Some(Err(e)) => Err(LinkError::broker(
-                "consuming",
-                Side::Upstream,
-                &self.spec.upstream.name,
-                &e,
-            )),
-            None => Err(LinkError::ConsumerCancelled {
-                cluster: self.spec.upstream.name.clone(),
+    fn delivery(&self, d: Result<Delivery, WireError>) -> Result<Delivery, LinkError> {
+        d.map_err(|e| self.inlet_error(&e))
+    }
+
+    /// The inlet failed: the upstream cancelled the consumer, closed, went silent or was lost.
+    fn inlet_error(&self, e: &WireError) -> LinkError {
+        let cluster = self.spec.upstream.name.clone();
+        match e {
+            WireError::Cancelled => LinkError::ConsumerCancelled {
+                cluster,
                 queue: self.spec.queue_name(),
-            }),
+            },
+            WireError::Silent => LinkError::Silent {
+                side: Side::Upstream,
+                cluster,
+                what: e.to_string(),
+            },
+            WireError::Closed(_) => LinkError::Broker {
+                what: "consuming".into(),
+                side: Side::Upstream,
+                cluster,
+                reason: e.to_string(),
+            },
+            WireError::Lost(_) | WireError::Protocol(_) => LinkError::Broker {
+                what: "connection".into(),
+                side: Side::Upstream,
+                cluster,
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -327,11 +355,15 @@ impl Forwarder {
         }
     }
 
-    /// Chooses each delivery's destination, checks hops and republishes a batch. All publishes
-    /// of the batch are queued before any is awaited, in delivery order per destination (lapin
-    /// queues a publish's frames and assigns its confirm sequence number when the future is
-    /// first polled, which `join_all` does in order).
-    async fn forward(&mut self, run: &mut Run, batch: &mut Vec<Delivery>) -> Result<(), LinkError> {
+    /// Chooses each delivery's destination, checks hops and republishes a batch: each
+    /// publish is appended to its destination's wire in delivery order (which numbers its
+    /// confirm), then every destination written to is flushed once.
+    async fn forward(
+        &mut self,
+        run: &mut Run,
+        batch: &mut Vec<Delivery>,
+        inlet: &mut Wire,
+    ) -> Result<(), LinkError> {
         let counters = &self.status.counters;
         let mode = self.spec.upstream.ack_mode;
         let mandatory = self.spec.mandatory;
@@ -498,17 +530,18 @@ impl Forwarder {
         if let Some(limit) = limit {
             if run.taken >= limit && !run.limit_reached {
                 run.limit_reached = true;
-                let tag = self.consumer.tag();
-                let _ = tokio::time::timeout(
-                    REQUEST_DEADLINE,
-                    self.up.basic_cancel(tag, BasicCancelOptions::default()),
-                )
-                .await;
+                // Written with the next acks or upkeep; what was delivered meanwhile is
+                // requeued above.
+                inlet.cancel();
             }
         }
         batch.clear();
         let which: Vec<usize> = (0..n_outlets).filter(|&i| written[i]).collect();
-        for (i, result) in self.flush(run, &which).await {
+        let flushed = inlet
+            .alive_during(self.flush(run, &which))
+            .await
+            .map_err(|e| self.inlet_error(&e))?;
+        for (i, result) in flushed {
             let seqs = std::mem::take(&mut unconfirmed[i]);
             match result {
                 Ok(()) => {
@@ -630,7 +663,7 @@ impl Forwarder {
 
     /// Acks in batches of a quarter of the prefetch while publishes are in flight (fewer ack
     /// frames for the upstream's channel and queue), and everything ready once none is.
-    async fn maybe_send_acks(&self, run: &mut Run) -> Result<(), LinkError> {
+    async fn maybe_send_acks(&self, run: &mut Run, inlet: &mut Wire) -> Result<(), LinkError> {
         let batch = (self.spec.upstream.prefetch_count as usize / 4).max(1);
         if run.tracker.ready() >= batch
             || self.outlets.settled()
@@ -639,49 +672,37 @@ impl Forwarder {
             || run.requeue_now
         {
             run.requeue_now = false;
-            self.send_acks(run).await?;
+            self.send_acks(run, inlet).await?;
         }
         Ok(())
     }
 
-    async fn send_acks(&self, run: &mut Run) -> Result<(), LinkError> {
-        for ack in run.tracker.take_acks() {
-            let sent = async {
+    /// Writes the acks (and requeues) the tracker has ready, on the inlet. An upstream that
+    /// stops reading is given [`REQUEST_DEADLINE`].
+    async fn send_acks(&self, run: &mut Run, inlet: &mut Wire) -> Result<(), LinkError> {
+        let acks = run.tracker.take_acks();
+        if !acks.is_empty() {
+            for ack in acks {
                 match ack {
-                    UpstreamAck::Ack { tag, multiple } => {
-                        self.up.basic_ack(tag, BasicAckOptions { multiple }).await
-                    }
-                    UpstreamAck::Requeue { tag } => {
-                        let requeue = BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        };
-                        self.up.basic_nack(tag, requeue).await
-                    }
+                    UpstreamAck::Ack { tag, multiple } => inlet.ack(tag, multiple),
+                    UpstreamAck::Requeue { tag } => inlet.requeue(tag),
                 }
-            };
-            let name = &self.spec.upstream.name;
-            let acked = while_open(Side::Upstream, name, &self.up_status, "acknowledging", sent);
-            let acked = tokio::time::timeout(REQUEST_DEADLINE, acked);
-            let r = self
-                .named(run, Side::Upstream, "acknowledging", acked)
-                .await
-                .map_err(|_| LinkError::Silent {
-                    side: Side::Upstream,
-                    cluster: name.clone(),
-                    what: format!(
-                        "sending acknowledgements did not complete in {}s",
-                        REQUEST_DEADLINE.as_secs()
-                    ),
-                })??;
-            r.map_err(|e| {
-                LinkError::broker(
-                    "acknowledging deliveries",
-                    Side::Upstream,
-                    &self.spec.upstream.name,
-                    &e,
-                )
-            })?;
+            }
+            let sent = tokio::time::timeout(REQUEST_DEADLINE, inlet.flush());
+            match self.named(run, Side::Upstream, "acknowledging", sent).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(self.inlet_error(&e)),
+                Err(_) => {
+                    return Err(LinkError::Silent {
+                        side: Side::Upstream,
+                        cluster: self.spec.upstream.name.clone(),
+                        what: format!(
+                            "sending acknowledgements did not complete in {}s",
+                            REQUEST_DEADLINE.as_secs()
+                        ),
+                    })
+                }
+            }
         }
         let returned = std::mem::take(&mut run.returned);
         let nacked = std::mem::take(&mut run.nacked);
@@ -814,17 +835,19 @@ impl Forwarder {
 
     /// Stops consuming, waits up to `grace` for outstanding confirms, acks what was confirmed.
     /// Everything else stays unacked and goes back to the upstream queue when the flow closes.
-    async fn drain(&mut self, run: &mut Run, grace: Duration) -> Result<(), LinkError> {
-        let tag = self.consumer.tag();
-        let _ = tokio::time::timeout(
-            grace,
-            self.up.basic_cancel(tag, BasicCancelOptions::default()),
-        )
-        .await;
+    async fn drain(
+        &mut self,
+        run: &mut Run,
+        grace: Duration,
+        inlet: &mut Wire,
+    ) -> Result<(), LinkError> {
+        inlet.cancel();
         let deadline = tokio::time::Instant::now() + grace;
         while !self.outlets.settled() {
-            match tokio::time::timeout_at(deadline, self.outlets.next()).await {
-                Ok(ev) => self.on_outlet(run, ev)?,
+            let next = inlet.alive_during(self.outlets.next());
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(Ok(ev)) => self.on_outlet(run, ev)?,
+                Ok(Err(e)) => return Err(self.inlet_error(&e)),
                 Err(_) => {
                     tracing::warn!(
                         unconfirmed = run.tracker.unconfirmed(),
@@ -834,14 +857,21 @@ impl Forwarder {
                 }
             }
         }
-        self.send_acks(run).await?;
+        self.send_acks(run, inlet).await?;
         tracing::info!(requeued = run.tracker.outstanding(), "flow drained");
         Ok(())
     }
 
     /// Reads the queue depth (a passive declare). It doubles as a probe of the upstream: a
     /// request unanswered for [`REQUEST_DEADLINE`] ends the attempt, heartbeats or not.
-    async fn refresh_depth(&self, run: &mut Run) -> Result<(), LinkError> {
+    async fn refresh_depth(&self, run: &mut Run, inlet: &mut Wire) -> Result<(), LinkError> {
+        inlet
+            .alive_during(self.read_depth(run))
+            .await
+            .map_err(|e| self.inlet_error(&e))?
+    }
+
+    async fn read_depth(&self, run: &mut Run) -> Result<(), LinkError> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()

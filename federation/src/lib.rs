@@ -15,7 +15,8 @@
 //! - `flow`: one flow's connect / set up / forward / retry loop.
 //! - `connect`: ordered multi-URI connection and the broker's `cluster_name`.
 //! - `topology`: exchange checks, the upstream queue, bindings, consumer.
-//! - `forward`: the pipelined republish loop. `wire`: the publishing connection it writes to.
+//! - `forward`: the pipelined republish loop. `wire`: the connections it consumes from and
+//!   publishes to.
 //! - `stop`: the stop signal `flow` and `forward` both wait on.
 //! - `tracker`: publish sequence -> delivery tag; which upstream acks a confirm allows.
 //! - `hops`: `x-received-from`, `max_hops` and cycle checks; republished properties.

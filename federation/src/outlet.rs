@@ -9,7 +9,7 @@
 //! publishes are requeued upstream (and then parked, or sent to the failover SET), it reconnects
 //! on its own every `reconnect_delay`, and the other SETs never wait for it.
 
-use crate::connect::connect;
+use crate::connect::{connect, CLOSE_TIMEOUT};
 use crate::error::{LinkError, Side};
 use crate::plan::Target;
 use crate::status::SetStats;
@@ -26,9 +26,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use sync_wrapper::SyncWrapper;
-
-/// How long closing an outlet's connection may take (a stopped broker never answers).
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A publish's confirm with its sequence number and publish time.
 pub(crate) type Confirmed = (Seq, Instant, Settled);
@@ -356,7 +353,7 @@ pub(crate) fn wire_error(side: Side, cluster: &str, e: &WireError) -> LinkError 
             cluster: cluster.to_string(),
             reason: e.to_string(),
         },
-        WireError::Lost(_) | WireError::Protocol(_) => LinkError::Broker {
+        WireError::Lost(_) | WireError::Protocol(_) | WireError::Cancelled => LinkError::Broker {
             what: "connection".into(),
             side,
             cluster: cluster.to_string(),

@@ -5,13 +5,11 @@ use crate::config::AckMode;
 use crate::config::UpstreamConfig;
 use crate::error::{describe, LinkError, Side};
 use crate::plan::{FlowSpec, Source, Target};
-use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use crate::wire::Wire;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 /// One side of the check: where the exchange should be.
 pub(crate) struct ExchangeSide<'a> {
@@ -182,21 +180,23 @@ pub(crate) fn hold_queue_arguments(up: &UpstreamConfig, with_limits: bool) -> Fi
 
 /// The consuming side of a flow on the upstream.
 pub(crate) struct UpstreamQueue {
+    /// The channel the queue was set up on, kept for the periodic depth reads.
     pub channel: Channel,
-    pub consumer: Consumer,
     /// Ready messages when the queue was declared.
     pub depth: u32,
     /// `delete_after`: messages this attempt may still move.
     pub remaining: Option<u64>,
 }
 
-/// Declares (or, for an existing queue, looks up) the upstream queue, binds it with every key,
-/// sets the prefetch and starts consuming (manual acks unless `no-ack`).
+/// Declares (or, for an existing queue, looks up) the upstream queue and binds it with every
+/// key on `conn`, then sets the prefetch and starts consuming on `inlet`, the flow's own
+/// connection to the same upstream (manual acks unless `no-ack`).
 ///
 /// `prefetch_for` gets the queue's ready messages and answers the prefetch and, with
 /// `delete_after`, how many messages the flow may still move.
 pub(crate) async fn consume_upstream(
     conn: &Connection,
+    inlet: &mut Wire,
     spec: &FlowSpec,
     prefetch_for: impl FnOnce(u32) -> (u16, Option<u64>),
 ) -> Result<UpstreamQueue, LinkError> {
@@ -225,35 +225,19 @@ pub(crate) async fn consume_upstream(
         }
     };
     let (prefetch, remaining) = prefetch_for(depth);
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
+    let no_ack = spec.upstream.ack_mode == AckMode::NoAck;
+    let tag = format!("setgate {}", spec.link);
+    inlet
+        .consume(&queue, &tag, prefetch, no_ack)
         .await
-        .map_err(|e| {
-            LinkError::broker("setting the prefetch count", Side::Upstream, cluster, &e)
-        })?;
-    let options = BasicConsumeOptions {
-        no_ack: spec.upstream.ack_mode == AckMode::NoAck,
-        ..Default::default()
-    };
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            format!("setgate {}", spec.link).as_str().into(),
-            options,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            LinkError::broker(
-                format!("consuming from queue \"{queue}\""),
-                Side::Upstream,
-                cluster,
-                &e,
-            )
+        .map_err(|reason| LinkError::Broker {
+            what: format!("consuming from queue \"{queue}\""),
+            side: Side::Upstream,
+            cluster: cluster.into(),
+            reason,
         })?;
     Ok(UpstreamQueue {
         channel,
-        consumer,
         depth,
         remaining,
     })

@@ -1,16 +1,18 @@
-//! A publishing AMQP connection of the flow's own: the hot path to a destination.
+//! An AMQP connection of the flow's own: the hot path from the source and to a destination.
 //!
-//! Through lapin every publish was handed to the connection's I/O thread and every confirm
-//! resolved a promise that woke the flow's task: at thousands of messages a second those
-//! hand-offs (futex wake-ups, context switches, a promise and its allocations per message) were
-//! most of setgate's CPU per forwarded message. A `Wire` belongs to the flow's task: a publish
-//! appends its frames to a buffer, one write sends a batch, and confirms are read on the same
-//! task as delivery tags (`multiple` kept as it came).
+//! Through lapin every publish and every delivery was handed between the connection's I/O
+//! thread and the flow's task, and every confirm resolved a promise: at thousands of messages a
+//! second those hand-offs (futex wake-ups, context switches, a promise and its allocations per
+//! message) were most of setgate's CPU per forwarded message. A `Wire` belongs to the flow's
+//! task: a publish appends its frames to a buffer, one write sends a batch; confirms and
+//! deliveries are read on the same task, a whole read buffer at a time (a delivery's method in
+//! place, its body copied once).
 //!
-//! It speaks what publishing needs and nothing else: the connection handshake (PLAIN, or
-//! EXTERNAL when the URI asks), one channel (in confirm mode for `on-confirm`),
-//! Basic.Publish, confirms, Basic.Return, Connection.Blocked/Unblocked, heartbeats both ways and
-//! Close from either side. Declares and checks stay on lapin.
+//! It speaks what forwarding needs and nothing else: the connection handshake (PLAIN, or
+//! EXTERNAL when the URI asks), one channel (in confirm mode for `on-confirm`); for publishing
+//! Basic.Publish, confirms, Basic.Return, Connection.Blocked/Unblocked; for consuming
+//! Basic.Qos, Basic.Consume, deliveries, acks and requeues, Basic.Cancel either way; heartbeats
+//! both ways and Close from either side. Declares and checks stay on lapin.
 
 use crate::connect::{
     transport, with_advice, with_default_heartbeat, Io, CONNECT_TIMEOUT, DEFAULT_HEARTBEAT,
@@ -19,7 +21,7 @@ use crate::uri::AmqpUri;
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPUri, SASLMechanism};
 use setgate_amqp::frame::{parse, FRAME_END};
 use setgate_amqp::names::method_name;
@@ -52,6 +54,8 @@ pub(crate) enum WireError {
     Silent,
     /// The broker sent what a publishing client cannot take.
     Protocol(String),
+    /// The broker cancelled the wire's consumer (its queue was deleted, or its node stopping).
+    Cancelled,
 }
 
 impl std::fmt::Display for WireError {
@@ -61,6 +65,7 @@ impl std::fmt::Display for WireError {
             WireError::Closed(text) => f.write_str(text),
             WireError::Silent => f.write_str("nothing received for two heartbeat intervals"),
             WireError::Protocol(e) => write!(f, "protocol error: {e}"),
+            WireError::Cancelled => f.write_str("the broker cancelled the consumer"),
         }
     }
 }
@@ -123,7 +128,29 @@ pub(crate) struct Wire {
     next_tag: u64,
     returning: Option<Returning>,
     said: VecDeque<Said>,
+    /// The consumer's tag while it consumes.
+    consumer_tag: Option<String>,
+    /// A delivery whose content is being read.
+    incoming: Option<Incoming>,
+    deliveries: VecDeque<Delivery>,
     failed: Option<WireError>,
+}
+
+/// A message delivered to the wire's consumer: what the flow needs of it, its body as read.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+    pub routing_key: ShortString,
+    pub properties: AMQPProperties,
+    pub data: Vec<u8>,
+}
+
+/// A delivery being read: its content header, then `left` bytes of body.
+struct Incoming {
+    delivery: Delivery,
+    header: bool,
+    left: u64,
 }
 
 impl Wire {
@@ -214,14 +241,18 @@ impl Wire {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
             other => return Err(refusal(&other, "Connection.OpenOk")),
         }
-        w.call(AMQPClass::Channel(channel::AMQPMethod::Open(
-            channel::Open {},
-        )))
+        w.call(
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            |m| matches!(m, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
+        )
         .await?;
         if confirm {
-            w.call(AMQPClass::Confirm(confirm::AMQPMethod::Select(
-                confirm::Select { nowait: false },
-            )))
+            w.call(
+                AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                    nowait: false,
+                })),
+                |m| matches!(m, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))),
+            )
             .await?;
         }
         if heartbeat > 0 {
@@ -249,6 +280,9 @@ impl Wire {
             next_tag: 1,
             returning: None,
             said: VecDeque::new(),
+            consumer_tag: None,
+            incoming: None,
+            deliveries: VecDeque::new(),
             failed: None,
         }
     }
@@ -320,10 +354,49 @@ impl Wire {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    /// The next thing the broker said. Meanwhile reads what the broker sends, answers its
-    /// Close, keeps writing what is queued, and sends heartbeats when nothing else went out.
+    /// The next thing the broker said about publishes. Meanwhile reads what the broker sends,
+    /// answers its Close, keeps writing what is queued, and sends heartbeats when nothing else
+    /// went out.
     pub fn poll_said(&mut self, cx: &mut Context<'_>) -> Poll<Result<Said, WireError>> {
-        if let Some(c) = self.said.pop_front() {
+        self.poll_next(cx, |w| w.said.pop_front())
+    }
+
+    /// The next message delivered to the wire's consumer (see [`Wire::consume`]), with the
+    /// same upkeep as [`Wire::poll_said`].
+    pub fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Result<Delivery, WireError>> {
+        self.poll_next(cx, |w| w.deliveries.pop_front())
+    }
+
+    /// Only the upkeep: reads (deliveries are kept for [`Wire::poll_delivery`]), writes,
+    /// heartbeats. Ready only with the error that ended the connection; a wire polled this way
+    /// while its task waits for something else stays alive.
+    pub fn poll_alive(&mut self, cx: &mut Context<'_>) -> Poll<WireError> {
+        match self.poll_next(cx, |_| None::<()>) {
+            Poll::Ready(Err(e)) => Poll::Ready(e),
+            _ => Poll::Pending,
+        }
+    }
+
+    /// Awaits `op` while keeping the wire alive ([`Wire::poll_alive`]): a peer must not take a
+    /// long wait elsewhere for a dead client. Ends early with the wire's error if it fails.
+    pub async fn alive_during<T>(&mut self, op: impl Future<Output = T>) -> Result<T, WireError> {
+        tokio::pin!(op);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = op.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            self.poll_alive(cx).map(Err)
+        })
+        .await
+    }
+
+    /// Reads, answers and writes until `take` has something or the connection fails.
+    fn poll_next<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: impl Fn(&mut Wire) -> Option<T>,
+    ) -> Poll<Result<T, WireError>> {
+        if let Some(c) = take(self) {
             return Poll::Ready(Ok(c));
         }
         if let Some(e) = &self.failed {
@@ -353,9 +426,76 @@ impl Wire {
             if let Some(e) = &self.failed {
                 return Poll::Ready(Err(e.clone()));
             }
-            if let Some(c) = self.said.pop_front() {
+            if let Some(c) = take(self) {
                 return Poll::Ready(Ok(c));
             }
+        }
+    }
+
+    /// Starts consuming `queue` on the wire's channel with `prefetch` unacknowledged
+    /// deliveries at most (per consumer), acknowledging them by hand unless `no_ack`.
+    /// Deliveries are read by [`Wire::poll_delivery`].
+    pub async fn consume(
+        &mut self,
+        queue: &str,
+        consumer_tag: &str,
+        prefetch: u16,
+        no_ack: bool,
+    ) -> Result<(), String> {
+        self.call(
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: prefetch,
+                global: false,
+            })),
+            |m| matches!(m, AMQPClass::Basic(basic::AMQPMethod::QosOk(_))),
+        )
+        .await?;
+        self.call(
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: queue.into(),
+                consumer_tag: consumer_tag.into(),
+                no_local: false,
+                no_ack,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+            |m| matches!(m, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))),
+        )
+        .await?;
+        self.consumer_tag = Some(consumer_tag.to_string());
+        Ok(())
+    }
+
+    /// Queues an acknowledgement of delivery `tag` (with `multiple`, of every one before it).
+    pub fn ack(&mut self, tag: u64, multiple: bool) {
+        let at = begin_frame(&mut self.wr, 1);
+        self.wr.extend_from_slice(&[0, 60, 0, 80]);
+        self.wr.extend_from_slice(&tag.to_be_bytes());
+        self.wr.push(u8::from(multiple));
+        end_frame(&mut self.wr, at);
+    }
+
+    /// Queues a rejection of delivery `tag` that puts it back in its queue.
+    pub fn requeue(&mut self, tag: u64) {
+        let at = begin_frame(&mut self.wr, 1);
+        self.wr.extend_from_slice(&[0, 60, 0, 120]);
+        self.wr.extend_from_slice(&tag.to_be_bytes());
+        self.wr.push(0b10); // requeue, not multiple
+        end_frame(&mut self.wr, at);
+    }
+
+    /// Queues the cancel of the wire's consumer: nothing more is delivered once the broker
+    /// reads it (what was already sent still arrives).
+    pub fn cancel(&mut self) {
+        if let Some(tag) = self.consumer_tag.take() {
+            self.push(&AMQPFrame::Method(
+                CHANNEL,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.as_str().into(),
+                    nowait: false,
+                })),
+            ));
         }
     }
 
@@ -454,8 +594,18 @@ impl Wire {
             }
             let frame = &self.rd[pos..pos + len];
             pos += len;
-            // Bodies (of returned messages) are taken unparsed.
+            // Bodies are taken unparsed, and deliveries' methods read in place.
             if frame[0] == 3 {
+                if let Some(i) = &mut self.incoming {
+                    let part = &frame[7..len - 1];
+                    if !i.header || part.len() as u64 > i.left {
+                        return Err(WireError::Protocol("a content body out of place".into()));
+                    }
+                    i.delivery.data.extend_from_slice(part);
+                    i.left -= part.len() as u64;
+                    self.delivered_if_complete();
+                    continue;
+                }
                 match &mut self.returning {
                     Some(r) if r.properties.is_some() && r.left > 0 => {
                         let part = &frame[7..len - 1];
@@ -467,6 +617,20 @@ impl Wire {
                     _ => return Err(WireError::Protocol("a content body out of place".into())),
                 }
             }
+            if frame[0] == 1 && frame.get(7..11) == Some(&[0, 60, 0, 60]) {
+                let delivery = parse_deliver(&frame[11..len - 1])?;
+                if self.incoming.is_some() || self.returning.is_some() {
+                    return Err(WireError::Protocol(
+                        "a delivery inside another message".into(),
+                    ));
+                }
+                self.incoming = Some(Incoming {
+                    delivery,
+                    header: false,
+                    left: 0,
+                });
+                continue;
+            }
             let frame = parse(frame).map_err(|e| WireError::Protocol(e.to_string()))?;
             self.on_frame(frame)?;
         }
@@ -477,6 +641,20 @@ impl Wire {
     fn on_frame(&mut self, frame: AMQPFrame) -> Result<(), WireError> {
         let method = match frame {
             AMQPFrame::Heartbeat => return Ok(()),
+            AMQPFrame::Header(_, h) if self.incoming.is_some() => {
+                let i = self.incoming.as_mut().expect("checked");
+                if i.header {
+                    return Err(WireError::Protocol("a content header out of place".into()));
+                }
+                i.header = true;
+                i.left = h.body_size;
+                i.delivery.properties = h.properties;
+                i.delivery
+                    .data
+                    .reserve_exact(h.body_size.min(1 << 27) as usize);
+                self.delivered_if_complete();
+                return Ok(());
+            }
             AMQPFrame::Header(_, h) => match &mut self.returning {
                 Some(r) if r.properties.is_none() => {
                     let ctx = gen_properties(&h.properties)(WriteContext::from(Vec::new()))
@@ -516,6 +694,22 @@ impl Wire {
                     left: 0,
                 });
             }
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(_))
+            | AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
+            | AMQPClass::Basic(basic::AMQPMethod::CancelOk(_)) => {}
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
+                // The broker cancelled the consumer: its queue was deleted, or its node is
+                // stopping.
+                if !c.nowait {
+                    self.push(&AMQPFrame::Method(
+                        CHANNEL,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: c.consumer_tag,
+                        })),
+                    ));
+                }
+                return Err(WireError::Cancelled);
+            }
             AMQPClass::Connection(connection::AMQPMethod::Blocked(b)) => {
                 tracing::warn!(reason = %b.reason, "destination blocked by a resource alarm");
                 self.blocked = true;
@@ -543,6 +737,18 @@ impl Wire {
             }
         }
         Ok(())
+    }
+
+    /// A delivery whose content is all read is handed out.
+    fn delivered_if_complete(&mut self) {
+        if self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| i.header && i.left == 0)
+        {
+            let i = self.incoming.take().expect("checked");
+            self.deliveries.push_back(i.delivery);
+        }
     }
 
     /// A returned message whose content is all read is said (in confirm mode).
@@ -574,14 +780,18 @@ impl Wire {
         self.flush().await.map_err(|e| e.to_string())
     }
 
-    /// Sends a method on the channel and waits for its answer.
-    async fn call(&mut self, method: AMQPClass) -> Result<(), String> {
+    /// Sends a method on the channel and waits for its answer, the next method, which
+    /// `is_answer` knows (a refusal is the broker's Close).
+    async fn call(
+        &mut self,
+        method: AMQPClass,
+        is_answer: fn(&AMQPClass) -> bool,
+    ) -> Result<(), String> {
         let name = method_name(&method);
         self.push(&AMQPFrame::Method(CHANNEL, method));
         self.flush().await.map_err(|e| e.to_string())?;
         match self.next_method().await? {
-            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))
-            | AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => Ok(()),
+            answer if is_answer(&answer) => Ok(()),
             other => Err(refusal(&other, &format!("the answer to {name}"))),
         }
     }
@@ -655,6 +865,32 @@ fn encode_publish(
     props
 }
 
+/// Basic.Deliver's arguments read in place: consumer tag, delivery tag, redelivered, exchange,
+/// routing key. The content follows.
+fn parse_deliver(args: &[u8]) -> Result<Delivery, WireError> {
+    let bad = || WireError::Protocol("a malformed Basic.Deliver".into());
+    let mut at = 1 + usize::from(*args.first().ok_or_else(bad)?);
+    let tag = args.get(at..at + 8).ok_or_else(bad)?;
+    let delivery_tag = u64::from_be_bytes(tag.try_into().expect("8 bytes"));
+    at += 8;
+    let redelivered = args.get(at).ok_or_else(bad)? & 1 != 0;
+    at += 1;
+    at += 1 + usize::from(*args.get(at).ok_or_else(bad)?);
+    let len = usize::from(*args.get(at).ok_or_else(bad)?);
+    let key = args.get(at + 1..at + 1 + len).ok_or_else(bad)?;
+    let routing_key = match std::str::from_utf8(key) {
+        Ok(k) => ShortString::from(k),
+        Err(_) => ShortString::from(String::from_utf8_lossy(key).into_owned()),
+    };
+    Ok(Delivery {
+        delivery_tag,
+        redelivered,
+        routing_key,
+        properties: AMQPProperties::default(),
+        data: Vec::new(),
+    })
+}
+
 /// What identifies a publish's content: its exchange, routing key, encoded properties and body.
 /// Two publishes with the same fingerprint route the same way, so which of them a return is
 /// taken for makes no difference to what arrives.
@@ -726,6 +962,7 @@ fn client_properties(conn_name: &str) -> FieldTable {
         "connection.blocked",
         "authentication_failure_close",
         "basic.nack",
+        "consumer_cancel_notify",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }
@@ -976,6 +1213,168 @@ mod tests {
                 AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
             )]
         ));
+    }
+
+    /// A delivery: Basic.Deliver, its header, its body in frames of at most `chunk` bytes.
+    fn delivered(tag: u64, redelivered: bool, body: &[u8], chunk: usize) -> Vec<u8> {
+        let mut b = method(basic::AMQPMethod::Deliver(basic::Deliver {
+            consumer_tag: "setgate link".into(),
+            delivery_tag: tag,
+            redelivered,
+            exchange: "fed".into(),
+            routing_key: "user.42".into(),
+        }));
+        let props = AMQPProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id("m-1".into());
+        b.extend(setgate_amqp::frame::encode(&AMQPFrame::Header(
+            CHANNEL,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties: props,
+            },
+        )));
+        for part in body.chunks(chunk) {
+            b.extend(setgate_amqp::frame::encode(&AMQPFrame::Body(
+                CHANNEL,
+                part.to_vec(),
+            )));
+        }
+        b
+    }
+
+    async fn deliveries(w: &mut Wire, n: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(
+                std::future::poll_fn(|cx| w.poll_delivery(cx))
+                    .await
+                    .unwrap(),
+            );
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_read_whole_with_their_tag_key_properties_and_body() {
+        let (mut w, mut broker) = wire();
+        let body: Vec<u8> = (0..=255).cycle().take(10_000).collect();
+        let mut bytes = delivered(7, false, &body, 4096);
+        bytes.extend(delivered(8, true, b"", 4096));
+        bytes.extend(delivered(9, false, b"last", 4096));
+        // Written in uneven pieces: frames arrive split across reads.
+        for piece in bytes.chunks(1000) {
+            broker.write_all(piece).await.unwrap();
+        }
+        let got = deliveries(&mut w, 3).await;
+        assert_eq!(got[0].delivery_tag, 7);
+        assert!(!got[0].redelivered);
+        assert_eq!(got[0].routing_key.as_str(), "user.42");
+        assert_eq!(got[0].properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            got[0].properties.message_id().as_ref().map(|m| m.as_str()),
+            Some("m-1")
+        );
+        assert_eq!(got[0].data, body);
+        assert_eq!((got[1].delivery_tag, got[1].redelivered), (8, true));
+        assert!(
+            got[1].data.is_empty(),
+            "an empty body completes at its header"
+        );
+        assert_eq!(got[2].data, b"last");
+    }
+
+    #[tokio::test]
+    async fn deliveries_read_while_only_kept_alive_wait_for_the_consumer() {
+        let (mut w, mut broker) = wire();
+        broker
+            .write_all(&delivered(1, false, b"kept", 4096))
+            .await
+            .unwrap();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // Upkeep reads the delivery but does not hand it out.
+        assert!(w.poll_alive(&mut cx).is_pending());
+        assert_eq!(w.deliveries.len(), 1);
+        assert_eq!(deliveries(&mut w, 1).await[0].data, b"kept");
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_header_said_is_a_protocol_error() {
+        let (mut w, mut broker) = wire();
+        let mut bytes = delivered(1, false, b"abc", 4096);
+        // The header says 3 bytes: a body frame of 4 cannot belong to it.
+        bytes.truncate(bytes.len() - (FRAME_OVERHEAD + 3));
+        bytes.extend(setgate_amqp::frame::encode(&AMQPFrame::Body(
+            CHANNEL,
+            b"abcd".to_vec(),
+        )));
+        broker.write_all(&bytes).await.unwrap();
+        let e = std::future::poll_fn(|cx| w.poll_delivery(cx))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WireError::Protocol(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_consumer_cancelled_by_the_broker_ends_the_wire_and_is_answered() {
+        let (mut w, mut broker) = wire();
+        broker
+            .write_all(&method(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: "setgate link".into(),
+                nowait: false,
+            })))
+            .await
+            .unwrap();
+        let e = std::future::poll_fn(|cx| w.poll_delivery(cx))
+            .await
+            .unwrap_err();
+        assert_eq!(e, WireError::Cancelled);
+        let mut answer = vec![0; 4 + 8 + 1 + "setgate link".len()];
+        tokio::io::AsyncReadExt::read_exact(&mut broker, &mut answer)
+            .await
+            .unwrap();
+        assert!(matches!(
+            &frames(&answer)[..],
+            [AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::CancelOk(c)))]
+                if c.consumer_tag.as_str() == "setgate link"
+        ));
+    }
+
+    #[test]
+    fn acks_and_requeues_are_written_as_the_protocol_has_them() {
+        let (mut w, _broker) = wire();
+        w.ack(41, true);
+        w.ack(42, false);
+        w.requeue(43);
+        assert_eq!(
+            frames(&w.wr),
+            [
+                AMQPFrame::Method(
+                    1,
+                    AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: 41,
+                        multiple: true
+                    }))
+                ),
+                AMQPFrame::Method(
+                    1,
+                    AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: 42,
+                        multiple: false
+                    }))
+                ),
+                AMQPFrame::Method(
+                    1,
+                    AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                        delivery_tag: 43,
+                        multiple: false,
+                        requeue: true
+                    }))
+                ),
+            ]
+        );
     }
 
     #[tokio::test]
