@@ -8,7 +8,7 @@
 use crate::config::AckMode;
 use crate::connect::{connect, Endpoint, CLOSE_TIMEOUT};
 use crate::error::{LinkError, Side};
-use crate::forward::{Ended, Events, Forwarder};
+use crate::forward::{splices, Ended, Events, Forwarder};
 use crate::hops::{HopPolicy, Origin};
 use crate::metrics::FlowMetrics;
 use crate::outlet::{open_wire, Dial, Outlet, OutletEvent, Outlets};
@@ -328,6 +328,12 @@ async fn connected(
         upstream_cluster = %up.cluster_name, "flow running");
     let shovelled = matches!(spec.headers, Headers::Shovel { forward: true })
         .then(|| Shovelled::new(spec, up.uri.without_credentials(), up.uri.vhost()));
+    let origin = Origin {
+        uri: up.uri.without_credentials().into(),
+        exchange: spec.exchange.clone(),
+        cluster_name: up.cluster_name.clone(),
+        vhost: up.uri.vhost().into(),
+    };
     let forwarder = Forwarder {
         spec: spec.clone(),
         status: status.clone(),
@@ -335,12 +341,9 @@ async fn connected(
         depth_channel: queue.channel,
         up_status: up.conn.status().clone(),
         outlets,
-        origin: Origin {
-            uri: up.uri.without_credentials().into(),
-            exchange: spec.exchange.clone(),
-            cluster_name: up.cluster_name.clone(),
-            vhost: up.uri.vhost().into(),
-        },
+        splices: splices(spec, &origin),
+        scratch: Vec::new(),
+        origin,
         policy: HopPolicy {
             max_hops: spec.upstream.max_hops,
             downstream_cluster: down.map_or_else(String::new, |d| d.cluster_name.clone()),

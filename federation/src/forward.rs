@@ -28,16 +28,21 @@
 use crate::config::AckMode;
 use crate::connect::CLOSE_TIMEOUT;
 use crate::error::{LinkError, Side};
-use crate::hops::{outgoing_properties, with_received_from, HopPolicy, Origin, Verdict};
+use crate::hops::{
+    outgoing_properties, with_received_from, HopPolicy, Origin, Verdict, RECEIVED_FROM,
+};
 use crate::metrics::FlowMetrics;
 use crate::outlet::{wire_error, Confirmed, Outlet, OutletEvent, Outlets};
 use crate::plan::{hold_queue, Downstream, FlowSpec, Headers, Target, HOLD_ROUTING_KEY};
+use crate::raw_props::{splice, Splice};
 use crate::route::Choice;
 use crate::shovelled::Shovelled;
 use crate::status::FlowStatus;
 use crate::stop::stopped;
 use crate::tracker::{AckTracker, Outcome, UpstreamAck};
 use crate::wire::{Delivery, Settled, Wire, WireError};
+use amq_protocol::frame::WriteContext;
+use amq_protocol::types::generation::gen_field_table;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::QueueDeclareOptions;
@@ -88,6 +93,43 @@ pub(crate) struct Forwarder {
     pub shovelled: Option<Shovelled>,
     /// `delete_after`: how many more messages this attempt may take (`None`: no limit).
     pub limit: Option<u64>,
+    /// Where properties can be republished from the bytes read ([`splices`]): how, for a
+    /// first delivery and a redelivery.
+    pub splices: Option<[Splice; 2]>,
+    /// Where a spliced header is written before it is published.
+    pub scratch: Vec<u8>,
+}
+
+/// How a flow republishes properties without parsing them, where it can: a plain destination
+/// (no SET to choose), no `mandatory` (a return is known by properties as amq-protocol encodes
+/// them), and headers that gain at most federation's `x-received-from` entry. Other messages
+/// and flows take the parsing path.
+pub(crate) fn splices(spec: &FlowSpec, origin: &Origin) -> Option<[Splice; 2]> {
+    if spec.mandatory || !matches!(spec.downstream, Downstream::Cluster { .. }) {
+        return None;
+    }
+    let keep_user_id = spec.upstream.trust_user_id;
+    let how = |redelivered: bool| -> Option<Splice> {
+        match spec.headers {
+            Headers::Federation => {
+                let table = with_received_from(None, origin, redelivered);
+                let ctx = gen_field_table(&table)(WriteContext::from(Vec::new())).ok()?;
+                let encoded = ctx.into_inner().0;
+                Some(Splice {
+                    // The table's entries, without its size.
+                    entry: encoded.get(4..)?.to_vec(),
+                    key: Some(RECEIVED_FROM),
+                    keep_user_id,
+                })
+            }
+            Headers::Shovel { forward: false } => Some(Splice {
+                keep_user_id,
+                ..Splice::default()
+            }),
+            Headers::Shovel { forward: true } | Headers::Release => None,
+        }
+    };
+    Some([how(false)?, how(true)?])
 }
 
 /// [`Forwarder::named`] for an operation that borrows the forwarder itself.
@@ -392,7 +434,33 @@ impl Forwarder {
                 self.metrics.redelivered.increment(1);
             }
             let seq = (mode != AckMode::NoAck).then(|| run.tracker.push(d.delivery_tag));
-            let headers = d.properties.headers().as_ref();
+            if let Some(splices) = &self.splices {
+                let how = &splices[usize::from(d.redelivered)];
+                if splice(d.raw_properties(), how, &mut self.scratch) {
+                    let (exchange, routing_key) = match &self.spec.target {
+                        Target::Exchange {
+                            name,
+                            routing_key: Some(k),
+                        } => (name.as_str(), k.as_str()),
+                        Target::Exchange { name, .. } => (name.as_str(), d.routing_key.as_str()),
+                        Target::Queue(q) => ("", q.as_str()),
+                    };
+                    let o = &mut self.outlets.0[0];
+                    let Some(wire) = o.wire() else {
+                        unreachable!("a plain destination's outlet is up while the flow runs");
+                    };
+                    let published =
+                        wire.publish_encoded(exchange, routing_key, &self.scratch, d.body());
+                    written[0] = true;
+                    match (mode, seq) {
+                        (AckMode::OnConfirm, Some(seq)) => o.confirms.push(seq, start, published),
+                        (_, seq) => unconfirmed[0].push(seq),
+                    }
+                    continue;
+                }
+            }
+            let properties = d.properties().map_err(|e| self.inlet_error(&e))?;
+            let headers = properties.headers().as_ref();
             // Where the message goes: an outlet, and the routing key it is published with.
             let routing_key: ShortString = match (&self.spec.target, &self.spec.headers) {
                 (_, Headers::Release) => {
@@ -416,7 +484,7 @@ impl Forwarder {
             let (outlet, hold_for) = match &self.spec.downstream {
                 Downstream::Cluster { .. } => (0, None),
                 Downstream::Sets { routes, .. } => {
-                    let key = routes.key.of(&d.properties, d.routing_key.as_str());
+                    let key = routes.key.of(&properties, d.routing_key.as_str());
                     if key.is_none() {
                         counters.unkeyed.fetch_add(1, Relaxed);
                         self.metrics.unkeyed.increment(1);
@@ -506,7 +574,7 @@ impl Forwarder {
                 }
             };
             let props = outgoing_properties(
-                &d.properties,
+                &properties,
                 headers.unwrap_or_default(),
                 self.spec.upstream.trust_user_id,
             );
@@ -519,7 +587,7 @@ impl Forwarder {
                 routing_key.as_str(),
                 mandatory,
                 &props,
-                &d.data,
+                d.body(),
             );
             written[outlet] = true;
             match (mode, seq) {

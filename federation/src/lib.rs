@@ -20,6 +20,7 @@
 //! - `stop`: the stop signal `flow` and `forward` both wait on.
 //! - `tracker`: publish sequence -> delivery tag; which upstream acks a confirm allows.
 //! - `hops`: `x-received-from`, `max_hops` and cycle checks; republished properties.
+//!   `raw_props`: the same republished from the bytes read, where no parsing is needed.
 //! - `status`: what `GET /api/links` shows. `metrics`: the `setgate_federation_*` series.
 //! - [`error`]: why a flow attempt failed.
 
@@ -38,6 +39,7 @@ mod metrics;
 mod oneshot;
 mod outlet;
 mod plan;
+mod raw_props;
 mod shovelled;
 mod status;
 mod stop;

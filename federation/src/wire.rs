@@ -19,7 +19,7 @@ use crate::connect::{
 };
 use crate::uri::AmqpUri;
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPUri, SASLMechanism};
@@ -136,14 +136,37 @@ pub(crate) struct Wire {
     failed: Option<WireError>,
 }
 
-/// A message delivered to the wire's consumer: what the flow needs of it, its body as read.
+/// A message delivered to the wire's consumer: what the flow needs of it, its properties and
+/// body as read (parsed only when asked for: republishing them mostly needs no parsing).
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub delivery_tag: u64,
     pub redelivered: bool,
     pub routing_key: ShortString,
-    pub properties: AMQPProperties,
-    pub data: Vec<u8>,
+    /// The content header's property flags and fields, then the body.
+    content: Vec<u8>,
+    body_at: usize,
+}
+
+impl Delivery {
+    /// The property flags and fields, encoded.
+    pub fn raw_properties(&self) -> &[u8] {
+        &self.content[..self.body_at]
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.content[self.body_at..]
+    }
+
+    /// The properties, parsed.
+    pub fn properties(&self) -> Result<AMQPProperties, WireError> {
+        match parse_properties(self.raw_properties()) {
+            Ok(([], p)) => Ok(p),
+            _ => Err(WireError::Protocol(
+                "a content header whose properties do not parse".into(),
+            )),
+        }
+    }
 }
 
 /// A delivery being read: its content header, then `left` bytes of body.
@@ -307,7 +330,7 @@ impl Wire {
             &mut self.wr,
             self.chunk,
             (exchange, routing_key, mandatory),
-            properties,
+            Props::Parsed(properties),
             body,
         );
         let fp = if mandatory {
@@ -318,6 +341,27 @@ impl Wire {
         let tag = self.next_tag;
         self.next_tag += 1;
         (tag, fp)
+    }
+
+    /// [`Wire::publish`] with the properties already encoded (flags and fields, see
+    /// [`crate::raw_props`]), never mandatory.
+    pub fn publish_encoded(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+    ) -> (u64, u64) {
+        encode_publish(
+            &mut self.wr,
+            self.chunk,
+            (exchange, routing_key, false),
+            Props::Encoded(properties),
+            body,
+        );
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        (tag, 0)
     }
 
     /// Writes what is queued. Ready when all of it is written.
@@ -601,7 +645,7 @@ impl Wire {
                     if !i.header || part.len() as u64 > i.left {
                         return Err(WireError::Protocol("a content body out of place".into()));
                     }
-                    i.delivery.data.extend_from_slice(part);
+                    i.delivery.content.extend_from_slice(part);
                     i.left -= part.len() as u64;
                     self.delivered_if_complete();
                     continue;
@@ -615,6 +659,26 @@ impl Wire {
                         continue;
                     }
                     _ => return Err(WireError::Protocol("a content body out of place".into())),
+                }
+            }
+            // A delivery's content header: its properties kept as read, behind them its body.
+            if frame[0] == 2 {
+                if let Some(i) = &mut self.incoming {
+                    let payload = &frame[7..len - 1];
+                    if i.header || payload.len() < 14 {
+                        return Err(WireError::Protocol("a content header out of place".into()));
+                    }
+                    let size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
+                    let props = &payload[12..];
+                    i.header = true;
+                    i.left = size;
+                    let d = &mut i.delivery;
+                    d.content
+                        .reserve_exact(props.len() + size.min(1 << 27) as usize);
+                    d.content.extend_from_slice(props);
+                    d.body_at = props.len();
+                    self.delivered_if_complete();
+                    continue;
                 }
             }
             if frame[0] == 1 && frame.get(7..11) == Some(&[0, 60, 0, 60]) {
@@ -641,20 +705,6 @@ impl Wire {
     fn on_frame(&mut self, frame: AMQPFrame) -> Result<(), WireError> {
         let method = match frame {
             AMQPFrame::Heartbeat => return Ok(()),
-            AMQPFrame::Header(_, h) if self.incoming.is_some() => {
-                let i = self.incoming.as_mut().expect("checked");
-                if i.header {
-                    return Err(WireError::Protocol("a content header out of place".into()));
-                }
-                i.header = true;
-                i.left = h.body_size;
-                i.delivery.properties = h.properties;
-                i.delivery
-                    .data
-                    .reserve_exact(h.body_size.min(1 << 27) as usize);
-                self.delivered_if_complete();
-                return Ok(());
-            }
             AMQPFrame::Header(_, h) => match &mut self.returning {
                 Some(r) if r.properties.is_none() => {
                     let ctx = gen_properties(&h.properties)(WriteContext::from(Vec::new()))
@@ -830,13 +880,19 @@ impl Wire {
     }
 }
 
+/// A publish's properties: to encode, or encoded.
+enum Props<'a> {
+    Parsed(&'a AMQPProperties),
+    Encoded(&'a [u8]),
+}
+
 /// Appends a publish: Basic.Publish (written by hand: amq-protocol's generator allocates its
 /// flag names), the content header, the body in frames of at most `chunk` bytes.
 fn encode_publish(
     wr: &mut Vec<u8>,
     chunk: usize,
     (exchange, routing_key, mandatory): (&str, &str, bool),
-    properties: &AMQPProperties,
+    properties: Props<'_>,
     body: &[u8],
 ) -> std::ops::Range<usize> {
     let at = begin_frame(wr, 1);
@@ -849,10 +905,15 @@ fn encode_publish(
     wr.extend_from_slice(&[0, 60, 0, 0]);
     wr.extend_from_slice(&(body.len() as u64).to_be_bytes());
     let props_at = wr.len();
-    let buf = std::mem::take(wr);
-    let ctx = gen_properties(properties)(WriteContext::from(buf))
-        .expect("serialising into a Vec cannot fail");
-    *wr = ctx.into_inner().0;
+    match properties {
+        Props::Parsed(p) => {
+            let buf = std::mem::take(wr);
+            let ctx = gen_properties(p)(WriteContext::from(buf))
+                .expect("serialising into a Vec cannot fail");
+            *wr = ctx.into_inner().0;
+        }
+        Props::Encoded(p) => wr.extend_from_slice(p),
+    }
     let props = props_at..wr.len();
     end_frame(wr, at);
     for part in body.chunks(chunk) {
@@ -886,8 +947,8 @@ fn parse_deliver(args: &[u8]) -> Result<Delivery, WireError> {
         delivery_tag,
         redelivered,
         routing_key,
-        properties: AMQPProperties::default(),
-        data: Vec::new(),
+        content: Vec::new(),
+        body_at: 0,
     })
 }
 
@@ -1051,7 +1112,13 @@ mod tests {
     fn a_publish_is_the_method_the_header_and_the_body_in_chunks() {
         let mut wr = Vec::new();
         let props = AMQPProperties::default().with_delivery_mode(2);
-        encode_publish(&mut wr, 4, ("x", "rk", true), &props, &[7; 10]);
+        encode_publish(
+            &mut wr,
+            4,
+            ("x", "rk", true),
+            Props::Parsed(&props),
+            &[7; 10],
+        );
         let got = frames(&wr);
         assert_eq!(got.len(), 5, "method, header, three body frames");
         assert_eq!(
@@ -1084,13 +1151,7 @@ mod tests {
     #[test]
     fn an_empty_body_has_no_body_frame() {
         let mut wr = Vec::new();
-        encode_publish(
-            &mut wr,
-            4,
-            ("", "q", false),
-            &AMQPProperties::default(),
-            &[],
-        );
+        encode_publish(&mut wr, 4, ("", "q", false), Props::Encoded(&[0, 0]), &[]);
         assert_eq!(frames(&wr).len(), 2);
     }
 
@@ -1271,18 +1332,23 @@ mod tests {
         assert_eq!(got[0].delivery_tag, 7);
         assert!(!got[0].redelivered);
         assert_eq!(got[0].routing_key.as_str(), "user.42");
-        assert_eq!(got[0].properties.delivery_mode(), &Some(2));
+        assert_eq!(got[0].properties().unwrap().delivery_mode(), &Some(2));
         assert_eq!(
-            got[0].properties.message_id().as_ref().map(|m| m.as_str()),
+            got[0]
+                .properties()
+                .unwrap()
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str()),
             Some("m-1")
         );
-        assert_eq!(got[0].data, body);
+        assert_eq!(got[0].body(), body);
         assert_eq!((got[1].delivery_tag, got[1].redelivered), (8, true));
         assert!(
-            got[1].data.is_empty(),
+            got[1].body().is_empty(),
             "an empty body completes at its header"
         );
-        assert_eq!(got[2].data, b"last");
+        assert_eq!(got[2].body(), b"last");
     }
 
     #[tokio::test]
@@ -1297,7 +1363,7 @@ mod tests {
         // Upkeep reads the delivery but does not hand it out.
         assert!(w.poll_alive(&mut cx).is_pending());
         assert_eq!(w.deliveries.len(), 1);
-        assert_eq!(deliveries(&mut w, 1).await[0].data, b"kept");
+        assert_eq!(deliveries(&mut w, 1).await[0].body(), b"kept");
     }
 
     #[tokio::test]
