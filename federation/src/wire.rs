@@ -133,6 +133,8 @@ pub(crate) struct Wire {
     /// A delivery whose content is being read.
     incoming: Option<Incoming>,
     deliveries: VecDeque<Delivery>,
+    /// The broker answered the close [`Wire::close`] sent last.
+    closed: bool,
     failed: Option<WireError>,
 }
 
@@ -306,6 +308,7 @@ impl Wire {
             consumer_tag: None,
             incoming: None,
             deliveries: VecDeque::new(),
+            closed: false,
             failed: None,
         }
     }
@@ -548,23 +551,33 @@ impl Wire {
         if self.failed.is_some() {
             return;
         }
-        let close = connection::AMQPMethod::Close(connection::Close {
-            reply_code: 200,
-            reply_text: "setgate flow closing".into(),
-            class_id: 0,
-            method_id: 0,
-        });
+        // The channel first, everything the broker sends meanwhile read: it answers once it
+        // has handled what came before on the channel (acks), and delivers nothing after. A
+        // connection closed with deliveries unread is reset by the kernel, and a reset can
+        // drop acks the broker had not read yet; and RabbitMQ may stop a channel, on a
+        // connection close, before the acks queued for it are handled.
         let _ = tokio::time::timeout(timeout, async {
-            self.push(&AMQPFrame::Method(0, AMQPClass::Connection(close)));
-            self.flush().await?;
-            loop {
-                match self.next_method().await {
-                    Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) | Err(_) => {
-                        return Ok::<_, WireError>(())
-                    }
-                    Ok(_) => {}
-                }
-            }
+            self.push(&AMQPFrame::Method(
+                CHANNEL,
+                AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                    reply_code: 200,
+                    reply_text: "setgate flow closing".into(),
+                    class_id: 0,
+                    method_id: 0,
+                })),
+            ));
+            std::future::poll_fn(|cx| self.poll_next(cx, |w| w.closed.then_some(()))).await?;
+            self.closed = false;
+            self.push(&AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                    reply_code: 200,
+                    reply_text: "setgate flow closing".into(),
+                    class_id: 0,
+                    method_id: 0,
+                })),
+            ));
+            std::future::poll_fn(|cx| self.poll_next(cx, |w| w.closed.then_some(()))).await
         })
         .await;
     }
@@ -744,6 +757,8 @@ impl Wire {
                     left: 0,
                 });
             }
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
+            | AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => self.closed = true,
             AMQPClass::Basic(basic::AMQPMethod::QosOk(_))
             | AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
             | AMQPClass::Basic(basic::AMQPMethod::CancelOk(_)) => {}
@@ -1441,6 +1456,67 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// Reads whole frames from the wire's peer until one is a method; returns it.
+    async fn next_method_from(peer: &mut tokio::io::DuplexStream) -> AMQPClass {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0; 7];
+            peer.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+            let mut rest = vec![0; len + 1];
+            peer.read_exact(&mut rest).await.unwrap();
+            let mut bytes = head.to_vec();
+            bytes.extend(rest);
+            if let [AMQPFrame::Method(_, m)] = &frames(&bytes)[..] {
+                return m.clone();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn close_closes_the_channel_first_and_reads_what_arrives_meanwhile() {
+        let (mut w, mut broker) = wire();
+        w.ack(5, true);
+        let closing = tokio::spawn(async move { w.close(Duration::from_secs(5)).await });
+        // The ack, then Channel.Close: acks are handled before the channel's answer.
+        assert!(matches!(
+            next_method_from(&mut broker).await,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(_))
+        ));
+        assert!(matches!(
+            next_method_from(&mut broker).await,
+            AMQPClass::Channel(channel::AMQPMethod::Close(_))
+        ));
+        // Deliveries still on their way are read, not left to reset the connection.
+        broker
+            .write_all(&delivered(9, false, &[1; 5000], 4096))
+            .await
+            .unwrap();
+        let close_ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
+        broker
+            .write_all(&setgate_amqp::frame::encode(&AMQPFrame::Method(
+                CHANNEL, close_ok,
+            )))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_method_from(&mut broker).await,
+            AMQPClass::Connection(connection::AMQPMethod::Close(_))
+        ));
+        let close_ok = connection::AMQPMethod::CloseOk(connection::CloseOk {});
+        broker
+            .write_all(&setgate_amqp::frame::encode(&AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(close_ok),
+            )))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), closing)
+            .await
+            .expect("close ends once the broker answered")
+            .unwrap();
     }
 
     #[tokio::test]
