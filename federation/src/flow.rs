@@ -11,7 +11,7 @@ use crate::error::{LinkError, Side};
 use crate::forward::{splices, Ended, Events, Forwarder};
 use crate::hops::{HopPolicy, Origin};
 use crate::metrics::FlowMetrics;
-use crate::outlet::{open_wire, Dial, Outlet, OutletEvent, Outlets};
+use crate::outlet::{open_wire, Dial, Outlet, OutletEvent, Outlets, WireUse};
 use crate::plan::{hold_queue, Downstream, FlowSpec, Headers};
 use crate::shovel::DeleteAfter;
 use crate::shovelled::Shovelled;
@@ -21,7 +21,6 @@ use crate::topology::{
     check_exchanges, check_source, check_target, consume_upstream, hold_queue_arguments,
     ExchangeSide,
 };
-use crate::wire::Wire;
 use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use std::sync::atomic::Ordering::Relaxed;
@@ -267,7 +266,7 @@ async fn connected(
                     &down_label(spec),
                     &down.uri,
                     conn_name,
-                    confirm,
+                    WireUse::Publish { confirm },
                 )
                 .await?;
                 let mut o = Outlet::fixed(spec.downstream_name(), Side::Downstream, wire);
@@ -281,14 +280,14 @@ async fn connected(
             }
         };
         let limit = delete_after_limit(spec, status);
-        let mut inlet = Wire::open(&up.uri, conn_name, false)
-            .await
-            .map_err(|reason| LinkError::Broker {
-                what: "opening the consuming connection".into(),
-                side: Side::Upstream,
-                cluster: spec.upstream.name.clone(),
-                reason,
-            })?;
+        let mut inlet = open_wire(
+            Side::Upstream,
+            &spec.upstream.name,
+            &up.uri,
+            conn_name,
+            WireUse::Consume,
+        )
+        .await?;
         let queue = consume_upstream(&up.conn, &mut inlet, spec, |depth| {
             let remaining = limit(depth);
             let prefetch = u64::from(spec.upstream.prefetch_count);
@@ -458,7 +457,14 @@ async fn routed_outlets(
             })?;
     }
     let _ = declares.close(200, "hold queues declared".into()).await;
-    let hold = open_wire(Side::Upstream, cluster, &up.uri, conn_name, confirm).await?;
+    let hold = open_wire(
+        Side::Upstream,
+        cluster,
+        &up.uri,
+        conn_name,
+        WireUse::Publish { confirm },
+    )
+    .await?;
     outlets.push(Outlet::fixed("hold", Side::Upstream, hold));
     Ok(Outlets(outlets))
 }

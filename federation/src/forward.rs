@@ -39,7 +39,7 @@ use crate::route::Choice;
 use crate::shovelled::Shovelled;
 use crate::status::FlowStatus;
 use crate::stop::stopped;
-use crate::tracker::{AckTracker, Outcome, UpstreamAck};
+use crate::tracker::{AckTracker, Outcome, Seq, UpstreamAck};
 use crate::wire::{Delivery, Settled, Wire, WireError};
 use amq_protocol::frame::WriteContext;
 use amq_protocol::types::generation::gen_field_table;
@@ -198,6 +198,43 @@ struct Run {
     /// the consumer was cancelled because they reached the limit.
     taken: u64,
     limit_reached: bool,
+}
+
+/// What one batch wrote, per outlet: whether it was published to (and so is flushed), and,
+/// without confirms, which upstream deliveries its write settles once flushed.
+struct BatchWrites {
+    mode: AckMode,
+    start: Instant,
+    written: Vec<bool>,
+    unconfirmed: Vec<Vec<Option<Seq>>>,
+}
+
+impl BatchWrites {
+    fn new(outlets: usize, mode: AckMode) -> BatchWrites {
+        BatchWrites {
+            mode,
+            start: Instant::now(),
+            written: vec![false; outlets],
+            unconfirmed: (0..outlets).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Delivery `seq` was published to `outlet` (`o`) as `published` (its tag and fingerprint):
+    /// in confirm mode it waits for the confirm, otherwise for the flush.
+    fn note(&mut self, o: &mut Outlet, outlet: usize, seq: Option<Seq>, published: (u64, u64)) {
+        self.written[outlet] = true;
+        match (self.mode, seq) {
+            (AckMode::OnConfirm, Some(seq)) => o.confirms.push(seq, self.start, published),
+            (_, seq) => self.unconfirmed[outlet].push(seq),
+        }
+    }
+
+    /// The outlets written to.
+    fn outlets(&self) -> Vec<usize> {
+        (0..self.written.len())
+            .filter(|&i| self.written[i])
+            .collect()
+    }
 }
 
 impl Forwarder {
@@ -410,10 +447,7 @@ impl Forwarder {
         let mode = self.spec.upstream.ack_mode;
         let mandatory = self.spec.mandatory;
         let n_outlets = self.outlets.0.len();
-        // Per outlet: whether it was published to, and (without confirms) what its write settles.
-        let mut written = vec![false; n_outlets];
-        let mut unconfirmed: Vec<Vec<Option<u64>>> = (0..n_outlets).map(|_| Vec::new()).collect();
-        let start = Instant::now();
+        let mut writes = BatchWrites::new(n_outlets, mode);
         let limit = self.limit;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -451,11 +485,7 @@ impl Forwarder {
                     };
                     let published =
                         wire.publish_encoded(exchange, routing_key, &self.scratch, d.body());
-                    written[0] = true;
-                    match (mode, seq) {
-                        (AckMode::OnConfirm, Some(seq)) => o.confirms.push(seq, start, published),
-                        (_, seq) => unconfirmed[0].push(seq),
-                    }
+                    writes.note(o, 0, seq, published);
                     continue;
                 }
             }
@@ -589,11 +619,7 @@ impl Forwarder {
                 &props,
                 d.body(),
             );
-            written[outlet] = true;
-            match (mode, seq) {
-                (AckMode::OnConfirm, Some(seq)) => o.confirms.push(seq, start, published),
-                (_, seq) => unconfirmed[outlet].push(seq),
-            }
+            writes.note(o, outlet, seq, published);
         }
         if let Some(limit) = limit {
             if run.taken >= limit && !run.limit_reached {
@@ -604,13 +630,13 @@ impl Forwarder {
             }
         }
         batch.clear();
-        let which: Vec<usize> = (0..n_outlets).filter(|&i| written[i]).collect();
+        let which = writes.outlets();
         let flushed = inlet
             .alive_during(self.flush(run, &which))
             .await
             .map_err(|e| self.inlet_error(&e))?;
         for (i, result) in flushed {
-            let seqs = std::mem::take(&mut unconfirmed[i]);
+            let seqs = std::mem::take(&mut writes.unconfirmed[i]);
             match result {
                 Ok(()) => {
                     for seq in seqs {

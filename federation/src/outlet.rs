@@ -387,7 +387,9 @@ async fn open(cluster: String, dial: Dial) -> Result<Opened, LinkError> {
         &cluster,
         &ep.uri,
         &dial.conn_name,
-        dial.confirm,
+        WireUse::Publish {
+            confirm: dial.confirm,
+        },
     )
     .await?;
     tracing::info!(cluster = %cluster, uri = ep.uri.masked(), "destination up");
@@ -398,18 +400,31 @@ async fn open(cluster: String, dial: Dial) -> Result<Opened, LinkError> {
     })
 }
 
-/// The publishing connection to `uri`, a URI lapin just connected to.
+/// What a flow opens a [`Wire`] for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WireUse {
+    /// Consuming from the source.
+    Consume,
+    /// Publishing, with publisher confirms if `confirm`.
+    Publish { confirm: bool },
+}
+
+/// A wire to `uri`, a URI lapin just connected to; a failure names the cluster and the use.
 pub(crate) async fn open_wire(
     side: Side,
     cluster: &str,
     uri: &AmqpUri,
     conn_name: &str,
-    confirm: bool,
+    usage: WireUse,
 ) -> Result<Wire, LinkError> {
+    let (confirm, what) = match usage {
+        WireUse::Consume => (false, "opening the consuming connection"),
+        WireUse::Publish { confirm } => (confirm, "opening the publishing connection"),
+    };
     Wire::open(uri, conn_name, confirm)
         .await
         .map_err(|reason| LinkError::Broker {
-            what: "opening the publishing connection".into(),
+            what: what.into(),
             side,
             cluster: cluster.to_string(),
             reason,

@@ -13,16 +13,15 @@
 //! Basic.Publish, confirms, Basic.Return, Connection.Blocked/Unblocked; for consuming
 //! Basic.Qos, Basic.Consume, deliveries, acks and requeues, Basic.Cancel either way; heartbeats
 //! both ways and Close from either side. Declares and checks stay on lapin.
+//!
+//! `handshake` opens a wire, `encode` writes publishes, `delivery` assembles what the
+//! consumer is delivered; this file is the connection: reading, writing, upkeep, closing.
 
-use crate::connect::{
-    transport, with_advice, with_default_heartbeat, Io, CONNECT_TIMEOUT, DEFAULT_HEARTBEAT,
-};
-use crate::uri::AmqpUri;
+use crate::connect::Io;
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
-use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::uri::{AMQPUri, SASLMechanism};
+use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use amq_protocol::types::FieldTable;
 use setgate_amqp::frame::{parse, FRAME_END};
 use setgate_amqp::names::method_name;
 use std::collections::VecDeque;
@@ -32,6 +31,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+mod delivery;
+mod encode;
+mod handshake;
+
+pub(crate) use delivery::Delivery;
+use delivery::Incoming;
+pub(crate) use encode::fingerprint;
+use encode::{begin_frame, encode_publish, end_frame, frame_len, Props};
 
 /// The one channel a wire publishes on.
 const CHANNEL: u16 = 1;
@@ -138,156 +146,7 @@ pub(crate) struct Wire {
     failed: Option<WireError>,
 }
 
-/// A message delivered to the wire's consumer: what the flow needs of it, its properties and
-/// body as read (parsed only when asked for: republishing them mostly needs no parsing).
-#[derive(Debug)]
-pub(crate) struct Delivery {
-    pub delivery_tag: u64,
-    pub redelivered: bool,
-    pub routing_key: ShortString,
-    /// The content header's property flags and fields, then the body.
-    content: Vec<u8>,
-    body_at: usize,
-}
-
-impl Delivery {
-    /// The property flags and fields, encoded.
-    pub fn raw_properties(&self) -> &[u8] {
-        &self.content[..self.body_at]
-    }
-
-    pub fn body(&self) -> &[u8] {
-        &self.content[self.body_at..]
-    }
-
-    /// The properties, parsed.
-    pub fn properties(&self) -> Result<AMQPProperties, WireError> {
-        match parse_properties(self.raw_properties()) {
-            Ok(([], p)) => Ok(p),
-            _ => Err(WireError::Protocol(
-                "a content header whose properties do not parse".into(),
-            )),
-        }
-    }
-}
-
-/// A delivery being read: its content header, then `left` bytes of body.
-struct Incoming {
-    delivery: Delivery,
-    header: bool,
-    left: u64,
-}
-
 impl Wire {
-    /// Connects to `uri` (TCP or TLS as it says), authenticates, opens the vhost and one channel,
-    /// in confirm mode if `confirm`. Bounded by twice the connect timeout.
-    pub async fn open(uri: &AmqpUri, conn_name: &str, confirm: bool) -> Result<Wire, String> {
-        let mut uri: AMQPUri = uri.expose().parse()?;
-        with_default_heartbeat(&mut uri);
-        match tokio::time::timeout(
-            2 * CONNECT_TIMEOUT,
-            Wire::handshake(&uri, conn_name, confirm),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "no answer within {}s",
-                (2 * CONNECT_TIMEOUT).as_secs()
-            )),
-        }
-    }
-
-    async fn handshake(uri: &AMQPUri, conn_name: &str, confirm: bool) -> Result<Wire, String> {
-        let io = transport(uri).await.map_err(|e| e.to_string())?;
-        let mut w = Wire::new(io, confirm);
-        w.wr.extend_from_slice(setgate_amqp::frame::PROTOCOL_HEADER);
-        w.flush().await.map_err(|e| e.to_string())?;
-        let start = match w.next_method().await? {
-            AMQPClass::Connection(connection::AMQPMethod::Start(s)) => s,
-            other => {
-                return Err(format!(
-                    "expected Connection.Start, got {}",
-                    method_name(&other)
-                ))
-            }
-        };
-        let mechanism = match uri.query.auth_mechanism {
-            Some(SASLMechanism::External) => "EXTERNAL",
-            _ => "PLAIN",
-        };
-        let offered = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
-        if !offered.split_whitespace().any(|m| m == mechanism) {
-            return Err(format!(
-                "the broker does not offer {mechanism} authentication (it offers {offered})"
-            ));
-        }
-        let response = match mechanism {
-            "PLAIN" => format!(
-                "\0{}\0{}",
-                uri.authority.userinfo.username, uri.authority.userinfo.password
-            ),
-            _ => String::new(),
-        };
-        w.send(connection::AMQPMethod::StartOk(connection::StartOk {
-            client_properties: client_properties(conn_name),
-            mechanism: mechanism.into(),
-            response: response.into(),
-            locale: "en_US".into(),
-        }))
-        .await?;
-        let tune = match w.next_method().await? {
-            AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
-            other => return Err(refusal(&other, "Connection.Tune")),
-        };
-        // The broker's frame_max unless the URI asks for less, as lapin's connections have it: a
-        // forwarded message's headers travel in one frame, so this is the largest they can be.
-        let frame_max = match negotiate(uri.query.frame_max.unwrap_or(0), tune.frame_max) {
-            0 => FRAME_MAX,
-            n => n.max(4096),
-        };
-        let heartbeat = negotiate(
-            u32::from(uri.query.heartbeat.unwrap_or(DEFAULT_HEARTBEAT)),
-            u32::from(tune.heartbeat),
-        ) as u16;
-        w.frame_max = frame_max as usize;
-        w.chunk = frame_max as usize - FRAME_OVERHEAD;
-        w.send(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: 1,
-            frame_max,
-            heartbeat,
-        }))
-        .await?;
-        w.send(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: uri.vhost.as_str().into(),
-        }))
-        .await?;
-        match w.next_method().await? {
-            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
-            other => return Err(refusal(&other, "Connection.OpenOk")),
-        }
-        w.call(
-            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-            |m| matches!(m, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
-        )
-        .await?;
-        if confirm {
-            w.call(
-                AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
-                    nowait: false,
-                })),
-                |m| matches!(m, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))),
-            )
-            .await?;
-        }
-        if heartbeat > 0 {
-            let every = Duration::from_secs(u64::from(heartbeat));
-            w.heartbeat = Some(every);
-            w.tick = Some(Box::pin(tokio::time::sleep(every / 2)));
-        }
-        Ok(w)
-    }
-
     fn new(io: Box<dyn Io>, confirm: bool) -> Wire {
         Wire {
             io,
@@ -654,12 +513,7 @@ impl Wire {
             // Bodies are taken unparsed, and deliveries' methods read in place.
             if frame[0] == 3 {
                 if let Some(i) = &mut self.incoming {
-                    let part = &frame[7..len - 1];
-                    if !i.header || part.len() as u64 > i.left {
-                        return Err(WireError::Protocol("a content body out of place".into()));
-                    }
-                    i.delivery.content.extend_from_slice(part);
-                    i.left -= part.len() as u64;
+                    i.body(&frame[7..len - 1])?;
                     self.delivered_if_complete();
                     continue;
                 }
@@ -674,38 +528,21 @@ impl Wire {
                     _ => return Err(WireError::Protocol("a content body out of place".into())),
                 }
             }
-            // A delivery's content header: its properties kept as read, behind them its body.
             if frame[0] == 2 {
                 if let Some(i) = &mut self.incoming {
-                    let payload = &frame[7..len - 1];
-                    if i.header || payload.len() < 14 {
-                        return Err(WireError::Protocol("a content header out of place".into()));
-                    }
-                    let size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
-                    let props = &payload[12..];
-                    i.header = true;
-                    i.left = size;
-                    let d = &mut i.delivery;
-                    d.content
-                        .reserve_exact(props.len() + size.min(1 << 27) as usize);
-                    d.content.extend_from_slice(props);
-                    d.body_at = props.len();
+                    i.header(&frame[7..len - 1])?;
                     self.delivered_if_complete();
                     continue;
                 }
             }
             if frame[0] == 1 && frame.get(7..11) == Some(&[0, 60, 0, 60]) {
-                let delivery = parse_deliver(&frame[11..len - 1])?;
+                let incoming = Incoming::begin(&frame[11..len - 1])?;
                 if self.incoming.is_some() || self.returning.is_some() {
                     return Err(WireError::Protocol(
                         "a delivery inside another message".into(),
                     ));
                 }
-                self.incoming = Some(Incoming {
-                    delivery,
-                    header: false,
-                    left: 0,
-                });
+                self.incoming = Some(incoming);
                 continue;
             }
             let frame = parse(frame).map_err(|e| WireError::Protocol(e.to_string()))?;
@@ -806,13 +643,9 @@ impl Wire {
 
     /// A delivery whose content is all read is handed out.
     fn delivered_if_complete(&mut self) {
-        if self
-            .incoming
-            .as_ref()
-            .is_some_and(|i| i.header && i.left == 0)
-        {
+        if self.incoming.as_ref().is_some_and(Incoming::complete) {
             let i = self.incoming.take().expect("checked");
-            self.deliveries.push_back(i.delivery);
+            self.deliveries.push_back(i.into_delivery());
         }
     }
 
@@ -839,221 +672,6 @@ impl Wire {
         let ctx = gen_frame(frame)(WriteContext::from(buf)).expect("serialising into a Vec");
         self.wr = ctx.into_inner().0;
     }
-
-    async fn send(&mut self, method: connection::AMQPMethod) -> Result<(), String> {
-        self.push(&AMQPFrame::Method(0, AMQPClass::Connection(method)));
-        self.flush().await.map_err(|e| e.to_string())
-    }
-
-    /// Sends a method on the channel and waits for its answer, the next method, which
-    /// `is_answer` knows (a refusal is the broker's Close).
-    async fn call(
-        &mut self,
-        method: AMQPClass,
-        is_answer: fn(&AMQPClass) -> bool,
-    ) -> Result<(), String> {
-        let name = method_name(&method);
-        self.push(&AMQPFrame::Method(CHANNEL, method));
-        self.flush().await.map_err(|e| e.to_string())?;
-        match self.next_method().await? {
-            answer if is_answer(&answer) => Ok(()),
-            other => Err(refusal(&other, &format!("the answer to {name}"))),
-        }
-    }
-
-    /// The next method frame (heartbeats skipped), during the handshake.
-    async fn next_method(&mut self) -> Result<AMQPClass, String> {
-        loop {
-            if let Some(len) = frame_len(&self.rd) {
-                if len > self.frame_max + FRAME_OVERHEAD {
-                    return Err(format!("the broker sent a frame of {len} bytes"));
-                }
-                if self.rd.len() >= len {
-                    let frame = parse(&self.rd[..len]).map_err(|e| e.to_string())?;
-                    self.rd.drain(..len);
-                    match frame {
-                        AMQPFrame::Method(_, m) => return Ok(m),
-                        AMQPFrame::Heartbeat => continue,
-                        other => {
-                            return Err(format!(
-                                "unexpected {}",
-                                setgate_amqp::frame::describe(&other)
-                            ))
-                        }
-                    }
-                }
-            }
-            std::future::poll_fn(|cx| self.poll_read(cx))
-                .await
-                .map_err(|e| match e {
-                    WireError::Lost(_) if self.tick.is_none() => {
-                        "the broker closed the connection during the handshake".to_string()
-                    }
-                    e => e.to_string(),
-                })?;
-        }
-    }
-}
-
-/// A publish's properties: to encode, or encoded.
-enum Props<'a> {
-    Parsed(&'a AMQPProperties),
-    Encoded(&'a [u8]),
-}
-
-/// Appends a publish: Basic.Publish (written by hand: amq-protocol's generator allocates its
-/// flag names), the content header, the body in frames of at most `chunk` bytes.
-fn encode_publish(
-    wr: &mut Vec<u8>,
-    chunk: usize,
-    (exchange, routing_key, mandatory): (&str, &str, bool),
-    properties: Props<'_>,
-    body: &[u8],
-) -> std::ops::Range<usize> {
-    let at = begin_frame(wr, 1);
-    wr.extend_from_slice(&[0, 60, 0, 40, 0, 0]);
-    short_str(wr, exchange);
-    short_str(wr, routing_key);
-    wr.push(u8::from(mandatory));
-    end_frame(wr, at);
-    let at = begin_frame(wr, 2);
-    wr.extend_from_slice(&[0, 60, 0, 0]);
-    wr.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    let props_at = wr.len();
-    match properties {
-        Props::Parsed(p) => {
-            let buf = std::mem::take(wr);
-            let ctx = gen_properties(p)(WriteContext::from(buf))
-                .expect("serialising into a Vec cannot fail");
-            *wr = ctx.into_inner().0;
-        }
-        Props::Encoded(p) => wr.extend_from_slice(p),
-    }
-    let props = props_at..wr.len();
-    end_frame(wr, at);
-    for part in body.chunks(chunk) {
-        wr.push(3);
-        wr.extend_from_slice(&CHANNEL.to_be_bytes());
-        wr.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        wr.extend_from_slice(part);
-        wr.push(FRAME_END);
-    }
-    props
-}
-
-/// Basic.Deliver's arguments read in place: consumer tag, delivery tag, redelivered, exchange,
-/// routing key. The content follows.
-fn parse_deliver(args: &[u8]) -> Result<Delivery, WireError> {
-    let bad = || WireError::Protocol("a malformed Basic.Deliver".into());
-    let mut at = 1 + usize::from(*args.first().ok_or_else(bad)?);
-    let tag = args.get(at..at + 8).ok_or_else(bad)?;
-    let delivery_tag = u64::from_be_bytes(tag.try_into().expect("8 bytes"));
-    at += 8;
-    let redelivered = args.get(at).ok_or_else(bad)? & 1 != 0;
-    at += 1;
-    at += 1 + usize::from(*args.get(at).ok_or_else(bad)?);
-    let len = usize::from(*args.get(at).ok_or_else(bad)?);
-    let key = args.get(at + 1..at + 1 + len).ok_or_else(bad)?;
-    let routing_key = match std::str::from_utf8(key) {
-        Ok(k) => ShortString::from(k),
-        Err(_) => ShortString::from(String::from_utf8_lossy(key).into_owned()),
-    };
-    Ok(Delivery {
-        delivery_tag,
-        redelivered,
-        routing_key,
-        content: Vec::new(),
-        body_at: 0,
-    })
-}
-
-/// What identifies a publish's content: its exchange, routing key, encoded properties and body.
-/// Two publishes with the same fingerprint route the same way, so which of them a return is
-/// taken for makes no difference to what arrives.
-pub(crate) fn fingerprint(
-    exchange: &str,
-    routing_key: &str,
-    properties: &[u8],
-    body: &[u8],
-) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (exchange, routing_key, properties, body).hash(&mut h);
-    h.finish()
-}
-
-/// The size of the frame starting `bytes`, once its header is there.
-fn frame_len(bytes: &[u8]) -> Option<usize> {
-    let b = bytes.get(..7)?;
-    Some(u32::from_be_bytes([b[3], b[4], b[5], b[6]]) as usize + FRAME_OVERHEAD)
-}
-
-/// Starts a frame of `kind` on the channel; returns where its size goes.
-fn begin_frame(wr: &mut Vec<u8>, kind: u8) -> usize {
-    wr.push(kind);
-    wr.extend_from_slice(&CHANNEL.to_be_bytes());
-    let at = wr.len();
-    wr.extend_from_slice(&[0; 4]);
-    at
-}
-
-/// Writes the size of the frame begun at `at` and its end.
-fn end_frame(wr: &mut Vec<u8>, at: usize) {
-    let size = (wr.len() - at - 4) as u32;
-    wr[at..at + 4].copy_from_slice(&size.to_be_bytes());
-    wr.push(FRAME_END);
-}
-
-/// An AMQP short string; names reaching here come from AMQP (at most 255 bytes).
-fn short_str(wr: &mut Vec<u8>, s: &str) {
-    let b = &s.as_bytes()[..s.len().min(255)];
-    wr.push(b.len() as u8);
-    wr.extend_from_slice(b);
-}
-
-/// The lower of two limits where 0 means none.
-fn negotiate(ours: u32, theirs: u32) -> u32 {
-    match (ours, theirs) {
-        (0, t) => t,
-        (o, 0) => o,
-        (o, t) => o.min(t),
-    }
-}
-
-/// What the broker sent instead of `expected`: its Close reply text if it closed.
-fn refusal(got: &AMQPClass, expected: &str) -> String {
-    match got {
-        AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
-            with_advice(c.reply_text.to_string())
-        }
-        AMQPClass::Channel(channel::AMQPMethod::Close(c)) => c.reply_text.to_string(),
-        other => format!("expected {expected}, got {}", method_name(other)),
-    }
-}
-
-fn client_properties(conn_name: &str) -> FieldTable {
-    let mut caps = FieldTable::default();
-    for cap in [
-        "publisher_confirms",
-        "connection.blocked",
-        "authentication_failure_close",
-        "basic.nack",
-        "consumer_cancel_notify",
-    ] {
-        caps.insert(cap.into(), AMQPValue::Boolean(true));
-    }
-    let mut props = FieldTable::default();
-    props.insert("product".into(), AMQPValue::LongString("setgate".into()));
-    props.insert(
-        "version".into(),
-        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
-    );
-    props.insert(
-        "connection_name".into(),
-        AMQPValue::LongString(LongString::from(conn_name)),
-    );
-    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    props
 }
 
 #[cfg(test)]
@@ -1061,6 +679,7 @@ mod tests {
     use super::*;
     use amq_protocol::frame::parsing::parse_frame;
     use amq_protocol::frame::AMQPContentHeader;
+    use amq_protocol::types::AMQPValue;
     use tokio::io::AsyncWriteExt;
 
     fn frames(mut bytes: &[u8]) -> Vec<AMQPFrame> {
@@ -1527,26 +1146,5 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, WireError::Lost(_)), "{e:?}");
-    }
-
-    #[test]
-    fn limits_are_negotiated_with_zero_as_none() {
-        assert_eq!(negotiate(0, 5), 5);
-        assert_eq!(negotiate(5, 0), 5);
-        assert_eq!(negotiate(60, 5), 5);
-        assert_eq!(negotiate(0, 0), 0);
-    }
-
-    #[test]
-    fn a_refused_login_says_what_to_check() {
-        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code: 403,
-            reply_text: "ACCESS_REFUSED - Login was refused".into(),
-            class_id: 0,
-            method_id: 0,
-        }));
-        assert!(refusal(&close, "Connection.Tune").contains("check the user name"));
-        let other = AMQPClass::Connection(connection::AMQPMethod::Secure(Default::default()));
-        assert!(refusal(&other, "Connection.Tune").contains("expected Connection.Tune"));
     }
 }

@@ -1,0 +1,96 @@
+//! Frames a wire writes, encoded by hand where amq-protocol's generators allocate.
+
+use super::{CHANNEL, FRAME_OVERHEAD};
+use amq_protocol::frame::WriteContext;
+use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+use setgate_amqp::frame::FRAME_END;
+
+/// A publish's properties: to encode, or encoded.
+pub(super) enum Props<'a> {
+    Parsed(&'a AMQPProperties),
+    Encoded(&'a [u8]),
+}
+
+/// Appends a publish: Basic.Publish (written by hand: amq-protocol's generator allocates its
+/// flag names), the content header, the body in frames of at most `chunk` bytes.
+pub(super) fn encode_publish(
+    wr: &mut Vec<u8>,
+    chunk: usize,
+    (exchange, routing_key, mandatory): (&str, &str, bool),
+    properties: Props<'_>,
+    body: &[u8],
+) -> std::ops::Range<usize> {
+    let at = begin_frame(wr, 1);
+    wr.extend_from_slice(&[0, 60, 0, 40, 0, 0]);
+    short_str(wr, exchange);
+    short_str(wr, routing_key);
+    wr.push(u8::from(mandatory));
+    end_frame(wr, at);
+    let at = begin_frame(wr, 2);
+    wr.extend_from_slice(&[0, 60, 0, 0]);
+    wr.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    let props_at = wr.len();
+    match properties {
+        Props::Parsed(p) => {
+            let buf = std::mem::take(wr);
+            let ctx = gen_properties(p)(WriteContext::from(buf))
+                .expect("serialising into a Vec cannot fail");
+            *wr = ctx.into_inner().0;
+        }
+        Props::Encoded(p) => wr.extend_from_slice(p),
+    }
+    let props = props_at..wr.len();
+    end_frame(wr, at);
+    for part in body.chunks(chunk) {
+        wr.push(3);
+        wr.extend_from_slice(&CHANNEL.to_be_bytes());
+        wr.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        wr.extend_from_slice(part);
+        wr.push(FRAME_END);
+    }
+    props
+}
+
+/// What identifies a publish's content: its exchange, routing key, encoded properties and body.
+/// Two publishes with the same fingerprint route the same way, so which of them a return is
+/// taken for makes no difference to what arrives.
+pub(crate) fn fingerprint(
+    exchange: &str,
+    routing_key: &str,
+    properties: &[u8],
+    body: &[u8],
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (exchange, routing_key, properties, body).hash(&mut h);
+    h.finish()
+}
+
+/// The size of the frame starting `bytes`, once its header is there.
+pub(super) fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let b = bytes.get(..7)?;
+    Some(u32::from_be_bytes([b[3], b[4], b[5], b[6]]) as usize + FRAME_OVERHEAD)
+}
+
+/// Starts a frame of `kind` on the channel; returns where its size goes.
+pub(super) fn begin_frame(wr: &mut Vec<u8>, kind: u8) -> usize {
+    wr.push(kind);
+    wr.extend_from_slice(&CHANNEL.to_be_bytes());
+    let at = wr.len();
+    wr.extend_from_slice(&[0; 4]);
+    at
+}
+
+/// Writes the size of the frame begun at `at` and its end.
+pub(super) fn end_frame(wr: &mut Vec<u8>, at: usize) {
+    let size = (wr.len() - at - 4) as u32;
+    wr[at..at + 4].copy_from_slice(&size.to_be_bytes());
+    wr.push(FRAME_END);
+}
+
+/// An AMQP short string; names reaching here come from AMQP (at most 255 bytes).
+fn short_str(wr: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(255)];
+    wr.push(b.len() as u8);
+    wr.extend_from_slice(b);
+}
