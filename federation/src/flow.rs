@@ -53,7 +53,7 @@ pub(crate) struct FlowHandle {
 }
 
 impl FlowHandle {
-    /// Spawns the flow on the current runtime.
+    /// Spawns the flow on a data-path runtime of its own thread (see `setgate_shards`).
     pub fn spawn(spec: FlowSpec, on_error: OnError) -> FlowHandle {
         let sets: Vec<String> = match &spec.downstream {
             Downstream::Sets { routes, .. } => {
@@ -70,8 +70,9 @@ impl FlowHandle {
         let (stop, stop_rx) = watch::channel(None);
         let span = tracing::info_span!("flow", link = %spec.link, upstream = %spec.upstream.name,
             exchange = %spec.exchange, downstream = %spec.downstream_name());
-        let task =
-            tokio::spawn(run(Arc::new(spec), status.clone(), stop_rx, on_error).instrument(span));
+        let task = setgate_shards::spawn(
+            run(Arc::new(spec), status.clone(), stop_rx, on_error).instrument(span),
+        );
         FlowHandle { status, stop, task }
     }
 

@@ -22,7 +22,7 @@ pub(crate) async fn handle(
     _slot: ListenerSlot,
 ) {
     // Accepted on the main runtime; from here on its events go to this connection's runtime
-    // (see `crate::shards`).
+    // (see `setgate_shards`).
     let mut tcp = match crate::stream::rehome(tcp) {
         Ok(tcp) => tcp,
         Err(e) => {

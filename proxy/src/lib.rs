@@ -9,7 +9,7 @@
 //! - [`runtime`]: [`Proxy`] — start, stage + commit a reload, readiness, drain.
 //! - [`listener`] and [`listener_stats`]: bound sockets, accept loops, `maxconn`; [`limits`]:
 //!   `rate_limit` and a `set` listener's per-user, per-vhost and per-source limits.
-//! - `shards`: the single-threaded runtimes connections run on, one per core.
+//! - connections run on `setgate-shards`' single-threaded runtimes, one per core.
 //! - `conn`: one connection: PROXY header, TLS, then `tcp` mode or `set_mode`; `session`: the
 //!   splice that both end in.
 //! - [`amqp`]: the AMQP frames setgate speaks itself (via `setgate-amqp`) and the routing key.
@@ -43,7 +43,6 @@ pub mod reroute;
 pub mod runtime;
 mod session;
 mod set_mode;
-mod shards;
 pub mod shared;
 pub mod splice;
 pub mod state_file;

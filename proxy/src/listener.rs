@@ -145,6 +145,6 @@ async fn accept_loop(
         let span = tracing::info_span!("conn", listener = %lst.cfg.name, client = %peer, set = tracing::field::Empty);
         // Runs on a connection runtime, not this one; `handle` moves the socket there.
         let conn = crate::conn::handle(shared.clone(), snap, lst, tcp, peer, slot);
-        crate::shards::spawn(&shared.tracker, conn.instrument(span));
+        setgate_shards::spawn_tracked(&shared.tracker, conn.instrument(span));
     }
 }

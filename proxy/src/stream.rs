@@ -68,7 +68,7 @@ impl AsyncWrite for Stream {
 
 /// Moves a socket registered with another runtime's epoll (the main runtime, where connections
 /// are accepted and pre-opened) onto the current one, so that its events wake the task reading it
-/// directly. Run inside the runtime it moves to; see [`crate::shards`].
+/// directly. Run inside the runtime it moves to; see [`setgate_shards`].
 pub fn rehome(s: TcpStream) -> io::Result<TcpStream> {
     TcpStream::from_std(s.into_std()?)
 }

@@ -111,7 +111,7 @@ pub async fn connect(
         tried.push(i);
         let server = &pool.pool.servers[i];
         if let Some(greeting) = greeting {
-            // Opened on the main runtime: moved to this connection's own (see `shards`); one
+            // Opened on the main runtime: moved to this connection's own (see `setgate_shards`); one
             // that cannot be moved is dropped and a fresh connection made below.
             if let Some(stream) = pool.warm.take(i).and_then(|s| s.rehome().ok()) {
                 // The header went out and the broker's Start was read when it was opened.
