@@ -88,6 +88,35 @@ async fn no_loss_when_setgate_is_killed_and_started_again() -> anyhow::Result<()
     Ok(())
 }
 
+/// Upstream acks go out in batches, or a short while after the first of them was ready: a
+/// trickle far below a batch must still be acked, or a restart would deliver it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_is_acked_upstream_without_waiting_for_a_batch() -> anyhow::Result<()> {
+    let _p = permit().await;
+    let s = shared().await;
+    let x = "t-trickle";
+    topology(x, &[&s.dc1, &s.dc2], &[(&s.dc2, "t-trickle.sink")]).await?;
+    let mut sg = Setgate::start(BIN, &one_link("trickle", &s.dc1, &s.dc2, x)).await?;
+    wait_running(&sg, "trickle").await?;
+    let sink = Collector::start(&s.dc2.amqp_uri(), "t-trickle.sink");
+    let confirmed = publish(&s.dc1.amqp_uri(), 0..5, &PublishOptions::new(x)).await?;
+    wait_received(&sink, 5).await?;
+    // Far longer than an ack waits; then no drain: what was not acked goes back to the queue.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sg.kill9();
+    sg.restart().await?;
+    wait_running(&sg, "trickle").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tally = Tally::of(&confirmed, &sink.received());
+    tally.print("trickle, then kill -9");
+    assert_eq!(tally.missing, 0, "lost messages");
+    assert_eq!(
+        tally.duplicates, 0,
+        "the trickle was delivered again after a restart: its acks never went out"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_loss_when_the_downstream_is_stopped_for_20_seconds() -> anyhow::Result<()> {
     let _p = permit().await;
