@@ -1,6 +1,6 @@
 //! A message delivered to a wire's consumer, read in place.
 
-use super::WireError;
+use super::error::WireError;
 use amq_protocol::protocol::basic::{parse_properties, AMQPProperties};
 use amq_protocol::types::ShortString;
 

@@ -1,9 +1,13 @@
 //! Frames a wire writes, encoded by hand where amq-protocol's generators allocate.
 
-use super::{CHANNEL, FRAME_OVERHEAD};
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use setgate_amqp::frame::FRAME_END;
+
+/// The one channel a wire uses.
+pub(super) const CHANNEL: u16 = 1;
+/// Frame header (type, channel, size) and frame end around a payload.
+pub(super) const FRAME_OVERHEAD: usize = 8;
 
 /// A publish's properties: to encode, or encoded.
 pub(super) enum Props<'a> {

@@ -1,7 +1,8 @@
 //! Opening a wire: the connection handshake, the channel, confirm mode.
 
-use super::encode::frame_len;
-use super::{Wire, WireError, CHANNEL, FRAME_MAX, FRAME_OVERHEAD};
+use super::encode::{frame_len, CHANNEL, FRAME_OVERHEAD};
+use super::error::WireError;
+use super::{Wire, FRAME_MAX};
 use crate::connect::{
     transport, with_advice, with_default_heartbeat, CONNECT_TIMEOUT, DEFAULT_HEARTBEAT,
 };

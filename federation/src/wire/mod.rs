@@ -14,8 +14,9 @@
 //! Basic.Qos, Basic.Consume, deliveries, acks and requeues, Basic.Cancel either way; heartbeats
 //! both ways and Close from either side. Declares and checks stay on lapin.
 //!
-//! `handshake` opens a wire, `encode` writes publishes, `delivery` assembles what the
-//! consumer is delivered; this file is the connection: reading, writing, upkeep, closing.
+//! `handshake` opens a wire (an `impl Wire` of its own), `encode` writes publishes, `delivery`
+//! assembles what the consumer is delivered, `error` says how a wire failed; this file is the
+//! connection: reading, writing, upkeep, closing.
 
 use crate::connect::Io;
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
@@ -34,49 +35,20 @@ use tokio::time::{Instant, Sleep};
 
 mod delivery;
 mod encode;
+mod error;
 mod handshake;
 
 pub(crate) use delivery::Delivery;
 use delivery::Incoming;
 pub(crate) use encode::fingerprint;
-use encode::{begin_frame, encode_publish, end_frame, frame_len, Props};
+use encode::{begin_frame, encode_publish, end_frame, frame_len, Props, CHANNEL, FRAME_OVERHEAD};
+pub(crate) use error::WireError;
 
-/// The one channel a wire publishes on.
-const CHANNEL: u16 = 1;
 /// The frame_max a wire asks for when neither the broker nor the URI sets one (RabbitMQ's
 /// default); also the limit on frames read during the handshake.
 const FRAME_MAX: u32 = 128 * 1024;
-/// Frame header (type, channel, size) and frame end around a payload.
-const FRAME_OVERHEAD: usize = 8;
 /// Read this much at a time.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// Why a wire failed. The flow words it as a [`crate::error::LinkError`] naming the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum WireError {
-    /// The socket failed or closed.
-    Lost(String),
-    /// The broker closed the connection or the channel: its reply text.
-    Closed(String),
-    /// Nothing was read for two heartbeat intervals.
-    Silent,
-    /// The broker sent what a publishing client cannot take.
-    Protocol(String),
-    /// The broker cancelled the wire's consumer (its queue was deleted, or its node stopping).
-    Cancelled,
-}
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WireError::Lost(e) => write!(f, "connection lost ({e})"),
-            WireError::Closed(text) => f.write_str(text),
-            WireError::Silent => f.write_str("nothing received for two heartbeat intervals"),
-            WireError::Protocol(e) => write!(f, "protocol error: {e}"),
-            WireError::Cancelled => f.write_str("the broker cancelled the consumer"),
-        }
-    }
-}
 
 /// What the broker said about a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

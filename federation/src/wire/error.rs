@@ -1,0 +1,28 @@
+//! How a wire fails.
+
+/// Why a wire failed. The flow words it as a [`crate::error::LinkError`] naming the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WireError {
+    /// The socket failed or closed.
+    Lost(String),
+    /// The broker closed the connection or the channel: its reply text.
+    Closed(String),
+    /// Nothing was read for two heartbeat intervals.
+    Silent,
+    /// The broker sent what a publishing client cannot take.
+    Protocol(String),
+    /// The broker cancelled the wire's consumer (its queue was deleted, or its node stopping).
+    Cancelled,
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Lost(e) => write!(f, "connection lost ({e})"),
+            WireError::Closed(text) => f.write_str(text),
+            WireError::Silent => f.write_str("nothing received for two heartbeat intervals"),
+            WireError::Protocol(e) => write!(f, "protocol error: {e}"),
+            WireError::Cancelled => f.write_str("the broker cancelled the consumer"),
+        }
+    }
+}
