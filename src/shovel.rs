@@ -13,8 +13,8 @@ pub fn run(job: OneShot) -> ExitCode {
         }
         return ExitCode::FAILURE;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // The flow runs on the data-path threads (`setgate_shards`); this one only waits for it.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
