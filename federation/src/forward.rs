@@ -55,10 +55,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Longest a confirmed delivery's upstream ack waits to go out with others. Acking each round
-/// of confirms as it arrived cost a write (and the upstream's channel an ack frame) per round:
-/// under a live publisher a round holds a handful of messages, and those writes were about a
-/// sixth of setgate's CPU per message. A crash in the meantime redelivers what was not acked
-/// yet, as any lost ack does.
+/// of confirms as it arrived cost a write for setgate and an ack frame for the source's channel
+/// per round, and under a live publisher a round holds a handful of messages: gathering them
+/// took the source broker's CPU per live message from 64-70 us to 61-62 and the live rate from
+/// 0.75 to 0.82-0.91 of the source's own (`setgate-bench federation`). A crash in the meantime
+/// redelivers what was not acked yet, as any lost ack does.
 const ACK_DELAY: Duration = Duration::from_millis(10);
 /// How often the upstream queue depth is refreshed.
 const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
