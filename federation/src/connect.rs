@@ -24,6 +24,7 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 use setgate_amqp::frame::{self, FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -135,16 +136,26 @@ pub(crate) trait Io:
 }
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> Io for T {}
 
+/// A connected stream to a broker and, when it is plain TCP, its socket (for socket options
+/// set while it runs).
+pub(crate) struct Transport {
+    pub io: Box<dyn Io>,
+    pub tcp_fd: Option<RawFd>,
+}
+
 /// The TCP (and, for `amqps`, TLS) stream to `uri`, with the knocking connect lapin's
 /// connections get; for setgate's own publishing connections (`wire`).
-pub(crate) async fn transport(uri: &AMQPUri) -> lapin::Result<Box<dyn Io>> {
+pub(crate) async fn transport(uri: &AMQPUri) -> lapin::Result<Transport> {
     match uri.scheme {
         AMQPScheme::AMQP => {
             let addr = (uri.authority.host.as_str(), uri.authority.port);
             let stream = knock(KNOCK, || tokio::net::TcpStream::connect(addr)).await?;
             // Publishes are written in batches already; a confirm or heartbeat must not wait.
             stream.set_nodelay(true)?;
-            Ok(Box::new(stream))
+            Ok(Transport {
+                tcp_fd: Some(stream.as_raw_fd()),
+                io: Box::new(stream),
+            })
         }
         AMQPScheme::AMQPS => {
             let runtime = lapin::runtime::default_runtime()?;
@@ -153,7 +164,10 @@ pub(crate) async fn transport(uri: &AMQPUri) -> lapin::Result<Box<dyn Io>> {
                 uri.connect_with_config_async(tls.as_ref(), &runtime)
             })
             .await?;
-            Ok(Box::new(stream.compat()))
+            Ok(Transport {
+                io: Box::new(stream.compat()),
+                tcp_fd: None,
+            })
         }
     }
 }
@@ -229,7 +243,7 @@ pub(crate) async fn cluster_name(uri: &AmqpUri) -> Result<String, String> {
 
 async fn read_cluster_name(uri: &AmqpUri) -> Result<String, String> {
     let parsed: lapin::uri::AMQPUri = uri.expose().parse()?;
-    let mut stream = transport(&parsed).await.map_err(|e| e.to_string())?;
+    let mut stream = transport(&parsed).await.map_err(|e| e.to_string())?.io;
     stream
         .write_all(PROTOCOL_HEADER)
         .await

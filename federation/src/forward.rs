@@ -4,8 +4,10 @@
 //! Publishing never waits for a confirm: up to `prefetch_count` publishes are in flight. Ready
 //! deliveries are republished as one batch (one write per destination), confirms are
 //! taken in publish order per destination ([`Outlets`]), and the [`AckTracker`] turns the
-//! confirmed prefix into `multiple` acks, sent every quarter of the prefetch under load and at
-//! once when nothing is in flight.
+//! confirmed prefix into `multiple` acks, sent when a quarter of the prefetch is ready or
+//! [`ACK_DELAY`] after the first was. While half the prefetch or more is unacked (a backlog, a
+//! flow falling behind) nothing is gathered: confirms are read as they come and acks sent at
+//! once; with room in the window, confirms are read in rounds (`wire::lazy`) to save wake-ups.
 //!
 //! A destination that routes each message to a SET picks the message's cluster through the
 //! router; a message whose SET is down is parked in that SET's hold queue on the source (or sent
@@ -359,6 +361,9 @@ impl Forwarder {
             while let Some(ev) = self.outlets.next_now() {
                 self.on_outlet(&mut run, ev)?;
             }
+            // Confirms are read in rounds only while the window has room (see
+            // `window_tight`).
+            self.outlets.confirm_rounds(!self.window_tight(&run));
             let waiting = run.acks_due;
             self.maybe_send_acks(&mut run, inlet).await?;
             if let Some(due) = run.acks_due.filter(|&d| waiting != Some(d)) {
@@ -773,9 +778,18 @@ impl Forwarder {
         Ok(())
     }
 
+    /// Half the prefetch or more is delivered and not acked yet: the source is about to stop
+    /// sending (a backlog being drained, a flow falling behind). Then every confirm is read and
+    /// every ack sent as soon as it can be, for the rate; with room in the window they are
+    /// gathered, for the CPU (the wake-ups, the source's ack frames).
+    fn window_tight(&self, run: &Run) -> bool {
+        run.tracker.outstanding() * 2 >= self.spec.upstream.prefetch_count as usize
+    }
+
     /// Acks in batches of a quarter of the prefetch (fewer ack frames for the upstream's
     /// channel and queue, fewer writes for setgate), or [`ACK_DELAY`] after the first of them
-    /// was ready; requeues, refusals and the end of a `delete_after` go out at once.
+    /// was ready, or at once while the window is tight; requeues, refusals and the end of a
+    /// `delete_after` go out at once.
     async fn maybe_send_acks(&self, run: &mut Run, inlet: &mut Wire) -> Result<(), LinkError> {
         let batch = (self.spec.upstream.prefetch_count as usize / 4).max(1);
         let ready = run.tracker.ready();
@@ -784,6 +798,7 @@ impl Forwarder {
             .is_some_and(|t| t <= tokio::time::Instant::now());
         if ready >= batch
             || due
+            || (ready > 0 && self.window_tight(run))
             || run.returned
             || run.nacked
             || run.requeue_now

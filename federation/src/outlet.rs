@@ -454,6 +454,15 @@ impl Outlets {
         self.next().now_or_never()
     }
 
+    /// Whether the outlets' confirms may be read in rounds ([`Wire::confirm_rounds`]).
+    pub fn confirm_rounds(&mut self, allowed: bool) {
+        for o in &mut self.0 {
+            if let Some(w) = o.wire() {
+                w.confirm_rounds(allowed);
+            }
+        }
+    }
+
     /// No publish awaits a confirm.
     pub fn settled(&self) -> bool {
         self.0.iter().all(|o| o.confirms.is_empty())

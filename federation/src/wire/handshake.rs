@@ -2,7 +2,7 @@
 
 use super::encode::{frame_len, CHANNEL, FRAME_OVERHEAD};
 use super::error::WireError;
-use super::{Wire, FRAME_MAX};
+use super::{LazyReads, Wire, FRAME_MAX};
 use crate::connect::{
     transport, with_advice, with_default_heartbeat, CONNECT_TIMEOUT, DEFAULT_HEARTBEAT,
 };
@@ -36,8 +36,11 @@ impl Wire {
     }
 
     async fn handshake(uri: &AMQPUri, conn_name: &str, confirm: bool) -> Result<Wire, String> {
-        let io = transport(uri).await.map_err(|e| e.to_string())?;
-        let mut w = Wire::new(io, confirm);
+        let t = transport(uri).await.map_err(|e| e.to_string())?;
+        let mut w = Wire::new(t.io, confirm);
+        if confirm {
+            w.lazy = t.tcp_fd.map(LazyReads::new);
+        }
         w.wr.extend_from_slice(setgate_amqp::frame::PROTOCOL_HEADER);
         w.flush().await.map_err(|e| e.to_string())?;
         let start = match w.next_method().await? {

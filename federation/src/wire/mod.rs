@@ -37,12 +37,14 @@ mod delivery;
 mod encode;
 mod error;
 mod handshake;
+mod lazy;
 
 pub(crate) use delivery::Delivery;
 use delivery::Incoming;
 pub(crate) use encode::fingerprint;
 use encode::{begin_frame, encode_publish, end_frame, frame_len, Props, CHANNEL, FRAME_OVERHEAD};
 pub(crate) use error::WireError;
+use lazy::LazyReads;
 
 /// The frame_max a wire asks for when neither the broker nor the URI sets one (RabbitMQ's
 /// default); also the limit on frames read during the handshake.
@@ -102,6 +104,8 @@ pub(crate) struct Wire {
     last_read: Instant,
     last_write: Instant,
     tick: Option<Pin<Box<Sleep>>>,
+    /// A publishing wire over TCP reads its confirms in rounds ([`lazy`]).
+    lazy: Option<LazyReads>,
     blocked: bool,
     confirm: bool,
     /// The tag the next publish gets (confirm mode).
@@ -131,6 +135,7 @@ impl Wire {
             last_read: Instant::now(),
             last_write: Instant::now(),
             tick: None,
+            lazy: None,
             blocked: false,
             confirm,
             next_tag: 1,
@@ -141,6 +146,15 @@ impl Wire {
             deliveries: VecDeque::new(),
             closed: false,
             failed: None,
+        }
+    }
+
+    /// Whether confirms may be read in rounds ([`lazy`]): a flow whose window of unacked
+    /// deliveries is filling up needs each confirm as it comes, to ack the source and be sent
+    /// more; one with room saves the wake-ups.
+    pub fn confirm_rounds(&mut self, allowed: bool) {
+        if let Some(l) = &mut self.lazy {
+            l.allow(allowed);
         }
     }
 
@@ -172,6 +186,9 @@ impl Wire {
         } else {
             0
         };
+        if let Some(l) = &mut self.lazy {
+            l.published();
+        }
         let tag = self.next_tag;
         self.next_tag += 1;
         (tag, fp)
@@ -193,6 +210,9 @@ impl Wire {
             Props::Encoded(properties),
             body,
         );
+        if let Some(l) = &mut self.lazy {
+            l.published();
+        }
         let tag = self.next_tag;
         self.next_tag += 1;
         (tag, 0)
@@ -285,6 +305,9 @@ impl Wire {
         }
         if let Err(e) = self.poll_heartbeat(cx) {
             return Poll::Ready(Err(e));
+        }
+        if let Some(l) = &mut self.lazy {
+            l.poll_round(cx);
         }
         loop {
             match self.poll_read(cx) {
@@ -381,6 +404,9 @@ impl Wire {
     pub async fn close(mut self, timeout: Duration) {
         if self.failed.is_some() {
             return;
+        }
+        if let Some(l) = &mut self.lazy {
+            l.eager();
         }
         // The channel first, everything the broker sends meanwhile read: it answers once it
         // has handled what came before on the channel (acks), and delivers nothing after. A
