@@ -16,6 +16,7 @@
 //!   connect, so an attempt given up never leaves lapin's I/O thread connecting in the background.
 
 use crate::error::{describe, LinkError, Side};
+use crate::tls::tls_config;
 use crate::uri::AmqpUri;
 use amq_protocol::protocol::connection;
 use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
@@ -118,9 +119,9 @@ async fn open(uri: &AmqpUri, props: ConnectionProperties) -> lapin::Result<Conne
         AMQPScheme::AMQPS => KNOCK_TLS,
         AMQPScheme::AMQP => KNOCK,
     };
+    let tls = tls_config(uri)?;
     let runtime = lapin::runtime::default_runtime()?;
     let transport = async move |uri: AMQPUri, runtime| {
-        let tls = OwnedTLSConfig::default();
         knock(per_try, || {
             uri.connect_with_config_async(tls.as_ref(), &runtime)
         })
@@ -143,9 +144,9 @@ pub(crate) struct Transport {
     pub tcp_fd: Option<RawFd>,
 }
 
-/// The TCP (and, for `amqps`, TLS) stream to `uri`, with the knocking connect lapin's
-/// connections get; for setgate's own publishing connections (`wire`).
-pub(crate) async fn transport(uri: &AMQPUri) -> lapin::Result<Transport> {
+/// The TCP (and, for `amqps`, TLS with `tls`) stream to `uri`, with the knocking connect
+/// lapin's connections get; for setgate's own publishing connections (`wire`).
+pub(crate) async fn transport(uri: &AMQPUri, tls: &OwnedTLSConfig) -> lapin::Result<Transport> {
     match uri.scheme {
         AMQPScheme::AMQP => {
             let addr = (uri.authority.host.as_str(), uri.authority.port);
@@ -159,7 +160,6 @@ pub(crate) async fn transport(uri: &AMQPUri) -> lapin::Result<Transport> {
         }
         AMQPScheme::AMQPS => {
             let runtime = lapin::runtime::default_runtime()?;
-            let tls = OwnedTLSConfig::default();
             let stream = knock(KNOCK_TLS, || {
                 uri.connect_with_config_async(tls.as_ref(), &runtime)
             })
@@ -243,7 +243,11 @@ pub(crate) async fn cluster_name(uri: &AmqpUri) -> Result<String, String> {
 
 async fn read_cluster_name(uri: &AmqpUri) -> Result<String, String> {
     let parsed: lapin::uri::AMQPUri = uri.expose().parse()?;
-    let mut stream = transport(&parsed).await.map_err(|e| e.to_string())?.io;
+    let tls = tls_config(uri).map_err(|e| e.to_string())?;
+    let mut stream = transport(&parsed, &tls)
+        .await
+        .map_err(|e| e.to_string())?
+        .io;
     stream
         .write_all(PROTOCOL_HEADER)
         .await

@@ -44,6 +44,7 @@ mod shovelled;
 mod status;
 mod stop;
 mod supervisor;
+mod tls;
 mod topology;
 mod tracker;
 mod validate;

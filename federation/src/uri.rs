@@ -3,10 +3,50 @@
 //! A URI is kept exactly as configured (to connect with) next to two safe renderings: the
 //! masked form `amqp://user:***@host:port/vhost` for logs, status and `setgate check`, and the
 //! form without any credentials that goes into the `x-received-from` header.
+//!
+//! The query takes what lapin takes (`heartbeat`, `frame_max`, `channel_max`,
+//! `connection_timeout`, `auth_mechanism`) and, for `amqps`, the TLS files as RabbitMQ's
+//! federation and shovel plugins name them: `cacertfile` (the CA to verify the broker
+//! against; without it, the system's trust store), `certfile` and `keyfile` (a client
+//! certificate, PEM). `verify=verify_peer` is accepted and is what setgate always does. Any
+//! other parameter is refused: a TLS option silently ignored would be a surprise at connect
+//! time.
 
 use lapin::uri::AMQPUri;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
+use std::path::PathBuf;
+
+/// Query parameters lapin reads.
+const LAPIN_PARAMS: [&str; 5] = [
+    "heartbeat",
+    "frame_max",
+    "channel_max",
+    "connection_timeout",
+    "auth_mechanism",
+];
+
+/// The TLS files an `amqps` URI names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `cacertfile`: PEM CA certificates the broker's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// `certfile` and `keyfile`: the client certificate and its key, both PEM.
+    pub cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    /// Every file named, with its parameter's name.
+    pub fn files(&self) -> Vec<(&'static str, &PathBuf)> {
+        let mut v: Vec<(&'static str, &PathBuf)> =
+            self.ca.iter().map(|p| ("cacertfile", p)).collect();
+        if let Some((c, k)) = &self.cert {
+            v.push(("certfile", c));
+            v.push(("keyfile", k));
+        }
+        v
+    }
+}
 
 /// One `amqp://` or `amqps://` URI from the config.
 ///
@@ -18,6 +58,7 @@ pub struct AmqpUri {
     masked: String,
     anonymous: String,
     vhost: String,
+    tls: TlsFiles,
     problem: Option<String>,
 }
 
@@ -26,17 +67,24 @@ impl AmqpUri {
     pub fn new(raw: impl Into<String>) -> AmqpUri {
         let raw = raw.into();
         match parse(&raw) {
-            Ok((masked, anonymous, vhost)) => AmqpUri {
+            Ok(Parsed {
+                masked,
+                anonymous,
+                vhost,
+                tls,
+            }) => AmqpUri {
                 raw,
                 masked,
                 anonymous,
                 vhost,
+                tls,
                 problem: None,
             },
             Err(problem) => AmqpUri {
                 masked: mask_unparsed(&raw),
                 anonymous: String::new(),
                 vhost: String::new(),
+                tls: TlsFiles::default(),
                 raw,
                 problem: Some(problem),
             },
@@ -56,6 +104,11 @@ impl AmqpUri {
     /// The virtual host, decoded (`/` for `%2f`).
     pub fn vhost(&self) -> &str {
         &self.vhost
+    }
+
+    /// The TLS files its query names (none for `amqp`).
+    pub fn tls_files(&self) -> &TlsFiles {
+        &self.tls
     }
 
     /// Why the URI is unusable, or `None` when it parses.
@@ -87,8 +140,15 @@ impl<'de> Deserialize<'de> for AmqpUri {
     }
 }
 
-/// Returns (masked, without credentials, vhost).
-fn parse(raw: &str) -> Result<(String, String, String), String> {
+/// What [`parse`] gets from a URI.
+struct Parsed {
+    masked: String,
+    anonymous: String,
+    vhost: String,
+    tls: TlsFiles,
+}
+
+fn parse(raw: &str) -> Result<Parsed, String> {
     let url = url::Url::parse(raw).map_err(|e| format!("not a URI ({e})"))?;
     if url.scheme() != "amqp" && url.scheme() != "amqps" {
         return Err(format!(
@@ -103,6 +163,7 @@ fn parse(raw: &str) -> Result<(String, String, String), String> {
     let amqp: AMQPUri = raw
         .parse()
         .map_err(|e: String| format!("not an AMQP URI ({e})"))?;
+    let tls = tls_files(&url)?;
     let mut masked = url.clone();
     if url.password().is_some() {
         let _ = masked.set_password(Some("***"));
@@ -111,7 +172,54 @@ fn parse(raw: &str) -> Result<(String, String, String), String> {
     let _ = anonymous.set_password(None);
     let _ = anonymous.set_username("");
     anonymous.set_query(None);
-    Ok((masked.to_string(), anonymous.to_string(), amqp.vhost))
+    Ok(Parsed {
+        masked: masked.to_string(),
+        anonymous: anonymous.to_string(),
+        vhost: amqp.vhost,
+        tls,
+    })
+}
+
+/// The TLS files of the query; refuses parameters neither lapin nor setgate reads.
+fn tls_files(url: &url::Url) -> Result<TlsFiles, String> {
+    let (mut ca, mut cert, mut key) = (None, None, None);
+    for (k, v) in url.query_pairs() {
+        let file = || Some(PathBuf::from(v.as_ref()));
+        match k.as_ref() {
+            k if LAPIN_PARAMS.contains(&k) => {}
+            "cacertfile" => ca = file(),
+            "certfile" => cert = file(),
+            "keyfile" => key = file(),
+            "verify" if v == "verify_peer" => {}
+            "verify" => {
+                return Err(format!(
+                    "verify={v} is not supported: setgate always verifies the broker \
+                     (verify_peer); name its CA with cacertfile"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "query parameter {other:?} is not one setgate reads; it reads {}, and for \
+                     amqps cacertfile, certfile, keyfile and verify=verify_peer",
+                    LAPIN_PARAMS.join(", ")
+                ))
+            }
+        }
+    }
+    let named = ca.is_some() || cert.is_some() || key.is_some();
+    if named && url.scheme() != "amqps" {
+        return Err("names TLS files but is not amqps://; write amqps://".into());
+    }
+    let cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(
+                "names only one of certfile and keyfile; a client certificate needs both".into(),
+            )
+        }
+    };
+    Ok(TlsFiles { ca, cert })
 }
 
 /// Best-effort masking of something that is not even a URI: hide everything between `://` and
@@ -130,6 +238,7 @@ fn mask_unparsed(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn masks_the_password_everywhere() {
@@ -183,5 +292,44 @@ mod tests {
         let u = AmqpUri::new("amqp://fed:secret@h:notaport/");
         assert!(u.problem().is_some());
         assert!(!u.masked().contains("secret"), "{}", u.masked());
+    }
+
+    #[test]
+    fn amqps_names_its_tls_files_as_the_plugins_do() {
+        let u = AmqpUri::new(
+            "amqps://fed:secret@dc1:5671/prod?heartbeat=10&cacertfile=/etc/ca.pem\
+             &certfile=/etc/c.pem&keyfile=/etc/c.key&verify=verify_peer",
+        );
+        assert_eq!(u.problem(), None);
+        let tls = u.tls_files();
+        assert_eq!(tls.ca.as_deref(), Some(Path::new("/etc/ca.pem")));
+        let files: Vec<_> = tls.files().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(files, ["cacertfile", "certfile", "keyfile"]);
+        // No path of ours goes into x-received-from.
+        assert_eq!(u.without_credentials(), "amqps://dc1:5671/prod");
+        assert_eq!(AmqpUri::new("amqps://h/").tls_files(), &TlsFiles::default());
+    }
+
+    #[test]
+    fn query_parameters_nobody_reads_are_refused_with_what_is_read() {
+        let problem = |raw: &str| AmqpUri::new(raw).problem().map(str::to_string);
+        let p = problem("amqps://h/?cacertfil=/ca.pem").unwrap();
+        assert!(
+            p.starts_with(
+                "query parameter \"cacertfil\" is not one setgate reads; it reads heartbeat,"
+            ),
+            "{p}"
+        );
+        assert!(p.contains("cacertfile, certfile, keyfile"), "{p}");
+        let p = problem("amqp://h/?cacertfile=/ca.pem").unwrap();
+        assert!(p.contains("not amqps://"), "{p}");
+        let p = problem("amqps://h/?certfile=/c.pem").unwrap();
+        assert!(p.contains("needs both"), "{p}");
+        let p = problem("amqps://h/?verify=verify_none").unwrap();
+        assert!(p.starts_with("verify=verify_none is not supported"), "{p}");
+        assert_eq!(
+            problem("amqp://h/?heartbeat=5&connection_timeout=3000"),
+            None
+        );
     }
 }

@@ -219,6 +219,13 @@ pub(crate) fn check_uris(errs: &mut Vec<String>, at: &str, uris: &[AmqpUri]) {
                 u.masked()
             ));
         }
+        for (param, path) in u.tls_files().files() {
+            if let Err(e) = crate::tls::read(param, path) {
+                errs.push(format!(
+                    "{at}[{j}]: {e}; give a readable PEM file (setgate reads it at each connect)"
+                ));
+            }
+        }
     }
 }
 
@@ -289,6 +296,30 @@ mod tests {
             rest[0]
         );
         assert!(!errs.iter().any(|e| e.contains("hunter2")));
+    }
+
+    #[test]
+    fn a_tls_file_that_cannot_be_read_is_named() {
+        let c = parse(
+            r#"
+            [[upstream]]
+            name = "dc1"
+            uris = ["amqps://u:hunter2@h/?cacertfile=/nonexistent/ca.pem"]
+
+            [[link]]
+            upstreams = ["dc1"]
+            downstream = { name = "dc2", uris = ["amqp://h/"] }
+            exchanges = ["x"]
+            "#,
+        );
+        assert_eq!(
+            c.validate(),
+            [
+                "federation.upstream[0].uris[0]: cacertfile /nonexistent/ca.pem: cannot read it \
+                 (No such file or directory (os error 2)); give a readable PEM file (setgate \
+                 reads it at each connect)"
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod faults;
 mod forwarding;
 mod status;
+mod tls;
 
 // What every module uses; each starts with `use super::*`.
 use lapin::types::AMQPValue;
