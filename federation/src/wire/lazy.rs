@@ -10,8 +10,10 @@
 //! While publishes are in flight, the socket's `SO_RCVLOWAT` is raised to [`LOWAT`]: the kernel
 //! wakes no one for a lone confirm (or heartbeat), and what arrived is read when the round ends,
 //! [`ROUND`] after it began: the mark drops back to one byte, and Linux signals the socket
-//! readable at once if bytes wait. [`LOWAT`] bytes (a Close with its reason, a returned message, a dozen confirms) are
-//! read as they come. Nothing published: the mark stays at one byte.
+//! readable at once if bytes wait. [`LOWAT`] bytes (a dozen confirms, most returned messages)
+//! are read as they come; anything shorter, a Close from the broker included, at the round's
+//! end. The peer closing or resetting the connection wakes the flow at once whatever the mark.
+//! Nothing published: the mark stays at one byte.
 //!
 //! TCP only: over TLS the wire has no socket of its own to set, and reads as it always did.
 
@@ -170,6 +172,13 @@ mod tests {
         lazy.published();
         assert!(!lazy.lazy);
         theirs.write_all(CONFIRM).await.unwrap();
+        assert!(woken(&ours, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closes_wakes_a_round_at_once() {
+        let (ours, theirs, _lazy) = a_confirm_in_a_round().await;
+        drop(theirs);
         assert!(woken(&ours, Duration::from_secs(5)).await);
     }
 
