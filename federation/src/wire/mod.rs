@@ -186,12 +186,7 @@ impl Wire {
         } else {
             0
         };
-        if let Some(l) = &mut self.lazy {
-            l.published();
-        }
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        (tag, fp)
+        (self.queued(), fp)
     }
 
     /// [`Wire::publish`] with the properties already encoded (flags and fields, see
@@ -210,12 +205,18 @@ impl Wire {
             Props::Encoded(properties),
             body,
         );
+        (self.queued(), 0)
+    }
+
+    /// A publish was queued: a round of lazy confirm reads begins if none is on; returns the
+    /// publish's delivery tag.
+    fn queued(&mut self) -> u64 {
         if let Some(l) = &mut self.lazy {
             l.published();
         }
         let tag = self.next_tag;
         self.next_tag += 1;
-        (tag, 0)
+        tag
     }
 
     /// Writes what is queued. Ready when all of it is written.
