@@ -30,6 +30,9 @@
 //!
 //! Both nodes are given a cluster name ([`crate::name_clusters`] says why).
 //!
+//! With `--tls`, the links go over TLS (see [`TlsSides`]); the floor and the clients that
+//! measure stay on plain AMQP.
+//!
 //! Latency is the downstream arrival time minus the publish time carried in a header.
 
 pub mod floor;
@@ -41,8 +44,10 @@ use crate::measure::{
 };
 use serde_json::json;
 use setgate_testkit::fed::{declare_bound_queue, declare_exchange};
+use setgate_testkit::net::free_port;
+use setgate_testkit::pki::Pki;
 use setgate_testkit::{Node, NodeOptions};
-use setup::{plugin_link, start_plugin, start_setgate, PluginLink};
+use setup::{amqps_uri, plugin_link, start_plugin, start_setgate, tls_listener, PluginLink};
 use std::path::PathBuf;
 
 /// Options.
@@ -62,6 +67,21 @@ pub struct Args {
     /// Skip the RabbitMQ federation plugin cases.
     #[arg(long)]
     pub skip_plugin: bool,
+    /// Links over TLS (`amqps`, verifying the broker against the bench's CA, presenting a
+    /// client certificate): `source` for setgate's and the plugin's connections to the source
+    /// (the hop between datacenters), `both` for setgate's to the downstream too. The
+    /// publishers and consumers that measure stay on plain AMQP.
+    #[arg(long, value_enum)]
+    pub tls: Option<TlsSides>,
+}
+
+/// Which of a link's connections `--tls` puts on TLS.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSides {
+    /// The source's.
+    Source,
+    /// The source's and the downstream's.
+    Both,
 }
 
 const SOURCE_X: &str = "bench.source";
@@ -86,14 +106,37 @@ impl Ceiling {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let bin = crate::setgate_binary(args.setgate.clone())?;
     eprintln!("starting two RabbitMQ nodes (the downstream with rabbitmq_federation)...");
-    let with_plugin = NodeOptions {
-        plugins: vec!["rabbitmq_federation".into()],
+    let pki = match args.tls {
+        Some(_) => Some(Pki::generate(&setgate_testkit::unique_dir("bench-pki"))?),
+        None => None,
+    };
+    let tls_ports = (free_port(), free_port());
+    let listener = |port| pki.as_ref().map(|pki| tls_listener(port, pki));
+    let with_tls = NodeOptions {
+        extra_config: listener(tls_ports.0).unwrap_or_default(),
         ..Default::default()
     };
-    let (src, dst) = tokio::join!(Node::start(), Node::start_with(with_plugin));
+    let with_plugin = NodeOptions {
+        plugins: vec!["rabbitmq_federation".into()],
+        extra_config: listener(tls_ports.1).unwrap_or_default(),
+        ..Default::default()
+    };
+    let (src, dst) = tokio::join!(Node::start_with(with_tls), Node::start_with(with_plugin));
     let (src, dst) = (src?, dst?);
     crate::name_clusters(&[(&src, "bench-source"), (&dst, "bench-downstream")]).await?;
+    // What the publishers and consumers that measure use, and what the links use.
     let (su, du) = (src.amqp_uri(), dst.amqp_uri());
+    let (link_su, link_du) = match (args.tls, &pki) {
+        (Some(sides), Some(pki)) => (
+            amqps_uri("guest", tls_ports.0, pki),
+            match sides {
+                TlsSides::Source => du.clone(),
+                TlsSides::Both => amqps_uri("guest", tls_ports.1, pki),
+            },
+        ),
+        _ => (su.clone(), du.clone()),
+    };
+    let plugin_tls = pki.as_ref().map(|pki| (tls_ports.0, pki));
     for x in [SOURCE_X, SG_X, PLUGIN_X, CEILING_X] {
         declare_exchange(&su, x, "topic").await?;
         declare_exchange(&du, x, "topic").await?;
@@ -103,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     declare_bound_queue(&du, "bench.plugin.sink", PLUGIN_X).await?;
     declare_bound_queue(&du, "bench.ceiling.sink", CEILING_X).await?;
     if !args.skip_plugin {
-        start_plugin(&src, &dst, PLUGIN_X, args.common.prefetch).await?;
+        start_plugin(&src, &dst, PLUGIN_X, args.common.prefetch, plugin_tls).await?;
     }
 
     let load = args.common.load();
@@ -135,7 +178,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let source_side = through(&su, SOURCE_X, &su, "bench.source.q", load, Acks::Batched);
         ceiling.push(ceiling_run("ceiling", run, &du, load, &nodes, source_side).await?);
 
-        let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
+        let sg = start_setgate(&bin, &link_su, &link_du, SG_X, args.common.prefetch).await?;
         let cpu = Cpu::sample(Some(&sg), &nodes);
         let m = through(&su, SG_X, &du, "bench.setgate.sink", load, Acks::Auto).await?;
         let cpu = cpu.since(Some(&sg), &nodes);
@@ -168,7 +211,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let arrivals =
             Arrivals::start(&[(&du, "bench.setgate.sink")], load.messages, Acks::Auto).await?;
         let cpu = Cpu::sample(None, &nodes);
-        let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
+        let sg = start_setgate(&bin, &link_su, &link_du, SG_X, args.common.prefetch).await?;
         let m = arrivals.finish().await?;
         let cpu = cpu.since(Some(&sg), &nodes);
         eprintln!("run {run}: setgate-drain {} ; cpu s {cpu}", show(&m));
@@ -215,7 +258,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: Some(args.paced_rate),
         ..load
     };
-    let sg = start_setgate(&bin, &su, &du, SG_X, args.common.prefetch).await?;
+    let sg = start_setgate(&bin, &link_su, &link_du, SG_X, args.common.prefetch).await?;
     let sg_paced = through(&su, SG_X, &du, "bench.setgate.sink", paced, Acks::Auto).await?;
     drop(sg);
     let plugin_paced = match args.skip_plugin {
@@ -235,7 +278,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cpu_us = |v: &[(Measured, Cpu)]| {
         Cpu::median_per_message_us(v.iter().map(|m| &m.1), args.common.messages)
     };
-    let common = json!({"messages": args.common.messages, "body_size": args.common.body_size, "persistent": true});
+    let links_tls = args.tls.map(|t| format!("{t:?}").to_lowercase());
+    let common = json!({"messages": args.common.messages, "body_size": args.common.body_size, "persistent": true, "links_tls": links_tls});
     let ceiling_json = |v: &[(Ceiling, Cpu)]| {
         let med = median(v.iter().map(|c| c.0.rate()).collect());
         let j = json!({

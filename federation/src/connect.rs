@@ -16,20 +16,21 @@
 //!   connect, so an attempt given up never leaves lapin's I/O thread connecting in the background.
 
 use crate::error::{describe, LinkError, Side};
-use crate::tls::tls_config;
+use crate::tls::{client_config, tls_config};
 use crate::uri::AmqpUri;
 use amq_protocol::protocol::connection;
-use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
+use lapin::tcp::AMQPUriTcpExt;
 use lapin::types::AMQPValue;
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
+use rustls::pki_types::ServerName;
 use setgate_amqp::frame::{self, FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_rustls::TlsConnector;
 
 /// How long one URI may take to answer TCP (knocking every [`KNOCK`]), and again to
 /// authenticate and open.
@@ -144,29 +145,40 @@ pub(crate) struct Transport {
     pub tcp_fd: Option<RawFd>,
 }
 
-/// The TCP (and, for `amqps`, TLS with `tls`) stream to `uri`, with the knocking connect
-/// lapin's connections get; for setgate's own publishing connections (`wire`).
-pub(crate) async fn transport(uri: &AMQPUri, tls: &OwnedTLSConfig) -> lapin::Result<Transport> {
-    match uri.scheme {
+/// The TCP (and, for `amqps`, TLS over it) stream to `uri` (`parsed`), with the knocking
+/// connect lapin's connections get; for setgate's own connections (`wire`, and the
+/// `cluster_name` probe). TLS is tokio-rustls over a socket setgate owns, so a wire sets its
+/// socket's options (`wire::lazy`) over TLS too and reads straight into its buffer.
+pub(crate) async fn transport(uri: &AmqpUri, parsed: &AMQPUri) -> lapin::Result<Transport> {
+    let addr = (parsed.authority.host.as_str(), parsed.authority.port);
+    let tcp = || async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        // Publishes are written in batches already; a confirm or heartbeat must not wait.
+        stream.set_nodelay(true)?;
+        Ok::<_, io::Error>(stream)
+    };
+    match parsed.scheme {
         AMQPScheme::AMQP => {
-            let addr = (uri.authority.host.as_str(), uri.authority.port);
-            let stream = knock(KNOCK, || tokio::net::TcpStream::connect(addr)).await?;
-            // Publishes are written in batches already; a confirm or heartbeat must not wait.
-            stream.set_nodelay(true)?;
+            let stream = knock(KNOCK, tcp).await?;
             Ok(Transport {
                 tcp_fd: Some(stream.as_raw_fd()),
                 io: Box::new(stream),
             })
         }
         AMQPScheme::AMQPS => {
-            let runtime = lapin::runtime::default_runtime()?;
-            let stream = knock(KNOCK_TLS, || {
-                uri.connect_with_config_async(tls.as_ref(), &runtime)
+            let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+            let config = client_config(uri).map_err(|e| invalid(e.to_string()))?;
+            let host = &parsed.authority.host;
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| invalid(format!("TLS server name {host:?}: {e}")))?;
+            let connector = TlsConnector::from(config);
+            let stream = knock(KNOCK_TLS, || async {
+                connector.connect(name.clone(), tcp().await?).await
             })
             .await?;
             Ok(Transport {
-                io: Box::new(stream.compat()),
-                tcp_fd: None,
+                tcp_fd: Some(stream.get_ref().0.as_raw_fd()),
+                io: Box::new(stream),
             })
         }
     }
@@ -179,7 +191,8 @@ pub(crate) fn with_default_heartbeat(uri: &mut AMQPUri) {
 
 /// lapin's transport: TCP (and TLS) connect, a fresh try every [`KNOCK`] while the peer does
 /// not answer at all, for at most [`CONNECT_TIMEOUT`]. A refusal (RST) is an answer and ends
-/// it at once, so the next URI is tried without waiting.
+/// it at once, so the next URI is tried without waiting; so is a TLS handshake that failed (a
+/// certificate the CA does not vouch for will not be vouched for a second later).
 async fn knock<S, F, Fut>(per_try: Duration, mut connect: F) -> lapin::Result<S>
 where
     F: FnMut() -> Fut,
@@ -190,7 +203,7 @@ where
         let started = Instant::now();
         let err = match tokio::time::timeout(per_try, connect()).await {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(e.into()),
+            Ok(Err(e)) if is_answer(&e) => return Err(e.into()),
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, NO_ANSWER),
         };
@@ -207,6 +220,15 @@ where
         }
         tokio::time::sleep_until(next).await;
     }
+}
+
+/// Whether a failed try is the peer's answer (rustls reports a failed handshake as
+/// `InvalidData`, through lapin and tokio-rustls alike).
+fn is_answer(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::InvalidData
+    )
 }
 
 const NO_ANSWER: &str = "no answer (packets dropped?)";
@@ -243,11 +265,7 @@ pub(crate) async fn cluster_name(uri: &AmqpUri) -> Result<String, String> {
 
 async fn read_cluster_name(uri: &AmqpUri) -> Result<String, String> {
     let parsed: lapin::uri::AMQPUri = uri.expose().parse()?;
-    let tls = tls_config(uri).map_err(|e| e.to_string())?;
-    let mut stream = transport(&parsed, &tls)
-        .await
-        .map_err(|e| e.to_string())?
-        .io;
+    let mut stream = transport(uri, &parsed).await.map_err(|e| e.to_string())?.io;
     stream
         .write_all(PROTOCOL_HEADER)
         .await
@@ -311,14 +329,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_refusal_is_an_answer_and_ends_the_knocking_at_once() {
-        let start = Instant::now();
-        let r: lapin::Result<()> = knock(KNOCK, || async {
-            Err(io::Error::from(io::ErrorKind::ConnectionRefused))
-        })
-        .await;
-        assert!(!is_no_answer(&r.expect_err("refused")));
-        assert_eq!(start.elapsed(), Duration::ZERO);
+    async fn a_refusal_or_a_failed_tls_handshake_is_an_answer_and_ends_the_knocking_at_once() {
+        for kind in [io::ErrorKind::ConnectionRefused, io::ErrorKind::InvalidData] {
+            let start = Instant::now();
+            let r: lapin::Result<()> = knock(KNOCK, || async { Err(io::Error::from(kind)) }).await;
+            assert!(!is_no_answer(&r.expect_err("refused")), "{kind:?}");
+            assert_eq!(start.elapsed(), Duration::ZERO, "{kind:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,19 +35,6 @@ pub struct TlsFiles {
     pub cert: Option<(PathBuf, PathBuf)>,
 }
 
-impl TlsFiles {
-    /// Every file named, with its parameter's name.
-    pub fn files(&self) -> Vec<(&'static str, &PathBuf)> {
-        let mut v: Vec<(&'static str, &PathBuf)> =
-            self.ca.iter().map(|p| ("cacertfile", p)).collect();
-        if let Some((c, k)) = &self.cert {
-            v.push(("certfile", c));
-            v.push(("keyfile", k));
-        }
-        v
-    }
-}
-
 /// One `amqp://` or `amqps://` URI from the config.
 ///
 /// `Debug` and `Display` print the masked form. A URI that does not parse is still
@@ -104,6 +91,13 @@ impl AmqpUri {
     /// The virtual host, decoded (`/` for `%2f`).
     pub fn vhost(&self) -> &str {
         &self.vhost
+    }
+
+    /// Whether it is an `amqps` URI.
+    pub fn is_tls(&self) -> bool {
+        self.raw
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("amqps://"))
     }
 
     /// The TLS files its query names (none for `amqp`).
@@ -303,8 +297,12 @@ mod tests {
         assert_eq!(u.problem(), None);
         let tls = u.tls_files();
         assert_eq!(tls.ca.as_deref(), Some(Path::new("/etc/ca.pem")));
-        let files: Vec<_> = tls.files().into_iter().map(|(p, _)| p).collect();
-        assert_eq!(files, ["cacertfile", "certfile", "keyfile"]);
+        let (cert, key) = tls.cert.clone().unwrap();
+        assert_eq!(
+            (cert.to_str(), key.to_str()),
+            (Some("/etc/c.pem"), Some("/etc/c.key"))
+        );
+        assert!(u.is_tls() && !AmqpUri::new("amqp://h/").is_tls());
         // No path of ours goes into x-received-from.
         assert_eq!(u.without_credentials(), "amqps://dc1:5671/prod");
         assert_eq!(AmqpUri::new("amqps://h/").tls_files(), &TlsFiles::default());

@@ -219,10 +219,10 @@ pub(crate) fn check_uris(errs: &mut Vec<String>, at: &str, uris: &[AmqpUri]) {
                 u.masked()
             ));
         }
-        for (param, path) in u.tls_files().files() {
-            if let Err(e) = crate::tls::read(param, path) {
+        if u.problem().is_none() && u.is_tls() {
+            if let Err(e) = crate::tls::client_config(u) {
                 errs.push(format!(
-                    "{at}[{j}]: {e}; give a readable PEM file (setgate reads it at each connect)"
+                    "{at}[{j}]: {e}; give readable PEM files (setgate reads them at each connect)"
                 ));
             }
         }
@@ -315,9 +315,9 @@ mod tests {
         assert_eq!(
             c.validate(),
             [
-                "federation.upstream[0].uris[0]: cacertfile /nonexistent/ca.pem: cannot read it \
-                 (No such file or directory (os error 2)); give a readable PEM file (setgate \
-                 reads it at each connect)"
+                "federation.upstream[0].uris[0]: cacertfile /nonexistent/ca.pem: cannot read PEM \
+                 certificates: I/O error: No such file or directory (os error 2); give readable PEM files \
+                 (setgate reads them at each connect)"
             ]
         );
     }

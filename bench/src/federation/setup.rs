@@ -8,10 +8,36 @@ use serde_json::json;
 use setgate_testkit::amqp::connect;
 use setgate_testkit::config::{Config, Link, Upstream};
 use setgate_testkit::fed::wait_running;
+use setgate_testkit::pki::Pki;
 use setgate_testkit::setgate::SetgateOptions;
 use setgate_testkit::{wait_until, Node, Setgate};
 use std::path::Path;
 use std::time::Duration;
+
+/// The TLS listener a node gets under `--tls`: the bench's server certificate, verifying a
+/// client certificate when one is presented.
+pub fn tls_listener(port: u16, pki: &Pki) -> String {
+    format!(
+        "listeners.ssl.default = {port}\nssl_options.cacertfile = {}\n\
+         ssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+         ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = false\n",
+        pki.ca.display(),
+        pki.server_cert.display(),
+        pki.server_key.display()
+    )
+}
+
+/// `user`'s `amqps` URI to a node's TLS listener on `port`, naming the bench's CA and client
+/// certificate as both setgate and the RabbitMQ plugins take them.
+pub fn amqps_uri(user: &str, port: u16, pki: &Pki) -> String {
+    format!(
+        "amqps://{user}:{user}@127.0.0.1:{port}/%2f?cacertfile={}&certfile={}&keyfile={}\
+         &verify=verify_peer",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    )
+}
 
 /// Starts setgate with one on-confirm link `src -> dst` for `exchange`; waits until it runs.
 pub async fn start_setgate(
@@ -94,6 +120,10 @@ pub async fn plugin_link(src: &Node, link: PluginLink) -> anyhow::Result<()> {
     }
 }
 
+/// How the plugin's link reaches the source: `None` for plain AMQP, or the port of the source's
+/// TLS listener and the bench's certificates.
+pub type PluginTls<'a> = Option<(u16, &'a Pki)>;
+
 /// Federates `exchange` from `src` to `dst` with RabbitMQ's plugin (on `dst`): an upstream and
 /// a policy, then waits until a probe message crosses.
 pub async fn start_plugin(
@@ -101,12 +131,17 @@ pub async fn start_plugin(
     dst: &Node,
     exchange: &str,
     prefetch: u32,
+    tls: PluginTls<'_>,
 ) -> anyhow::Result<()> {
     src.ctl(&["add_user", LINK_USER, LINK_USER]).await?;
     src.ctl(&["set_permissions", "-p", "/", LINK_USER, ".*", ".*", ".*"])
         .await?;
+    let uri = match tls {
+        None => src.uri_for(LINK_USER, LINK_USER),
+        Some((port, pki)) => amqps_uri(LINK_USER, port, pki),
+    };
     let upstream = json!({
-        "uri": src.uri_for(LINK_USER, LINK_USER).replace("/%2f", ""),
+        "uri": uri.replace("/%2f", ""),
         "ack-mode": "on-confirm",
         "prefetch-count": prefetch,
         "trust-user-id": false,

@@ -6,12 +6,10 @@ use super::{LazyReads, Wire, FRAME_MAX};
 use crate::connect::{
     transport, with_advice, with_default_heartbeat, CONNECT_TIMEOUT, DEFAULT_HEARTBEAT,
 };
-use crate::tls::tls_config;
 use crate::uri::AmqpUri;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel, confirm, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::{AMQPUri, SASLMechanism};
 use setgate_amqp::frame::parse;
 use setgate_amqp::names::method_name;
@@ -21,12 +19,11 @@ impl Wire {
     /// Connects to `uri` (TCP or TLS as it says), authenticates, opens the vhost and one channel,
     /// in confirm mode if `confirm`. Bounded by twice the connect timeout.
     pub async fn open(uri: &AmqpUri, conn_name: &str, confirm: bool) -> Result<Wire, String> {
-        let tls = tls_config(uri).map_err(|e| e.to_string())?;
-        let mut uri: AMQPUri = uri.expose().parse()?;
-        with_default_heartbeat(&mut uri);
+        let mut parsed: AMQPUri = uri.expose().parse()?;
+        with_default_heartbeat(&mut parsed);
         match tokio::time::timeout(
             2 * CONNECT_TIMEOUT,
-            Wire::handshake(&uri, &tls, conn_name, confirm),
+            Wire::handshake(uri, &parsed, conn_name, confirm),
         )
         .await
         {
@@ -39,12 +36,12 @@ impl Wire {
     }
 
     async fn handshake(
+        config: &AmqpUri,
         uri: &AMQPUri,
-        tls: &OwnedTLSConfig,
         conn_name: &str,
         confirm: bool,
     ) -> Result<Wire, String> {
-        let t = transport(uri, tls).await.map_err(|e| e.to_string())?;
+        let t = transport(config, uri).await.map_err(|e| e.to_string())?;
         let mut w = Wire::new(t.io, confirm);
         if confirm {
             w.lazy = t.tcp_fd.map(LazyReads::new);
