@@ -47,7 +47,7 @@ use setgate_testkit::fed::{declare_bound_queue, declare_exchange};
 use setgate_testkit::net::free_port;
 use setgate_testkit::pki::Pki;
 use setgate_testkit::{Node, NodeOptions};
-use setup::{amqps_uri, plugin_link, start_plugin, start_setgate, tls_listener, PluginLink};
+use setup::{plugin_link, start_plugin, start_setgate, PluginLink};
 use std::path::PathBuf;
 
 /// Options.
@@ -111,7 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let tls_ports = (free_port(), free_port());
-    let listener = |port| pki.as_ref().map(|pki| tls_listener(port, pki));
+    let listener = |port| pki.as_ref().map(|pki| pki.rabbitmq_listener(port, false));
     let with_tls = NodeOptions {
         extra_config: listener(tls_ports.0).unwrap_or_default(),
         ..Default::default()
@@ -128,10 +128,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (su, du) = (src.amqp_uri(), dst.amqp_uri());
     let (link_su, link_du) = match (args.tls, &pki) {
         (Some(sides), Some(pki)) => (
-            amqps_uri("guest", tls_ports.0, pki),
+            pki.amqps_uri("guest", "guest", tls_ports.0),
             match sides {
                 TlsSides::Source => du.clone(),
-                TlsSides::Both => amqps_uri("guest", tls_ports.1, pki),
+                TlsSides::Both => pki.amqps_uri("guest", "guest", tls_ports.1),
             },
         ),
         _ => (su.clone(), du.clone()),

@@ -14,24 +14,11 @@ async fn links_both_ways_over_amqps_with_a_private_ca_and_a_client_certificate(
     let tls_port = free_port();
     // Refuses any client without a certificate from the test CA.
     let tls_node = Node::start_with(NodeOptions {
-        extra_config: format!(
-            "listeners.ssl.default = {tls_port}\nssl_options.cacertfile = {}\n\
-             ssl_options.certfile = {}\nssl_options.keyfile = {}\n\
-             ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n",
-            pki.ca.display(),
-            pki.server_cert.display(),
-            pki.server_key.display()
-        ),
+        extra_config: pki.rabbitmq_listener(tls_port, true),
         ..Default::default()
     })
     .await?;
-    let amqps = format!(
-        "amqps://guest:guest@127.0.0.1:{tls_port}/%2f?cacertfile={}&certfile={}&keyfile={}\
-         &verify=verify_peer",
-        pki.ca.display(),
-        pki.client_cert.display(),
-        pki.client_key.display()
-    );
+    let amqps = pki.amqps_uri("guest", "guest", tls_port);
     // From the TLS node (consumed over TLS) to dc2, and from dc2 to the TLS node (published
     // over TLS).
     let (out, back) = ("t-tls-out", "t-tls-back");

@@ -14,31 +14,6 @@ use setgate_testkit::{wait_until, Node, Setgate};
 use std::path::Path;
 use std::time::Duration;
 
-/// The TLS listener a node gets under `--tls`: the bench's server certificate, verifying a
-/// client certificate when one is presented.
-pub fn tls_listener(port: u16, pki: &Pki) -> String {
-    format!(
-        "listeners.ssl.default = {port}\nssl_options.cacertfile = {}\n\
-         ssl_options.certfile = {}\nssl_options.keyfile = {}\n\
-         ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = false\n",
-        pki.ca.display(),
-        pki.server_cert.display(),
-        pki.server_key.display()
-    )
-}
-
-/// `user`'s `amqps` URI to a node's TLS listener on `port`, naming the bench's CA and client
-/// certificate as both setgate and the RabbitMQ plugins take them.
-pub fn amqps_uri(user: &str, port: u16, pki: &Pki) -> String {
-    format!(
-        "amqps://{user}:{user}@127.0.0.1:{port}/%2f?cacertfile={}&certfile={}&keyfile={}\
-         &verify=verify_peer",
-        pki.ca.display(),
-        pki.client_cert.display(),
-        pki.client_key.display()
-    )
-}
-
 /// Starts setgate with one on-confirm link `src -> dst` for `exchange`; waits until it runs.
 pub async fn start_setgate(
     bin: &Path,
@@ -138,7 +113,7 @@ pub async fn start_plugin(
         .await?;
     let uri = match tls {
         None => src.uri_for(LINK_USER, LINK_USER),
-        Some((port, pki)) => amqps_uri(LINK_USER, port, pki),
+        Some((port, pki)) => pki.amqps_uri(LINK_USER, LINK_USER, port),
     };
     let upstream = json!({
         "uri": uri.replace("/%2f", ""),
