@@ -36,12 +36,12 @@ impl Wire {
     }
 
     async fn handshake(
-        config: &AmqpUri,
-        uri: &AMQPUri,
+        uri: &AmqpUri,
+        parsed: &AMQPUri,
         conn_name: &str,
         confirm: bool,
     ) -> Result<Wire, String> {
-        let t = transport(config, uri).await.map_err(|e| e.to_string())?;
+        let t = transport(uri, parsed).await.map_err(|e| e.to_string())?;
         let mut w = Wire::new(t.io, confirm);
         if confirm {
             w.lazy = t.tcp_fd.map(LazyReads::new);
@@ -57,7 +57,7 @@ impl Wire {
                 ))
             }
         };
-        let mechanism = match uri.query.auth_mechanism {
+        let mechanism = match parsed.query.auth_mechanism {
             Some(SASLMechanism::External) => "EXTERNAL",
             _ => "PLAIN",
         };
@@ -70,7 +70,7 @@ impl Wire {
         let response = match mechanism {
             "PLAIN" => format!(
                 "\0{}\0{}",
-                uri.authority.userinfo.username, uri.authority.userinfo.password
+                parsed.authority.userinfo.username, parsed.authority.userinfo.password
             ),
             _ => String::new(),
         };
@@ -87,12 +87,12 @@ impl Wire {
         };
         // The broker's frame_max unless the URI asks for less, as lapin's connections have it: a
         // forwarded message's headers travel in one frame, so this is the largest they can be.
-        let frame_max = match negotiate(uri.query.frame_max.unwrap_or(0), tune.frame_max) {
+        let frame_max = match negotiate(parsed.query.frame_max.unwrap_or(0), tune.frame_max) {
             0 => FRAME_MAX,
             n => n.max(4096),
         };
         let heartbeat = negotiate(
-            u32::from(uri.query.heartbeat.unwrap_or(DEFAULT_HEARTBEAT)),
+            u32::from(parsed.query.heartbeat.unwrap_or(DEFAULT_HEARTBEAT)),
             u32::from(tune.heartbeat),
         ) as u16;
         w.frame_max = frame_max as usize;
@@ -104,7 +104,7 @@ impl Wire {
         }))
         .await?;
         w.send(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: uri.vhost.as_str().into(),
+            virtual_host: parsed.vhost.as_str().into(),
         }))
         .await?;
         match w.next_method().await? {
