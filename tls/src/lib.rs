@@ -92,7 +92,9 @@ pub fn system_roots(what: &str) -> Result<RootCertStore, TlsError> {
 
 /// A client's certificate chain (`cert`) and key (`key`), each named by its setting.
 pub struct Identity<'a> {
+    /// The PEM certificate chain's file, and the setting that names it.
     pub cert: (&'a Path, &'a str),
+    /// The PEM private key's file, and the setting that names it.
     pub key: (&'a Path, &'a str),
 }
 
