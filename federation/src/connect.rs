@@ -240,9 +240,23 @@ fn is_no_answer(e: &lapin::Error) -> bool {
 
 fn connect_error(e: &lapin::Error) -> String {
     if let lapin::ErrorKind::IOError(io) = e.kind() {
-        return io.to_string();
+        return tls_advice(io.to_string());
     }
     with_advice(describe(e))
+}
+
+/// A failed TLS handshake, with what to check.
+fn tls_advice(text: String) -> String {
+    if text.contains("invalid peer certificate") {
+        format!(
+            "{text} (the broker's certificate must chain to the URI's cacertfile, or to the \
+             system trust store without one, and name the URI's host)"
+        )
+    } else if text.contains("received fatal alert") {
+        format!("{text} (the broker refused the handshake: check certfile and keyfile if it requires a client certificate)")
+    } else {
+        text
+    }
 }
 
 /// A broker's refusal of a connection, with what to check when it says.
@@ -326,6 +340,18 @@ mod tests {
         assert_eq!(start.elapsed(), CONNECT_TIMEOUT);
         let want: Vec<Duration> = (0..10).map(Duration::from_secs).collect();
         assert_eq!(tries, want, "one fresh try a second");
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_says_what_to_check() {
+        let e = tls_advice("invalid peer certificate: UnknownIssuer".into());
+        assert!(e.contains("must chain to the URI's cacertfile"), "{e}");
+        let e = tls_advice("received fatal alert: CertificateRequired".into());
+        assert!(e.contains("check certfile and keyfile"), "{e}");
+        assert_eq!(
+            tls_advice("Connection refused".into()),
+            "Connection refused"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
 //! Links over TLS: `amqps` URIs naming the CA and a client certificate in their query, as
-//! RabbitMQ's plugins take them, to a broker that requires a client certificate.
+//! RabbitMQ's plugins take them, to a broker that requires a client certificate; and a link
+//! whose CA does not vouch for the broker, which fails at once and says why.
 
 use super::*;
 use setgate_testkit::pki::Pki;
@@ -19,6 +20,9 @@ async fn links_both_ways_over_amqps_with_a_private_ca_and_a_client_certificate(
     })
     .await?;
     let amqps = pki.amqps_uri("guest", "guest", tls_port);
+    // The same listener, verified against a CA that did not sign its certificate.
+    let other_ca = Pki::generate(&setgate_testkit::unique_dir("fed-pki-other"))?;
+    let untrusted = other_ca.amqps_uri("guest", "guest", tls_port);
     // From the TLS node (consumed over TLS) to dc2, and from dc2 to the TLS node (published
     // over TLS).
     let (out, back) = ("t-tls-out", "t-tls-back");
@@ -32,7 +36,15 @@ async fn links_both_ways_over_amqps_with_a_private_ca_and_a_client_certificate(
     let cfg = config()
         .upstream(Upstream::new("tls", std::slice::from_ref(&amqps)))
         .upstream(Upstream::new("plain", &[s.dc2.amqp_uri()]))
+        .upstream(Upstream::new("untrusted", std::slice::from_ref(&untrusted)))
         .link(link("out", "tls", "dc2", &s.dc2, out))
+        .link(link(
+            "untrusted",
+            "untrusted",
+            "dc2",
+            &s.dc2,
+            "t-tls-untrusted",
+        ))
         .link(Link::new(
             "back",
             &["plain"],
@@ -40,7 +52,32 @@ async fn links_both_ways_over_amqps_with_a_private_ca_and_a_client_certificate(
             std::slice::from_ref(&amqps),
             &[back],
         ));
+    let started = std::time::Instant::now();
     let sg = Setgate::start(BIN, &cfg).await?;
+    // A failed handshake is an answer: reported from the first try, not after knocking for the
+    // connect timeout (10 s; a try every 3 s for amqps).
+    let st = wait_until(
+        "the untrusted link to report its certificate",
+        Duration::from_secs(30),
+        || async {
+            let st = link_status(&sg, "untrusted").await.ok()?;
+            let err = st["last_error"].as_str()?;
+            err.contains("invalid peer certificate")
+                .then_some(st.clone())
+        },
+    )
+    .await
+    .map_err(|e| e.context(format!("setgate log:\n{}", sg.log())))?;
+    let waited = started.elapsed();
+    println!("untrusted after {waited:?}: {}", st["last_error"]);
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect to upstream untrusted")
+                && e.contains("must chain to the URI's cacertfile")),
+        "{st}"
+    );
+    assert!(waited < Duration::from_secs(5), "took {waited:?}: {st}");
     wait_running(&sg, "out").await?;
     wait_running(&sg, "back").await?;
 
