@@ -33,6 +33,12 @@
 //! With `--tls`, the links go over TLS (see [`TlsSides`]); the floor and the clients that
 //! measure stay on plain AMQP.
 //!
+//! With `--exchanges N`, each contender federates N exchanges (N flows, each with its queue on
+//! the source, as a link with N exchanges runs in setgate and in the plugin), and the load is
+//! spread over N publishers and N sink consumers: the shape of a deployment that federates
+//! many exchanges, each at a fraction of the rate. With `--transient`, messages are published
+//! with delivery mode 1.
+//!
 //! Latency is the downstream arrival time minus the publish time carried in a header.
 
 pub mod floor;
@@ -40,7 +46,8 @@ mod setup;
 
 use crate::cpu::Cpu;
 use crate::measure::{
-    median, publish, purge, ratio, through, Acks, Arrivals, Load, Measured, Throughput,
+    median, publish, publish_spread, purge, ratio, through, through_spread, Acks, Arrivals, Load,
+    Measured, Throughput,
 };
 use serde_json::json;
 use setgate_testkit::fed::{declare_bound_queue, declare_exchange};
@@ -73,6 +80,12 @@ pub struct Args {
     /// publishers and consumers that measure stay on plain AMQP.
     #[arg(long, value_enum)]
     pub tls: Option<TlsSides>,
+    /// Exchanges federated, each one flow (a queue on the source) with a publisher and a sink
+    /// consumer of its own; the messages are shared among them. With more than one, the
+    /// diagnostics of the one-exchange workload (`source-drained`, `ceiling`, `ceiling-drain`,
+    /// `floor-drain`) are not run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub exchanges: u16,
 }
 
 /// Which of a link's connections `--tls` puts on TLS.
@@ -88,6 +101,34 @@ const SOURCE_X: &str = "bench.source";
 const SG_X: &str = "bench.setgate";
 const PLUGIN_X: &str = "bench.plugin";
 const CEILING_X: &str = "bench.ceiling";
+/// The source's queue of the one-exchange diagnostics, bound to [`SOURCE_X`].
+const SOURCE_Q: &str = "bench.source.q";
+
+/// The exchanges one party publishes to (the same names on both brokers) and the queues its
+/// messages end in, one of each per `--exchanges`. With one, the names carry no number.
+struct Lanes {
+    exchanges: Vec<String>,
+    queues: Vec<String>,
+}
+
+impl Lanes {
+    /// `exchange[.i]` and `exchange.queue[.i]`.
+    fn new(exchange: &str, queue: &str, n: u16) -> Lanes {
+        let numbered = |base: String| match n {
+            1 => vec![base],
+            _ => (0..n).map(|i| format!("{base}.{i}")).collect(),
+        };
+        Lanes {
+            exchanges: numbered(exchange.to_string()),
+            queues: numbered(format!("{exchange}.{queue}")),
+        }
+    }
+
+    /// The queues at `uri`, as [`Arrivals`] takes them.
+    fn at<'a>(&'a self, uri: &'a str) -> Vec<(&'a str, &'a str)> {
+        self.queues.iter().map(|q| (uri, q.as_str())).collect()
+    }
+}
 
 /// A `ceiling` run: the rates of the source's side and of the downstream's side, at once.
 struct Ceiling {
@@ -137,19 +178,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => (su.clone(), du.clone()),
     };
     let plugin_tls = pki.as_ref().map(|pki| (tls_ports.0, pki));
-    for x in [SOURCE_X, SG_X, PLUGIN_X, CEILING_X] {
-        declare_exchange(&su, x, "topic").await?;
-        declare_exchange(&du, x, "topic").await?;
+    let n = args.exchanges;
+    // The diagnostics of the one-exchange workload run with one exchange only.
+    let single = n == 1;
+    let source_lanes = Lanes::new(SOURCE_X, "q", n);
+    let (sg_lanes, plugin_lanes) = (Lanes::new(SG_X, "sink", n), Lanes::new(PLUGIN_X, "sink", n));
+    for (uri, lanes) in [(&su, &source_lanes), (&du, &sg_lanes), (&du, &plugin_lanes)] {
+        for (x, q) in lanes.exchanges.iter().zip(&lanes.queues) {
+            declare_exchange(&su, x, "topic").await?;
+            declare_exchange(&du, x, "topic").await?;
+            declare_bound_queue(uri, q, x).await?;
+        }
     }
-    declare_bound_queue(&su, "bench.source.q", SOURCE_X).await?;
-    declare_bound_queue(&du, "bench.setgate.sink", SG_X).await?;
-    declare_bound_queue(&du, "bench.plugin.sink", PLUGIN_X).await?;
+    declare_exchange(&su, CEILING_X, "topic").await?;
+    declare_exchange(&du, CEILING_X, "topic").await?;
     declare_bound_queue(&du, "bench.ceiling.sink", CEILING_X).await?;
     if !args.skip_plugin {
-        start_plugin(&src, &dst, PLUGIN_X, args.common.prefetch, plugin_tls).await?;
+        let xs = &plugin_lanes.exchanges;
+        start_plugin(&src, &dst, xs, args.common.prefetch, plugin_tls).await?;
     }
 
     let load = args.common.load();
+    let prefetch = args.common.prefetch;
+    let links = (link_su.as_str(), link_du.as_str());
     let (mut source, mut drained, mut setgate, mut plugin) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut setgate_drain, mut plugin_drain) = (Vec::new(), Vec::new());
@@ -158,29 +209,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let nodes = [("source_node", &src), ("downstream_node", &dst)];
     for run in 1..=args.common.runs {
         let cpu = Cpu::sample(None, &nodes);
-        let rate = publish(&su, SOURCE_X, load).await?;
+        let rate = publish_spread(&su, &source_lanes.exchanges, load).await?;
         eprintln!(
             "run {run}: source {rate:.0} msg/s; cpu s {}",
             cpu.since(None, &nodes)
         );
         source.push(rate);
-        purge(&su, "bench.source.q").await?;
+        for q in &source_lanes.queues {
+            purge(&su, q).await?;
+        }
 
-        let cpu = Cpu::sample(None, &nodes);
-        let m = through(&su, SOURCE_X, &su, "bench.source.q", load, Acks::Batched).await?;
-        eprintln!(
-            "run {run}: source-drained {:.0} msg/s; cpu s {}",
-            m.rate,
-            cpu.since(None, &nodes)
-        );
-        drained.push(m.rate);
+        if single {
+            let cpu = Cpu::sample(None, &nodes);
+            let m = through(&su, SOURCE_X, &su, SOURCE_Q, load, Acks::Batched).await?;
+            eprintln!(
+                "run {run}: source-drained {:.0} msg/s; cpu s {}",
+                m.rate,
+                cpu.since(None, &nodes)
+            );
+            drained.push(m.rate);
 
-        let source_side = through(&su, SOURCE_X, &su, "bench.source.q", load, Acks::Batched);
-        ceiling.push(ceiling_run("ceiling", run, &du, load, &nodes, source_side).await?);
+            let source_side = through(&su, SOURCE_X, &su, SOURCE_Q, load, Acks::Batched);
+            ceiling.push(ceiling_run("ceiling", run, &du, load, &nodes, source_side).await?);
+        }
 
-        let sg = start_setgate(&bin, &link_su, &link_du, SG_X, args.common.prefetch).await?;
+        let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch).await?;
         let cpu = Cpu::sample(Some(&sg), &nodes);
-        let m = through(&su, SG_X, &du, "bench.setgate.sink", load, Acks::Auto).await?;
+        let m = through_spread(&su, &sg_lanes.exchanges, &du, &sg_lanes.queues, load).await?;
         let cpu = cpu.since(Some(&sg), &nodes);
         eprintln!("run {run}: setgate {} ; cpu s {cpu}", show(&m));
         setgate.push((m, cpu));
@@ -188,62 +243,58 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
         if !args.skip_plugin {
             let cpu = Cpu::sample(None, &nodes);
-            let m = through(&su, PLUGIN_X, &du, "bench.plugin.sink", load, Acks::Auto).await?;
+            let (xs, qs) = (&plugin_lanes.exchanges, &plugin_lanes.queues);
+            let m = through_spread(&su, xs, &du, qs, load).await?;
             let cpu = cpu.since(None, &nodes);
             eprintln!("run {run}: plugin {} ; cpu s {cpu}", show(&m));
             plugin.push((m, cpu));
         }
 
-        // The brokers' ceiling on a drain: a backlog on the source's queue taken by a bare
-        // consumer while a bare publisher feeds the downstream.
-        purge(&su, "bench.source.q").await?;
-        publish(&su, SOURCE_X, load).await?;
-        let backlog = async {
-            let a =
-                Arrivals::consume(&[(&su, "bench.source.q")], load.messages, Acks::Batched).await?;
-            a.finish().await
-        };
-        ceiling_drain.push(ceiling_run("ceiling-drain", run, &du, load, &nodes, backlog).await?);
+        if single {
+            // The brokers' ceiling on a drain: a backlog on the source's queue taken by a bare
+            // consumer while a bare publisher feeds the downstream.
+            purge(&su, SOURCE_Q).await?;
+            publish(&su, SOURCE_X, load).await?;
+            let backlog = async {
+                let a = Arrivals::consume(&[(&su, SOURCE_Q)], load.messages, Acks::Batched).await?;
+                a.finish().await
+            };
+            let c = ceiling_run("ceiling-drain", run, &du, load, &nodes, backlog).await?;
+            ceiling_drain.push(c);
+        }
 
-        // The backlog drains: setgate's link queue on the source exists (the live run declared
-        // it) and keeps filling while setgate is stopped.
-        publish(&su, SG_X, load).await?;
-        let arrivals =
-            Arrivals::start(&[(&du, "bench.setgate.sink")], load.messages, Acks::Auto).await?;
+        // The backlog drains: setgate's link queues on the source exist (the live run declared
+        // them) and keep filling while setgate is stopped.
+        publish_spread(&su, &sg_lanes.exchanges, load).await?;
+        let arrivals = Arrivals::start(&sg_lanes.at(&du), load.messages, Acks::Auto).await?;
         let cpu = Cpu::sample(None, &nodes);
-        let sg = start_setgate(&bin, &link_su, &link_du, SG_X, args.common.prefetch).await?;
+        let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch).await?;
         let m = arrivals.finish().await?;
         let cpu = cpu.since(Some(&sg), &nodes);
         eprintln!("run {run}: setgate-drain {} ; cpu s {cpu}", show(&m));
         setgate_drain.push((m, cpu));
         drop(sg);
 
-        purge(&su, "bench.source.q").await?;
-        publish(&su, SOURCE_X, load).await?;
-        let arrivals =
-            Arrivals::start(&[(&du, "bench.ceiling.sink")], load.messages, Acks::Auto).await?;
-        let cpu = Cpu::sample(None, &nodes);
-        let (from, to) = (src.amqp_addr(), dst.amqp_addr());
-        let prefetch = args.common.prefetch;
-        let forwarder = floor::spawn(
-            from,
-            "bench.source.q",
-            to,
-            CEILING_X,
-            load.messages,
-            prefetch,
-        )
-        .await?;
-        let m = arrivals.finish().await?;
-        let cpu = cpu.since(None, &nodes).with("floor", forwarder);
-        eprintln!("run {run}: floor-drain {} ; cpu s {cpu}", show(&m));
-        floor_drain.push((m, cpu));
+        if single {
+            purge(&su, SOURCE_Q).await?;
+            publish(&su, SOURCE_X, load).await?;
+            let arrivals =
+                Arrivals::start(&[(&du, "bench.ceiling.sink")], load.messages, Acks::Auto).await?;
+            let cpu = Cpu::sample(None, &nodes);
+            let (from, to) = (src.amqp_addr(), dst.amqp_addr());
+            let forwarder =
+                floor::spawn(from, SOURCE_Q, to, CEILING_X, load.messages, prefetch).await?;
+            let m = arrivals.finish().await?;
+            let cpu = cpu.since(None, &nodes).with("floor", forwarder);
+            eprintln!("run {run}: floor-drain {} ; cpu s {cpu}", show(&m));
+            floor_drain.push((m, cpu));
+        }
 
         if !args.skip_plugin {
             plugin_link(&src, PluginLink::Down).await?;
-            publish(&su, PLUGIN_X, load).await?;
+            publish_spread(&su, &plugin_lanes.exchanges, load).await?;
             let arrivals =
-                Arrivals::start(&[(&du, "bench.plugin.sink")], load.messages, Acks::Auto).await?;
+                Arrivals::start(&plugin_lanes.at(&du), load.messages, Acks::Auto).await?;
             let cpu = Cpu::sample(None, &nodes);
             plugin_link(&src, PluginLink::Up).await?;
             let m = arrivals.finish().await?;
@@ -258,12 +309,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: Some(args.paced_rate),
         ..load
     };
-    let sg = start_setgate(&bin, &link_su, &link_du, SG_X, args.common.prefetch).await?;
-    let sg_paced = through(&su, SG_X, &du, "bench.setgate.sink", paced, Acks::Auto).await?;
+    let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch).await?;
+    let sg_paced = through_spread(&su, &sg_lanes.exchanges, &du, &sg_lanes.queues, paced).await?;
     drop(sg);
     let plugin_paced = match args.skip_plugin {
         true => None,
-        false => Some(through(&su, PLUGIN_X, &du, "bench.plugin.sink", paced, Acks::Auto).await?),
+        false => {
+            let (xs, qs) = (&plugin_lanes.exchanges, &plugin_lanes.queues);
+            Some(through_spread(&su, xs, &du, qs, paced).await?)
+        }
     };
 
     let source_med = median(source.clone());
@@ -279,7 +333,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Cpu::median_per_message_us(v.iter().map(|m| &m.1), args.common.messages)
     };
     let links_tls = args.tls.map(|t| format!("{t:?}").to_lowercase());
-    let common = json!({"messages": args.common.messages, "body_size": args.common.body_size, "persistent": true, "links_tls": links_tls});
+    let common = json!({
+        "messages": args.common.messages, "body_size": args.common.body_size,
+        "persistent": !args.common.transient, "links_tls": links_tls, "exchanges": n,
+    });
+    // A ratio to a diagnostic's median, none when it was not run (`--exchanges` above 1).
+    let to = |a: f64, b: Option<f64>| b.map(|b| ratio(a, b));
     let ceiling_json = |v: &[(Ceiling, Cpu)]| {
         let med = median(v.iter().map(|c| c.0.rate()).collect());
         let j = json!({
@@ -295,19 +354,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (ceiling_med, ceiling_line) = ceiling_json(&ceiling);
     let (ceiling_drain_med, ceiling_drain_line) = ceiling_json(&ceiling_drain);
+    let drained_med = median(drained.clone());
+    let (ceiling_med, ceiling_drain_med, drained_med) = match single {
+        true => (
+            Some(ceiling_med),
+            Some(ceiling_drain_med),
+            Some(drained_med),
+        ),
+        false => (None, None, None),
+    };
     line(
         "source",
         json!({"runs_msg_s": rounded(&source), "median_msg_s": source_med.round(), "load": common}),
     );
-    line(
-        "source-drained",
-        json!({
-            "runs_msg_s": rounded(&drained), "median_msg_s": median(drained.clone()).round(),
-            "ratio_to_source": ratio(median(drained.clone()), source_med), "load": common,
-        }),
-    );
-    line("ceiling", ceiling_line);
-    line("ceiling-drain", ceiling_drain_line);
+    if single {
+        line(
+            "source-drained",
+            json!({
+                "runs_msg_s": rounded(&drained), "median_msg_s": drained_med.map(f64::round),
+                "ratio_to_source": drained_med.map(|d| ratio(d, source_med)),
+                "load": common,
+            }),
+        );
+        line("ceiling", ceiling_line);
+        line("ceiling-drain", ceiling_drain_line);
+    }
     line(
         "setgate",
         json!({
@@ -317,8 +388,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "p99_ms": pct(&setgate, |m| m.p99_ms),
             "cpu_us_per_msg": cpu_us(&setgate),
             "ratio_to_source": ratio(sg_med, source_med),
-            "ratio_to_source_drained": ratio(sg_med, median(drained.clone())),
-            "ratio_to_ceiling": ratio(sg_med, ceiling_med),
+            "ratio_to_source_drained": to(sg_med, drained_med),
+            "ratio_to_ceiling": to(sg_med, ceiling_med),
             "ratio_to_plugin": plugin_med.map(|p| ratio(sg_med, p)),
             "load": common,
         }),
@@ -333,7 +404,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "p99_ms": pct(&plugin, |m| m.p99_ms),
                 "cpu_us_per_msg": cpu_us(&plugin),
                 "ratio_to_source": ratio(p, source_med),
-                "ratio_to_ceiling": ratio(p, ceiling_med),
+                "ratio_to_ceiling": to(p, ceiling_med),
                 "load": common,
             }),
         );
@@ -359,7 +430,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sg_drain,
         json!({
             "ratio_to_source": ratio(sg_drain, source_med),
-            "ratio_to_ceiling": ratio(sg_drain, ceiling_drain_med),
+            "ratio_to_ceiling": to(sg_drain, ceiling_drain_med),
             "ratio_to_plugin": plugin_drain_med.map(|p| ratio(sg_drain, p)),
         }),
     );
@@ -370,20 +441,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             p,
             json!({
                 "ratio_to_source": ratio(p, source_med),
-                "ratio_to_ceiling": ratio(p, ceiling_drain_med),
+                "ratio_to_ceiling": to(p, ceiling_drain_med),
             }),
         );
     }
-    let floor_med = median(floor_drain.iter().map(|m| m.0.rate).collect());
-    drain_line(
-        "floor-drain",
-        &floor_drain,
-        floor_med,
-        json!({
-            "ratio_to_setgate_drain": ratio(floor_med, sg_drain),
-            "ratio_to_plugin": plugin_drain_med.map(|p| ratio(floor_med, p)),
-        }),
-    );
+    if single {
+        let floor_med = median(floor_drain.iter().map(|m| m.0.rate).collect());
+        drain_line(
+            "floor-drain",
+            &floor_drain,
+            floor_med,
+            json!({
+                "ratio_to_setgate_drain": ratio(floor_med, sg_drain),
+                "ratio_to_plugin": plugin_drain_med.map(|p| ratio(floor_med, p)),
+            }),
+        );
+    }
     let paced_json = |m: &Measured| json!({"rate_msg_s": args.paced_rate, "messages": args.paced_messages, "p50_ms": m.p50_ms, "p99_ms": m.p99_ms});
     line("setgate-paced", paced_json(&sg_paced));
     if let Some(m) = plugin_paced {

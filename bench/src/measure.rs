@@ -26,6 +26,8 @@ pub struct Load {
     pub rate: Option<f64>,
     /// Give each message an `x-user-id` header, `user-{i % users}` (the key of SET routing).
     pub users: Option<u64>,
+    /// Persistent messages (delivery mode 2), or transient ones (1).
+    pub persistent: bool,
 }
 
 /// The options of every throughput benchmark.
@@ -46,6 +48,10 @@ pub struct Throughput {
     /// prefetch_count of setgate's link or shovel, and of the plugin's.
     #[arg(long, default_value_t = 1000)]
     pub prefetch: u32,
+    /// Publish transient messages (delivery mode 1) instead of persistent ones. The queues stay
+    /// durable; the brokers keep the messages in memory, so the forwarder's own cost weighs more.
+    #[arg(long)]
+    pub transient: bool,
 }
 
 impl Throughput {
@@ -57,6 +63,7 @@ impl Throughput {
             window: self.window,
             rate: None,
             users: None,
+            persistent: !self.transient,
         }
     }
 }
@@ -88,9 +95,37 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Publishes persistent messages with pipelined confirms; returns confirmed messages per second
-/// from the first publish to the last confirm. Each message carries its publish time (`ts_ns`).
+/// Publishes messages (persistent unless the load says otherwise) with pipelined confirms;
+/// returns confirmed messages per second from the first publish to the last confirm. Each
+/// message carries its publish time (`ts_ns`).
 pub async fn publish(uri: &str, exchange: &str, load: Load) -> anyhow::Result<f64> {
+    let (start, end) = publish_span(uri, exchange, load).await?;
+    Ok(load.messages as f64 / end.duration_since(start).as_secs_f64())
+}
+
+/// Publishes `load` spread over `exchanges` at once: one publisher (a connection) each, with an
+/// equal share of the messages and of the rate, and each its own window. Returns the confirmed
+/// messages per second of them all, from the first publish to the last confirm. With one
+/// exchange, it is [`publish`].
+pub async fn publish_spread(uri: &str, exchanges: &[String], load: Load) -> anyhow::Result<f64> {
+    let n = exchanges.len() as u64;
+    anyhow::ensure!(n > 0, "no exchange to publish to");
+    let spans = futures_util::future::try_join_all(exchanges.iter().enumerate().map(|(i, x)| {
+        let share = Load {
+            messages: load.messages / n + u64::from((i as u64) < load.messages % n),
+            rate: load.rate.map(|r| r / n as f64),
+            ..load
+        };
+        publish_span(uri, x, share)
+    }))
+    .await?;
+    let start = spans.iter().map(|s| s.0).min().expect("one span at least");
+    let end = spans.iter().map(|s| s.1).max().expect("one span at least");
+    Ok(load.messages as f64 / end.duration_since(start).as_secs_f64())
+}
+
+/// When the first publish went out and when the last confirm came back.
+async fn publish_span(uri: &str, exchange: &str, load: Load) -> anyhow::Result<(Instant, Instant)> {
     let conn = connect(uri).await?;
     let ch = confirm_channel(&conn).await?;
     let body = vec![b'x'; load.body_size];
@@ -100,7 +135,7 @@ pub async fn publish(uri: &str, exchange: &str, load: Load) -> anyhow::Result<f6
         if let Some(r) = load.rate {
             tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / r)).into()).await;
         }
-        inflight.push_back(publish_one(&ch, exchange, i, &body, load.users).await?);
+        inflight.push_back(publish_one(&ch, exchange, i, &body, load).await?);
         while inflight.len() >= load.window {
             check(inflight.pop_front().unwrap().await?)?;
         }
@@ -108,9 +143,9 @@ pub async fn publish(uri: &str, exchange: &str, load: Load) -> anyhow::Result<f6
     while let Some(c) = inflight.pop_front() {
         check(c.await?)?;
     }
-    let rate = load.messages as f64 / start.elapsed().as_secs_f64();
+    let end = Instant::now();
     let _ = conn.close(200, "OK".into()).await;
-    Ok(rate)
+    Ok((start, end))
 }
 
 async fn publish_one(
@@ -118,16 +153,16 @@ async fn publish_one(
     exchange: &str,
     i: u64,
     body: &[u8],
-    users: Option<u64>,
+    load: Load,
 ) -> anyhow::Result<PublisherConfirm> {
     let mut headers = FieldTable::default();
     headers.insert("ts_ns".into(), AMQPValue::LongLongInt(now_ns()));
-    if let Some(users) = users {
+    if let Some(users) = load.users {
         let user = format!("user-{}", i % users);
         headers.insert("x-user-id".into(), AMQPValue::LongString(user.into()));
     }
     let props = BasicProperties::default()
-        .with_delivery_mode(2)
+        .with_delivery_mode(if load.persistent { 2 } else { 1 })
         .with_message_id(i.to_string().into())
         .with_headers(headers);
     let rk = format!("k{}", i % 10);
@@ -171,6 +206,21 @@ pub async fn through(
 ) -> anyhow::Result<Measured> {
     let arrivals = Arrivals::start(&[(sub_uri, queue)], load.messages, acks).await?;
     publish(pub_uri, exchange, load).await?;
+    arrivals.finish().await
+}
+
+/// Publishes `load` spread over `exchanges` at `pub_uri` ([`publish_spread`]) while consumers
+/// on `queues` at `sub_uri` time the arrivals, all queues together.
+pub async fn through_spread(
+    pub_uri: &str,
+    exchanges: &[String],
+    sub_uri: &str,
+    queues: &[String],
+    load: Load,
+) -> anyhow::Result<Measured> {
+    let at: Vec<(&str, &str)> = queues.iter().map(|q| (sub_uri, q.as_str())).collect();
+    let arrivals = Arrivals::start(&at, load.messages, Acks::Auto).await?;
+    publish_spread(pub_uri, exchanges, load).await?;
     arrivals.finish().await
 }
 

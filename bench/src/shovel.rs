@@ -153,7 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let load = args.common.load();
     let common = json!({
-        "messages": args.common.messages, "body_size": args.common.body_size, "persistent": true,
+        "messages": args.common.messages, "body_size": args.common.body_size, "persistent": !args.common.transient,
         "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
     });
     for case in &args.cases {

@@ -14,21 +14,22 @@ use setgate_testkit::{wait_until, Node, Setgate};
 use std::path::Path;
 use std::time::Duration;
 
-/// Starts setgate with one on-confirm link `src -> dst` for `exchange`; waits until it runs.
+/// Starts setgate with one on-confirm link `src -> dst` (`uris`) for `exchanges` (a flow
+/// each); waits until it runs.
 pub async fn start_setgate(
     bin: &Path,
-    src: &str,
-    dst: &str,
-    exchange: &str,
+    (src, dst): (&str, &str),
+    exchanges: &[String],
     prefetch: u32,
 ) -> anyhow::Result<Setgate> {
+    let exchanges: Vec<&str> = exchanges.iter().map(String::as_str).collect();
     let cfg = Config::new()
         .upstream(
             Upstream::new("src", &[src])
                 .prefetch_count(prefetch)
                 .ack_mode("on-confirm"),
         )
-        .link(Link::new("bench", &["src"], "dst", &[dst], &[exchange]));
+        .link(Link::new("bench", &["src"], "dst", &[dst], &exchanges));
     let quiet = SetgateOptions {
         quiet: true,
         ..Default::default()
@@ -99,12 +100,12 @@ pub async fn plugin_link(src: &Node, link: PluginLink) -> anyhow::Result<()> {
 /// TLS listener and the bench's certificates.
 pub type PluginTls<'a> = Option<(u16, &'a Pki)>;
 
-/// Federates `exchange` from `src` to `dst` with RabbitMQ's plugin (on `dst`): an upstream and
-/// a policy, then waits until a probe message crosses.
+/// Federates `exchanges` from `src` to `dst` with RabbitMQ's plugin (on `dst`): an upstream and
+/// a policy, then waits until a probe message crosses each.
 pub async fn start_plugin(
     src: &Node,
     dst: &Node,
-    exchange: &str,
+    exchanges: &[String],
     prefetch: u32,
     tls: PluginTls<'_>,
 ) -> anyhow::Result<()> {
@@ -129,7 +130,8 @@ pub async fn start_plugin(
         &upstream.to_string(),
     ])
     .await?;
-    let pattern = format!("^{}$", exchange.replace('.', "\\."));
+    let names: Vec<String> = exchanges.iter().map(|x| x.replace('.', "\\.")).collect();
+    let pattern = format!("^({})$", names.join("|"));
     let policy = r#"{"federation-upstream-set":"all"}"#;
     dst.ctl(&[
         "set_policy",
@@ -149,37 +151,48 @@ pub async fn start_plugin(
     };
     ch.queue_declare("bench.probe".into(), exclusive, FieldTable::default())
         .await?;
-    ch.queue_bind(
-        "bench.probe".into(),
-        exchange.into(),
-        "probe".into(),
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await?;
     let pub_conn = connect(&src.amqp_uri()).await?;
     let pub_ch = pub_conn.create_channel().await?;
-    wait_until(
-        "the federation plugin's link",
-        Duration::from_secs(60),
-        || {
-            let (ch, pub_ch) = (ch.clone(), pub_ch.clone());
-            async move {
-                let props = BasicProperties::default();
-                let opts = BasicPublishOptions::default();
-                let _ = pub_ch
-                    .basic_publish(exchange.into(), "probe".into(), opts, b"probe", props)
-                    .await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                ch.basic_get("bench.probe".into(), Default::default())
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|_| ())
-            }
-        },
-    )
-    .await?;
+    for exchange in exchanges {
+        let exchange = exchange.as_str();
+        let (queue, key) = ("bench.probe", "probe");
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        wait_until(
+            &format!("the federation plugin's link for {exchange}"),
+            Duration::from_secs(60),
+            || {
+                let (ch, pub_ch) = (ch.clone(), pub_ch.clone());
+                async move {
+                    let props = BasicProperties::default();
+                    let opts = BasicPublishOptions::default();
+                    let _ = pub_ch
+                        .basic_publish(exchange.into(), key.into(), opts, b"probe", props)
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    ch.basic_get(queue.into(), Default::default())
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|_| ())
+                }
+            },
+        )
+        .await?;
+        ch.queue_unbind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
     let _ = conn.close(200, "OK".into()).await;
     let _ = pub_conn.close(200, "OK".into()).await;
     Ok(())
