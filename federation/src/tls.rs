@@ -50,7 +50,7 @@ pub(crate) fn tls_config(uri: &AmqpUri) -> io::Result<OwnedTLSConfig> {
 }
 
 /// Reads a file a URI names, the error naming the parameter and the path.
-pub(crate) fn read(param: &str, path: &Path) -> io::Result<Vec<u8>> {
+fn read(param: &str, path: &Path) -> io::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         io::Error::new(
             e.kind(),
