@@ -146,42 +146,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut unconfirmed: VecDeque<(u64, bool)> = VecDeque::new();
     let mut next_seq = 1u64;
     let mut confirmed = 0u64;
+    // The read that brought ConsumeOk may have brought deliveries after it: with a small
+    // prefetch, all the source will send until acked.
+    republish(
+        &mut up,
+        &mut down,
+        &exchange,
+        &origin,
+        &mut unconfirmed,
+        &mut next_seq,
+    )?;
+    down.flush().await?;
     while confirmed < args.count {
         tokio::select! {
             more = up.fill() => {
                 if !more? { bail!("source closed"); }
-                let mut pos = 0;
-                while let Some(len) = up.frame_at(pos) {
-                    let frame = &up.rd[pos..pos + len];
-                    pos += len;
-                    // A body frame (type 3) goes through as it came, unparsed.
-                    if frame[0] == 3 {
-                        down.wr.extend_from_slice(frame);
-                        continue;
-                    }
-                    match parse(frame)? {
-                        AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Deliver(d))) => {
-                            unconfirmed.push_back((d.delivery_tag, false));
-                            next_seq += 1;
-                            down.push(&AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                                exchange: exchange.clone(),
-                                routing_key: d.routing_key,
-                                mandatory: false,
-                                immediate: false,
-                            }))));
-                        }
-                        AMQPFrame::Header(_, mut h) => {
-                            let mut headers = h.properties.headers().clone().unwrap_or_default();
-                            headers.insert("x-received-from".into(), origin.clone());
-                            h.properties = h.properties.with_headers(headers);
-                            down.push(&AMQPFrame::Header(1, h));
-                        }
-                        AMQPFrame::Heartbeat => {}
-                        AMQPFrame::Method(_, m) => bail!("source sent {}", method_name(&m)),
-                        other => bail!("source sent {other:?}"),
-                    }
-                }
-                up.rd.drain(..pos);
+                republish(&mut up, &mut down, &exchange, &origin, &mut unconfirmed, &mut next_seq)?;
                 down.flush().await?;
             }
             more = down.fill() => {
@@ -235,6 +215,54 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"cpu_s": secs(usage.ru_utime) + secs(usage.ru_stime), "moved": confirmed})
     );
+    Ok(())
+}
+
+/// Republishes every whole delivery read from the source: its method and header re-encoded
+/// (one header entry added), its body frames as they came. Records each publish's source tag.
+fn republish(
+    up: &mut Side,
+    down: &mut Side,
+    exchange: &ShortString,
+    origin: &AMQPValue,
+    unconfirmed: &mut VecDeque<(u64, bool)>,
+    next_seq: &mut u64,
+) -> anyhow::Result<()> {
+    let mut pos = 0;
+    while let Some(len) = up.frame_at(pos) {
+        let frame = &up.rd[pos..pos + len];
+        pos += len;
+        // A body frame (type 3) goes through as it came, unparsed.
+        if frame[0] == 3 {
+            down.wr.extend_from_slice(frame);
+            continue;
+        }
+        match parse(frame)? {
+            AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Deliver(d))) => {
+                unconfirmed.push_back((d.delivery_tag, false));
+                *next_seq += 1;
+                down.push(&AMQPFrame::Method(
+                    1,
+                    AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                        exchange: exchange.clone(),
+                        routing_key: d.routing_key,
+                        mandatory: false,
+                        immediate: false,
+                    })),
+                ));
+            }
+            AMQPFrame::Header(_, mut h) => {
+                let mut headers = h.properties.headers().clone().unwrap_or_default();
+                headers.insert("x-received-from".into(), origin.clone());
+                h.properties = h.properties.with_headers(headers);
+                down.push(&AMQPFrame::Header(1, h));
+            }
+            AMQPFrame::Heartbeat => {}
+            AMQPFrame::Method(_, m) => bail!("source sent {}", method_name(&m)),
+            other => bail!("source sent {other:?}"),
+        }
+    }
+    up.rd.drain(..pos);
     Ok(())
 }
 
