@@ -14,8 +14,8 @@ use setgate_testkit::{wait_until, Node, Setgate};
 use std::path::Path;
 use std::time::Duration;
 
-/// Starts setgate with one on-confirm link `src -> dst` (`uris`) for `exchanges` (a flow
-/// each); waits until it runs.
+/// Starts setgate with one on-confirm link from the source's URI `src` to the downstream's
+/// `dst`, for `exchanges` (a flow each); waits until it runs.
 pub async fn start_setgate(
     bin: &Path,
     (src, dst): (&str, &str),
