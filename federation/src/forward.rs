@@ -6,7 +6,7 @@
 //! taken in publish order per destination ([`Outlets`]), and the [`AckTracker`] turns the
 //! confirmed prefix into `multiple` acks, sent when a quarter of the prefetch is ready or
 //! [`ACK_DELAY`] after the first was. While half the prefetch or more is unacked (a backlog, a
-//! flow falling behind) confirms are read as they come and acks go out by the sixteenth of the
+//! flow falling behind) confirms are read as they come and acks go out by a sixteenth of the
 //! prefetch ([`ack_batch`]); with room in the window, confirms are read in rounds
 //! (`wire::lazy`) to save wake-ups.
 //!
@@ -1234,7 +1234,8 @@ fn lost(
 /// source per round, a handful of messages each: on a drain of four flows at once
 /// (`setgate-bench federation --exchanges 4`) that was 0.2 acks per message, and a sixteenth
 /// took setgate's CPU per drained message from 7.1 and 7.7 us to 6.7 and 5.5, and the source
-/// broker's from 35 to 27 us. Never less than one: a small prefetch acks each delivery.
+/// broker's from 35 to 27 us. Never less than one: a prefetch under 16 acks each delivery while
+/// the window is tight, one under 8 always.
 fn ack_batch(prefetch: u32, window_tight: bool) -> usize {
     let share = if window_tight { 16 } else { 4 };
     (prefetch as usize / share).max(1)
