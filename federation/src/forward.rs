@@ -1232,7 +1232,7 @@ fn lost(
 /// that the source gets its window back soon, held back by at most 6% of it. Acking each round
 /// of confirms in a tight window, as before, cost a write for setgate and an ack frame for the
 /// source per round, a handful of messages each: on a drain of four flows at once
-/// (`setgate-bench federation --exchanges 4`) that was 0.2 acks per message, and a sixteenth
+/// (`setgate-bench federation --exchanges 4`) that was 0.14 acks per message, and a sixteenth
 /// took setgate's CPU per drained message from 7.1 and 7.7 us to 6.7 and 5.5, and the source
 /// broker's from 35 to 27 us. Never less than one: a prefetch under 16 acks each delivery while
 /// the window is tight, one under 8 always.
