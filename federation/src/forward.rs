@@ -68,6 +68,11 @@ const ACK_DELAY: Duration = Duration::from_millis(10);
 const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Most deliveries republished in one go.
 const BATCH: usize = 256;
+/// Most body bytes gathered into one batch (the delivery that passes it included). A batch's
+/// deliveries hold the inlet's read buffers until the batch is written: this bounds that memory
+/// (256 deliveries of 64 KiB bodies were 16 MiB) so that the inlet reads into the same few
+/// buffers again.
+const BATCH_BYTES: usize = 512 * 1024;
 /// First pause after the downstream refused a publish; doubled while refusals go on.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest pause between rounds of refused publishes.
@@ -334,11 +339,17 @@ impl Forwarder {
                     inlet.poll_alive(cx).map(Err)
                 }) => {
                     run.last_delivery = Instant::now();
-                    batch.push(self.delivery(d)?);
+                    let d = self.delivery(d)?;
+                    let mut bytes = d.body().len();
+                    batch.push(d);
                     // Take what else is already read or readable: one batch per wake-up.
-                    while batch.len() < BATCH {
+                    while batch.len() < BATCH && bytes < BATCH_BYTES {
                         match poll_fn(|cx| inlet.poll_delivery(cx)).now_or_never() {
-                            Some(d) => batch.push(self.delivery(d)?),
+                            Some(d) => {
+                                let d = self.delivery(d)?;
+                                bytes += d.body().len();
+                                batch.push(d);
+                            }
                             None => break,
                         }
                     }

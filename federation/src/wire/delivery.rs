@@ -3,27 +3,34 @@
 use super::error::WireError;
 use amq_protocol::protocol::basic::{parse_properties, AMQPProperties};
 use amq_protocol::types::ShortString;
+use bytes::{Bytes, BytesMut};
 
 /// A message delivered to the wire's consumer: what the flow needs of it, its properties and
 /// body as read (parsed only when asked for: republishing them mostly needs no parsing).
+///
+/// Properties and body are slices of the buffer they were read into, not copies: a delivery
+/// holds a reference to that read, and the read's memory goes when its last delivery does
+/// (deliveries live until their batch is published). Only a body sent in several frames is
+/// gathered into a buffer of its own.
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub delivery_tag: u64,
     pub redelivered: bool,
     pub routing_key: ShortString,
-    /// The content header's property flags and fields, then the body.
-    content: Vec<u8>,
-    body_at: usize,
+    /// The content header's property flags and fields.
+    properties: Bytes,
+    body: Bytes,
 }
 
 impl Delivery {
     /// The property flags and fields, encoded.
     pub fn raw_properties(&self) -> &[u8] {
-        &self.content[..self.body_at]
+        &self.properties
     }
 
-    pub fn body(&self) -> &[u8] {
-        &self.content[self.body_at..]
+    /// The body, shared with the buffer it was read into (cloning it copies nothing).
+    pub fn body(&self) -> &Bytes {
+        &self.body
     }
 
     /// The properties, parsed.
@@ -41,7 +48,11 @@ impl Delivery {
 pub(super) struct Incoming {
     delivery: Delivery,
     header: bool,
+    /// The body size the content header gave.
+    size: u64,
     left: u64,
+    /// A body that came in several frames, gathered.
+    parts: Option<BytesMut>,
 }
 
 impl Incoming {
@@ -50,35 +61,40 @@ impl Incoming {
         Ok(Incoming {
             delivery: parse_deliver(args)?,
             header: false,
+            size: 0,
             left: 0,
+            parts: None,
         })
     }
 
-    /// The content header's `payload`: its properties kept as read, behind them its body.
-    pub fn header(&mut self, payload: &[u8]) -> Result<(), WireError> {
+    /// The content header's `payload`: its properties are kept as read.
+    pub fn header(&mut self, payload: Bytes) -> Result<(), WireError> {
         if self.header || payload.len() < 14 {
             return Err(WireError::Protocol("a content header out of place".into()));
         }
-        let size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
-        let props = &payload[12..];
+        self.size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
+        self.left = self.size;
         self.header = true;
-        self.left = size;
-        let d = &mut self.delivery;
-        // One allocation for the whole content (bounded: the size is the broker's word).
-        d.content
-            .reserve_exact(props.len() + size.min(1 << 27) as usize);
-        d.content.extend_from_slice(props);
-        d.body_at = props.len();
+        self.delivery.properties = payload.slice(12..);
         Ok(())
     }
 
     /// A content body frame's payload.
-    pub fn body(&mut self, part: &[u8]) -> Result<(), WireError> {
+    pub fn body(&mut self, part: Bytes) -> Result<(), WireError> {
         if !self.header || part.len() as u64 > self.left {
             return Err(WireError::Protocol("a content body out of place".into()));
         }
-        self.delivery.content.extend_from_slice(part);
         self.left -= part.len() as u64;
+        if self.parts.is_none() && self.left == 0 {
+            // The whole body in one frame, as a broker sends any body under its frame_max.
+            self.delivery.body = part;
+            return Ok(());
+        }
+        // One allocation for the whole body (bounded: the size is the broker's word).
+        let size = self.size.min(1 << 27) as usize;
+        self.parts
+            .get_or_insert_with(|| BytesMut::with_capacity(size))
+            .extend_from_slice(&part);
         Ok(())
     }
 
@@ -87,7 +103,10 @@ impl Incoming {
         self.header && self.left == 0
     }
 
-    pub fn into_delivery(self) -> Delivery {
+    pub fn into_delivery(mut self) -> Delivery {
+        if let Some(parts) = self.parts {
+            self.delivery.body = parts.freeze();
+        }
         self.delivery
     }
 }
@@ -113,7 +132,7 @@ fn parse_deliver(args: &[u8]) -> Result<Delivery, WireError> {
         delivery_tag,
         redelivered,
         routing_key,
-        content: Vec::new(),
-        body_at: 0,
+        properties: Bytes::new(),
+        body: Bytes::new(),
     })
 }

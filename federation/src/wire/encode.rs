@@ -1,7 +1,9 @@
 //! Frames a wire writes, encoded by hand where amq-protocol's generators allocate.
 
+use super::outgoing::Outgoing;
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+use bytes::Bytes;
 use setgate_amqp::frame::FRAME_END;
 
 /// The one channel a wire uses.
@@ -16,14 +18,17 @@ pub(super) enum Props<'a> {
 }
 
 /// Appends a publish: Basic.Publish (written by hand: amq-protocol's generator allocates its
-/// flag names), the content header, the body in frames of at most `chunk` bytes.
+/// flag names), the content header, the body in frames of at most `chunk` bytes (long parts of
+/// it written from where they lie, see [`Outgoing::body`]). Returns where the encoded
+/// properties are in `out.buf`.
 pub(super) fn encode_publish(
-    wr: &mut Vec<u8>,
+    out: &mut Outgoing,
     chunk: usize,
     (exchange, routing_key, mandatory): (&str, &str, bool),
     properties: Props<'_>,
-    body: &[u8],
+    body: &Bytes,
 ) -> std::ops::Range<usize> {
+    let wr = &mut out.buf;
     let at = begin_frame(wr, 1);
     wr.extend_from_slice(&[0, 60, 0, 40, 0, 0]);
     short_str(wr, exchange);
@@ -45,12 +50,16 @@ pub(super) fn encode_publish(
     }
     let props = props_at..wr.len();
     end_frame(wr, at);
-    for part in body.chunks(chunk) {
-        wr.push(3);
-        wr.extend_from_slice(&CHANNEL.to_be_bytes());
-        wr.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        wr.extend_from_slice(part);
-        wr.push(FRAME_END);
+    let mut from = 0;
+    while from < body.len() {
+        let to = body.len().min(from + chunk);
+        out.buf.push(3);
+        out.buf.extend_from_slice(&CHANNEL.to_be_bytes());
+        out.buf
+            .extend_from_slice(&((to - from) as u32).to_be_bytes());
+        out.body(body, from..to);
+        out.buf.push(FRAME_END);
+        from = to;
     }
     props
 }

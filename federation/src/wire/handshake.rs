@@ -10,6 +10,7 @@ use crate::uri::AmqpUri;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel, confirm, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::Buf;
 use lapin::uri::{AMQPUri, SASLMechanism};
 use setgate_amqp::frame::parse;
 use setgate_amqp::names::method_name;
@@ -46,7 +47,8 @@ impl Wire {
         if confirm {
             w.lazy = t.tcp_fd.map(LazyReads::new);
         }
-        w.wr.extend_from_slice(setgate_amqp::frame::PROTOCOL_HEADER);
+        w.wr.buf
+            .extend_from_slice(setgate_amqp::frame::PROTOCOL_HEADER);
         w.flush().await.map_err(|e| e.to_string())?;
         let start = match w.next_method().await? {
             AMQPClass::Connection(connection::AMQPMethod::Start(s)) => s,
@@ -157,13 +159,13 @@ impl Wire {
     /// The next method frame (heartbeats skipped), during the handshake.
     async fn next_method(&mut self) -> Result<AMQPClass, String> {
         loop {
-            if let Some(len) = frame_len(&self.rd) {
+            if let Some(len) = frame_len(&self.rd.buf) {
                 if len > self.frame_max + FRAME_OVERHEAD {
                     return Err(format!("the broker sent a frame of {len} bytes"));
                 }
-                if self.rd.len() >= len {
-                    let frame = parse(&self.rd[..len]).map_err(|e| e.to_string())?;
-                    self.rd.drain(..len);
+                if self.rd.buf.len() >= len {
+                    let frame = parse(&self.rd.buf[..len]).map_err(|e| e.to_string())?;
+                    self.rd.buf.advance(len);
                     match frame {
                         AMQPFrame::Method(_, m) => return Ok(m),
                         AMQPFrame::Heartbeat => continue,

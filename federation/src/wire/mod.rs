@@ -4,9 +4,10 @@
 //! thread and the flow's task, and every confirm resolved a promise: at thousands of messages a
 //! second those hand-offs (futex wake-ups, context switches, a promise and its allocations per
 //! message) were most of setgate's CPU per forwarded message. A `Wire` belongs to the flow's
-//! task: a publish appends its frames to a buffer, one write sends a batch; confirms and
-//! deliveries are read on the same task, a whole read buffer at a time (a delivery's method in
-//! place, its body copied once).
+//! task: a publish appends its frames to a buffer (a long body goes out from where it was read,
+//! `outgoing`), one write sends a batch; confirms and deliveries are read on the same task, a
+//! whole read buffer at a time (a delivery's method in place, its properties and body kept as
+//! slices of the read, not copied: `reads`).
 //!
 //! It speaks what forwarding needs and nothing else: the connection handshake (PLAIN, or
 //! EXTERNAL when the URI asks), one channel (in confirm mode for `on-confirm`); for publishing
@@ -15,14 +16,16 @@
 //! both ways and Close from either side. Declares and checks stay on lapin.
 //!
 //! `handshake` opens a wire (an `impl Wire` of its own), `encode` writes publishes, `delivery`
-//! assembles what the consumer is delivered, `error` says how a wire failed; this file is the
-//! connection: reading, writing, upkeep, closing.
+//! assembles what the consumer is delivered, `error` says how a wire failed, `reads` and
+//! `outgoing` hold what is read and what is to be written; this file is the connection:
+//! reading, writing, upkeep, closing.
 
 use crate::connect::Io;
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
+use bytes::Bytes;
 use setgate_amqp::frame::{parse, FRAME_END};
 use setgate_amqp::names::method_name;
 use std::collections::VecDeque;
@@ -38,6 +41,8 @@ mod encode;
 mod error;
 mod handshake;
 mod lazy;
+mod outgoing;
+mod reads;
 
 pub(crate) use delivery::Delivery;
 use delivery::Incoming;
@@ -45,12 +50,12 @@ pub(crate) use encode::fingerprint;
 use encode::{begin_frame, encode_publish, end_frame, frame_len, Props, CHANNEL, FRAME_OVERHEAD};
 pub(crate) use error::WireError;
 use lazy::LazyReads;
+use outgoing::Outgoing;
+use reads::Reads;
 
 /// The frame_max a wire asks for when neither the broker nor the URI sets one (RabbitMQ's
 /// default); also the limit on frames read during the handshake.
 const FRAME_MAX: u32 = 128 * 1024;
-/// Read this much at a time.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// What the broker said about a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +98,9 @@ struct Returning {
 /// An open publishing connection with one channel.
 pub(crate) struct Wire {
     io: Box<dyn Io>,
-    rd: Vec<u8>,
-    wr: Vec<u8>,
-    /// Bytes of `wr` already written.
-    written: usize,
+    rd: Reads,
+    /// What is queued to write.
+    wr: Outgoing,
     /// Largest frame either side sends, and body chunk per frame.
     frame_max: usize,
     chunk: usize,
@@ -126,9 +130,8 @@ impl Wire {
     fn new(io: Box<dyn Io>, confirm: bool) -> Wire {
         Wire {
             io,
-            rd: Vec::with_capacity(READ_CHUNK),
-            wr: Vec::with_capacity(READ_CHUNK),
-            written: 0,
+            rd: Reads::new(),
+            wr: Outgoing::with_capacity(reads::FIRST),
             frame_max: FRAME_MAX as usize,
             chunk: FRAME_MAX as usize - FRAME_OVERHEAD,
             heartbeat: None,
@@ -172,7 +175,7 @@ impl Wire {
         routing_key: &str,
         mandatory: bool,
         properties: &AMQPProperties,
-        body: &[u8],
+        body: &Bytes,
     ) -> (u64, u64) {
         let props = encode_publish(
             &mut self.wr,
@@ -182,7 +185,7 @@ impl Wire {
             body,
         );
         let fp = if mandatory {
-            fingerprint(exchange, routing_key, &self.wr[props], body)
+            fingerprint(exchange, routing_key, &self.wr.buf[props], body)
         } else {
             0
         };
@@ -196,7 +199,7 @@ impl Wire {
         exchange: &str,
         routing_key: &str,
         properties: &[u8],
-        body: &[u8],
+        body: &Bytes,
     ) -> (u64, u64) {
         encode_publish(
             &mut self.wr,
@@ -224,21 +227,25 @@ impl Wire {
         if let Some(e) = &self.failed {
             return Poll::Ready(Err(e.clone()));
         }
-        while self.written < self.wr.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.wr[self.written..]) {
+        while !self.wr.is_empty() {
+            let io = Pin::new(&mut self.io);
+            let wrote = if self.wr.spliced() {
+                io.poll_write_vectored(cx, &self.wr.slices())
+            } else {
+                io.poll_write(cx, &self.wr.buf[self.wr.written()..])
+            };
+            match wrote {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(self.fail(WireError::Lost("closed".into()))))
                 }
-                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Ok(n)) => self.wr.advance(n),
                 Poll::Ready(Err(e)) => {
                     return Poll::Ready(Err(self.fail(WireError::Lost(e.to_string()))))
                 }
                 Poll::Pending => return Poll::Pending,
             }
         }
-        if !self.wr.is_empty() {
-            self.wr.clear();
-            self.written = 0;
+        if self.wr.reset_if_written() {
             self.last_write = Instant::now();
         }
         match Pin::new(&mut self.io).poll_flush(cx) {
@@ -371,20 +378,20 @@ impl Wire {
 
     /// Queues an acknowledgement of delivery `tag` (with `multiple`, of every one before it).
     pub fn ack(&mut self, tag: u64, multiple: bool) {
-        let at = begin_frame(&mut self.wr, 1);
-        self.wr.extend_from_slice(&[0, 60, 0, 80]);
-        self.wr.extend_from_slice(&tag.to_be_bytes());
-        self.wr.push(u8::from(multiple));
-        end_frame(&mut self.wr, at);
+        let at = begin_frame(&mut self.wr.buf, 1);
+        self.wr.buf.extend_from_slice(&[0, 60, 0, 80]);
+        self.wr.buf.extend_from_slice(&tag.to_be_bytes());
+        self.wr.buf.push(u8::from(multiple));
+        end_frame(&mut self.wr.buf, at);
     }
 
     /// Queues a rejection of delivery `tag` that puts it back in its queue.
     pub fn requeue(&mut self, tag: u64) {
-        let at = begin_frame(&mut self.wr, 1);
-        self.wr.extend_from_slice(&[0, 60, 0, 120]);
-        self.wr.extend_from_slice(&tag.to_be_bytes());
-        self.wr.push(0b10); // requeue, not multiple
-        end_frame(&mut self.wr, at);
+        let at = begin_frame(&mut self.wr.buf, 1);
+        self.wr.buf.extend_from_slice(&[0, 60, 0, 120]);
+        self.wr.buf.extend_from_slice(&tag.to_be_bytes());
+        self.wr.buf.push(0b10); // requeue, not multiple
+        end_frame(&mut self.wr.buf, at);
     }
 
     /// Queues the cancel of the wire's consumer: nothing more is delivered once the broker
@@ -462,7 +469,9 @@ impl Wire {
                 return Err(self.fail(WireError::Silent));
             }
             if now.duration_since(self.last_write) >= every / 2 && self.wr.is_empty() {
-                self.wr.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, FRAME_END]);
+                self.wr
+                    .buf
+                    .extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, FRAME_END]);
                 if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
                     return Err(e);
                 }
@@ -472,9 +481,9 @@ impl Wire {
 
     /// Reads more bytes into `rd`.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
-        self.rd.reserve(READ_CHUNK);
-        let len = self.rd.len();
-        let spare = self.rd.spare_capacity_mut();
+        self.rd.make_room();
+        let len = self.rd.buf.len();
+        let spare = self.rd.buf.spare_capacity_mut();
         let mut buf = ReadBuf::uninit(spare);
         match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
@@ -485,7 +494,7 @@ impl Wire {
                     ));
                 }
                 // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
-                unsafe { self.rd.set_len(len + n) };
+                unsafe { self.rd.buf.set_len(len + n) };
                 self.last_read = Instant::now();
                 Poll::Ready(Ok(()))
             }
@@ -494,31 +503,42 @@ impl Wire {
         }
     }
 
-    /// Handles every whole frame read so far.
+    /// Handles every whole frame read so far. They leave `rd` together, so that deliveries
+    /// keep their properties and bodies as slices of them.
     fn take_frames(&mut self) -> Result<(), WireError> {
-        let mut pos = 0;
-        while let Some(len) = frame_len(&self.rd[pos..]) {
+        let mut whole = 0;
+        while let Some(len) = frame_len(&self.rd.buf[whole..]) {
             if len > self.frame_max + FRAME_OVERHEAD {
                 return Err(WireError::Protocol(format!(
                     "a frame of {len} bytes, over the frame_max of {}",
                     self.frame_max
                 )));
             }
-            if self.rd.len() < pos + len {
+            if self.rd.buf.len() < whole + len {
                 break;
             }
-            let frame = &self.rd[pos..pos + len];
+            whole += len;
+        }
+        if whole == 0 {
+            return Ok(());
+        }
+        let read = self.rd.take(whole);
+        let mut pos = 0;
+        while pos < whole {
+            let len = frame_len(&read[pos..]).expect("whole frames");
+            let frame = &read[pos..pos + len];
+            let payload = pos + 7..pos + len - 1;
             pos += len;
             // Bodies are taken unparsed, and deliveries' methods read in place.
             if frame[0] == 3 {
                 if let Some(i) = &mut self.incoming {
-                    i.body(&frame[7..len - 1])?;
+                    i.body(read.slice(payload))?;
                     self.delivered_if_complete();
                     continue;
                 }
                 match &mut self.returning {
                     Some(r) if r.properties.is_some() && r.left > 0 => {
-                        let part = &frame[7..len - 1];
+                        let part = &read[payload];
                         r.body.extend_from_slice(part);
                         r.left = r.left.saturating_sub(part.len() as u64);
                         self.returned_if_complete();
@@ -529,7 +549,7 @@ impl Wire {
             }
             if frame[0] == 2 {
                 if let Some(i) = &mut self.incoming {
-                    i.header(&frame[7..len - 1])?;
+                    i.header(read.slice(payload))?;
                     self.delivered_if_complete();
                     continue;
                 }
@@ -547,7 +567,6 @@ impl Wire {
             let frame = parse(frame).map_err(|e| WireError::Protocol(e.to_string()))?;
             self.on_frame(frame)?;
         }
-        self.rd.drain(..pos);
         Ok(())
     }
 
@@ -667,9 +686,9 @@ impl Wire {
     }
 
     fn push(&mut self, frame: &AMQPFrame) {
-        let buf = std::mem::take(&mut self.wr);
+        let buf = std::mem::take(&mut self.wr.buf);
         let ctx = gen_frame(frame)(WriteContext::from(buf)).expect("serialising into a Vec");
-        self.wr = ctx.into_inner().0;
+        self.wr.buf = ctx.into_inner().0;
     }
 }
 
@@ -743,16 +762,16 @@ mod tests {
 
     #[test]
     fn a_publish_is_the_method_the_header_and_the_body_in_chunks() {
-        let mut wr = Vec::new();
+        let mut wr = Outgoing::default();
         let props = AMQPProperties::default().with_delivery_mode(2);
         encode_publish(
             &mut wr,
             4,
             ("x", "rk", true),
             Props::Parsed(&props),
-            &[7; 10],
+            &Bytes::from_static(&[7; 10]),
         );
-        let got = frames(&wr);
+        let got = frames(&wr.joined());
         assert_eq!(got.len(), 5, "method, header, three body frames");
         assert_eq!(
             got[0],
@@ -783,9 +802,46 @@ mod tests {
 
     #[test]
     fn an_empty_body_has_no_body_frame() {
-        let mut wr = Vec::new();
-        encode_publish(&mut wr, 4, ("", "q", false), Props::Encoded(&[0, 0]), &[]);
-        assert_eq!(frames(&wr).len(), 2);
+        let mut wr = Outgoing::default();
+        let empty = Bytes::new();
+        encode_publish(
+            &mut wr,
+            4,
+            ("", "q", false),
+            Props::Encoded(&[0, 0]),
+            &empty,
+        );
+        assert_eq!(frames(&wr.joined()).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn long_bodies_go_out_from_where_they_lie_between_their_frames() {
+        let (mut w, mut broker) = wire();
+        let props = AMQPProperties::default().with_delivery_mode(2);
+        let long: Vec<u8> = (0..=255).cycle().take(100_000).collect();
+        let bodies = [
+            Bytes::from(long),
+            Bytes::from_static(b"short"),
+            Bytes::new(),
+        ];
+        for body in &bodies {
+            w.publish("x", "k", false, &props, body);
+        }
+        w.flush().await.unwrap();
+        drop(w);
+        let mut wrote = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut broker, &mut wrote)
+            .await
+            .unwrap();
+        let got = frames(&wrote);
+        assert_eq!(
+            got.len(),
+            3 + 3 + 2,
+            "each: method, header, a body frame unless empty"
+        );
+        assert_eq!(got[2], AMQPFrame::Body(1, bodies[0].to_vec()));
+        assert_eq!(got[5], AMQPFrame::Body(1, b"short".to_vec()));
+        assert!(matches!(got[7], AMQPFrame::Header(1, ref h) if h.body_size == 0));
     }
 
     #[tokio::test]
@@ -798,7 +854,7 @@ mod tests {
             .with_message_id("42".into())
             .with_headers(headers);
         let body = b"for u7".to_vec();
-        let (tag, fp) = w.publish("x", "k1", true, &props, &body);
+        let (tag, fp) = w.publish("x", "k1", true, &props, &Bytes::from(body.clone()));
         assert_eq!(tag, 1);
         // What RabbitMQ sends back: the return, the content as published, then the confirm.
         let mut bytes = method(basic::AMQPMethod::Return(basic::Return {
@@ -835,10 +891,13 @@ mod tests {
                 },
             ]
         );
-        let other = w.publish("x", "k1", true, &props, b"for u8").1;
+        let other = w
+            .publish("x", "k1", true, &props, &Bytes::from_static(b"for u8"))
+            .1;
         assert_ne!(other, fp, "another body, another fingerprint");
         assert_eq!(
-            w.publish("x", "k1", false, &props, &body).1,
+            w.publish("x", "k1", false, &props, &Bytes::from(body.clone()))
+                .1,
             0,
             "not mandatory"
         );
@@ -975,13 +1034,34 @@ mod tests {
                 .map(|m| m.as_str()),
             Some("m-1")
         );
-        assert_eq!(got[0].body(), body);
+        assert_eq!(got[0].body()[..], body);
         assert_eq!((got[1].delivery_tag, got[1].redelivered), (8, true));
         assert!(
             got[1].body().is_empty(),
             "an empty body completes at its header"
         );
-        assert_eq!(got[2].body(), b"last");
+        assert_eq!(got[2].body()[..], b"last"[..]);
+    }
+
+    #[tokio::test]
+    async fn deliveries_held_while_more_are_read_keep_their_own_bodies() {
+        // Bodies are slices of the reads: many reads' worth held at once, each body intact.
+        let (mut w, mut broker) = wire();
+        let body = |tag: u64| format!("body of {tag} ").repeat(1 + tag as usize % 40);
+        let writer = tokio::spawn(async move {
+            for tag in 1..=2_000u64 {
+                let bytes = delivered(tag, false, body(tag).as_bytes(), 4096);
+                broker.write_all(&bytes).await.unwrap();
+            }
+            broker
+        });
+        let got = deliveries(&mut w, 2_000).await;
+        let _broker = writer.await.unwrap();
+        assert!(got.iter().map(|d| d.body().len()).sum::<usize>() > 4 * reads::FIRST);
+        for (d, tag) in got.iter().zip(1..) {
+            assert_eq!(d.delivery_tag, tag);
+            assert_eq!(d.body()[..], *body(tag).as_bytes());
+        }
     }
 
     #[tokio::test]
@@ -996,7 +1076,7 @@ mod tests {
         // Upkeep reads the delivery but does not hand it out.
         assert!(w.poll_alive(&mut cx).is_pending());
         assert_eq!(w.deliveries.len(), 1);
-        assert_eq!(deliveries(&mut w, 1).await[0].body(), b"kept");
+        assert_eq!(deliveries(&mut w, 1).await[0].body()[..], b"kept"[..]);
     }
 
     #[tokio::test]
@@ -1048,7 +1128,7 @@ mod tests {
         w.ack(42, false);
         w.requeue(43);
         assert_eq!(
-            frames(&w.wr),
+            frames(&w.wr.joined()),
             [
                 AMQPFrame::Method(
                     1,
