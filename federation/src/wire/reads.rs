@@ -122,6 +122,7 @@ mod tests {
         for _ in 0..10 {
             read(&mut r, 7);
             assert_eq!(r.buf.as_ptr(), at, "read from the start of the same buffer");
+            assert_eq!(r.buf.len(), FIRST, "all of it read into");
             drop(r.take(r.buf.len()));
         }
         assert!(r.spare.is_empty());
