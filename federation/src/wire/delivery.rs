@@ -48,8 +48,6 @@ impl Delivery {
 pub(super) struct Incoming {
     delivery: Delivery,
     header: bool,
-    /// The body size the content header gave.
-    size: u64,
     left: u64,
     /// A body that came in several frames, gathered.
     parts: Option<BytesMut>,
@@ -61,7 +59,6 @@ impl Incoming {
         Ok(Incoming {
             delivery: parse_deliver(args)?,
             header: false,
-            size: 0,
             left: 0,
             parts: None,
         })
@@ -72,8 +69,7 @@ impl Incoming {
         if self.header || payload.len() < 14 {
             return Err(WireError::Protocol("a content header out of place".into()));
         }
-        self.size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
-        self.left = self.size;
+        self.left = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
         self.header = true;
         self.delivery.properties = payload.slice(12..);
         Ok(())
@@ -84,17 +80,22 @@ impl Incoming {
         if !self.header || part.len() as u64 > self.left {
             return Err(WireError::Protocol("a content body out of place".into()));
         }
-        self.left -= part.len() as u64;
-        if self.parts.is_none() && self.left == 0 {
+        let parts = match &mut self.parts {
+            Some(parts) => parts,
             // The whole body in one frame, as a broker sends any body under its frame_max.
-            self.delivery.body = part;
-            return Ok(());
-        }
-        // One allocation for the whole body (bounded: the size is the broker's word).
-        let size = self.size.min(1 << 27) as usize;
-        self.parts
-            .get_or_insert_with(|| BytesMut::with_capacity(size))
-            .extend_from_slice(&part);
+            None if part.len() as u64 == self.left => {
+                self.left = 0;
+                self.delivery.body = part;
+                return Ok(());
+            }
+            // The first of several frames: one allocation for the whole body (bounded: the
+            // size is the broker's word).
+            None => self
+                .parts
+                .insert(BytesMut::with_capacity(self.left.min(1 << 27) as usize)),
+        };
+        parts.extend_from_slice(&part);
+        self.left -= part.len() as u64;
         Ok(())
     }
 

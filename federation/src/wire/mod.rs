@@ -131,7 +131,7 @@ impl Wire {
         Wire {
             io,
             rd: Reads::new(),
-            wr: Outgoing::with_capacity(reads::FIRST),
+            wr: Outgoing::new(),
             frame_max: FRAME_MAX as usize,
             chunk: FRAME_MAX as usize - FRAME_OVERHEAD,
             heartbeat: None,

@@ -15,6 +15,8 @@ use std::ops::Range;
 
 /// Bodies (or body frames' parts) at least this long are written from where they were read.
 pub(super) const SPLICE_MIN: usize = 2048;
+/// Capacity of a wire's buffer to begin with (it grows with a batch, and keeps what it grew to).
+const FIRST: usize = 64 * 1024;
 /// Most slices handed to one vectored write.
 const MAX_SLICES: usize = 64;
 
@@ -32,9 +34,10 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
-    pub fn with_capacity(n: usize) -> Outgoing {
+    /// A wire's: its buffer starts at [`FIRST`].
+    pub fn new() -> Outgoing {
         Outgoing {
-            buf: Vec::with_capacity(n),
+            buf: Vec::with_capacity(FIRST),
             ..Outgoing::default()
         }
     }
