@@ -6,9 +6,9 @@
 //! taken in publish order per destination ([`Outlets`]), and the [`AckTracker`] turns the
 //! confirmed prefix into `multiple` acks, sent when a quarter of the prefetch is ready or
 //! [`ACK_DELAY`] after the first was. While half the prefetch or more is unacked (a backlog, a
-//! flow falling behind) confirms are read as they come and acks go out by a sixteenth of the
-//! prefetch ([`ack_batch`]); with room in the window, confirms are read in rounds
-//! (`wire::lazy`) to save wake-ups.
+//! flow falling behind) acks go out by a sixteenth of the prefetch ([`ack_batch`]). Confirms
+//! are read in rounds (`wire::lazy`) to save wake-ups, unless the window is filling and a
+//! round would hold back a fair part of it ([`confirm_rounds`]): then as they come.
 //!
 //! A destination that routes each message to a SET picks the message's cluster through the
 //! router; a message whose SET is down is parked in that SET's hold queue on the source (or sent
@@ -43,7 +43,7 @@ use crate::shovelled::Shovelled;
 use crate::status::FlowStatus;
 use crate::stop::stopped;
 use crate::tracker::{AckTracker, Outcome, Seq, UpstreamAck};
-use crate::wire::{Delivery, Settled, Wire, WireError};
+use crate::wire::{Delivery, Settled, Wire, WireError, CONFIRM_ROUND};
 use amq_protocol::frame::WriteContext;
 use amq_protocol::types::generation::gen_field_table;
 use futures_util::stream::BoxStream;
@@ -215,6 +215,10 @@ struct Run {
     limit_reached: bool,
     /// When the acks ready now go out at the latest ([`ACK_DELAY`]).
     acks_due: Option<tokio::time::Instant>,
+    /// Deliveries since the last watch tick, and what they came to per second over the tick
+    /// before (for [`confirm_rounds`]).
+    delivered: u64,
+    rate: u64,
 }
 
 /// What one batch wrote, per outlet: whether it was published to (and so is flushed), and,
@@ -300,6 +304,9 @@ impl Forwarder {
             taken: 0,
             limit_reached: false,
             acks_due: None,
+            delivered: 0,
+            // Unknown until the first tick: no rounds while the window is tight.
+            rate: u64::MAX,
         };
         if self.limit == Some(0) {
             return Ok(Ended::Completed);
@@ -353,6 +360,7 @@ impl Forwarder {
                             None => break,
                         }
                     }
+                    run.delivered += batch.len() as u64;
                     self.forward(&mut run, &mut batch, inlet).await?;
                     // New deliveries are no progress while older publishes wait for their
                     // confirms (a downstream that stopped reading): keep naming that wait.
@@ -362,6 +370,8 @@ impl Forwarder {
                 }
                 _ = depth_tick.tick() => self.refresh_depth(&mut run, inlet).await?,
                 _ = watch_tick.tick() => {
+                    run.rate = run.delivered * 1000 / WATCH_INTERVAL.as_millis() as u64;
+                    run.delivered = 0;
                     self.watch(&mut run)?;
                     if let Activity::AskingUpstream { .. } = run.activity {
                         self.refresh_depth(&mut run, inlet).await?;
@@ -373,9 +383,9 @@ impl Forwarder {
             while let Some(ev) = self.outlets.next_now() {
                 self.on_outlet(&mut run, ev)?;
             }
-            // Confirms are read in rounds only while the window has room (see
-            // `window_tight`).
-            self.outlets.confirm_rounds(!self.window_tight(&run));
+            let prefetch = self.spec.upstream.prefetch_count;
+            let rounds = confirm_rounds(self.window_tight(&run), run.rate, prefetch);
+            self.outlets.confirm_rounds(rounds);
             let waiting = run.acks_due;
             self.maybe_send_acks(&mut run, inlet).await?;
             if let Some(due) = run.acks_due.filter(|&d| waiting != Some(d)) {
@@ -1252,9 +1262,38 @@ fn ack_batch(prefetch: u32, window_tight: bool) -> usize {
     (prefetch as usize / share).max(1)
 }
 
+/// Whether confirms may be read in rounds (`wire::lazy`): while the window has room, or while a
+/// round holds back no more than an eighth of it at the flow's `rate` (deliveries a second;
+/// `u64::MAX` while unknown). A flow draining a backlog keeps its window full (the source
+/// refills it as it is acked): with a prefetch of 1,000 and thousands of messages a second, a
+/// round of [`CONFIRM_ROUND`] delays a few dozen acks, and reading each confirm as it came was
+/// most of setgate's wake-ups on a drain (`setgate-bench federation --exchanges 4`). With a
+/// small prefetch or a fast flow, the window needs every confirm at once.
+fn confirm_rounds(window_tight: bool, rate: u64, prefetch: u32) -> bool {
+    let held = rate.saturating_mul(CONFIRM_ROUND.as_millis() as u64) / 1000;
+    !window_tight || held.saturating_mul(8) <= u64::from(prefetch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confirm_rounds_stop_when_the_window_fills_unless_a_round_holds_little_of_it() {
+        // Room in the window: rounds, whatever the rate.
+        assert!(confirm_rounds(false, u64::MAX, 10));
+        // A full window at a rate not known yet: each confirm as it comes.
+        assert!(!confirm_rounds(true, u64::MAX, 1000));
+        // A prefetch of 1,000: a 4 ms round holds 80 deliveries at 20k/s (a twelfth), 160 at
+        // 40k/s (a sixth).
+        assert!(confirm_rounds(true, 20_000, 1000));
+        assert!(!confirm_rounds(true, 40_000, 1000));
+        // A prefetch of 100 allows rounds at 2k/s, not at 5k/s.
+        assert!(confirm_rounds(true, 2_000, 100));
+        assert!(!confirm_rounds(true, 5_000, 100));
+        // Nothing delivered in the last tick: nothing a round could hold.
+        assert!(confirm_rounds(true, 0, 1));
+    }
 
     #[test]
     fn acks_gather_less_as_the_window_fills() {

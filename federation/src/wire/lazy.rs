@@ -15,6 +15,15 @@
 //! end. The peer closing or resetting the connection wakes the flow at once whatever the mark.
 //! Nothing published: the mark stays at one byte.
 //!
+//! Rounds follow one another while publishes await confirms: once what a round's end
+//! signalled is read, the next round begins ([`LazyReads::resume`]). A draining flow publishes
+//! and is confirmed without pause, and when a round began only at the next publish, the
+//! confirms landing in between woke it one by one. On a drain of four flows
+//! (`setgate-bench federation --exchanges 4 --messages 100000`), with rounds that follow one
+//! another and that a flow allows with its window full (`forward::confirm_rounds`), each
+//! flow's downstream socket was read about 730 times instead of 3,300, and setgate's CPU per
+//! message went from 6.5-7.6 us to 4.3-4.8.
+//!
 //! The same over TLS: the wire's TLS runs over a socket of its own (`connect::transport`), and a
 //! confirm's record (43 bytes) is as far under the mark as a plain confirm.
 
@@ -29,7 +38,7 @@ use tokio::time::{Instant, Sleep};
 const LOWAT: libc::c_int = 256;
 /// Longest a confirm waits to be read. Well under `ACK_DELAY` (10 ms), so the source's acks
 /// still go out on time, and a small part of the prefetch at any rate the brokers reach.
-pub(super) const ROUND: Duration = Duration::from_millis(4);
+pub(crate) const ROUND: Duration = Duration::from_millis(4);
 
 /// The read mark of one TCP socket.
 pub(super) struct LazyReads {
@@ -38,6 +47,9 @@ pub(super) struct LazyReads {
     allowed: bool,
     /// The mark is [`LOWAT`] (a round is on).
     lazy: bool,
+    /// Bytes were read since the mark last dropped to one byte: what the drop signalled was
+    /// taken, so a new round loses nothing (see [`LazyReads::resume`]).
+    fresh: bool,
     round_ends: Pin<Box<Sleep>>,
 }
 
@@ -48,6 +60,7 @@ impl LazyReads {
             fd,
             allowed: true,
             lazy: false,
+            fresh: false,
             round_ends: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
@@ -59,6 +72,29 @@ impl LazyReads {
             self.lazy = true;
             self.round_ends.as_mut().reset(Instant::now() + ROUND);
         }
+    }
+
+    /// A round is on: the mark is raised.
+    #[cfg(test)]
+    pub fn on(&self) -> bool {
+        self.lazy
+    }
+
+    /// Bytes were read.
+    pub fn read(&mut self) {
+        self.fresh = true;
+    }
+
+    /// Everything readable was read and publishes still await confirms: a round begins again
+    /// at once, unless nothing was read since the mark last dropped. A drop signals bytes that
+    /// wait, but the kernel checks the mark again when the signal is collected: raised before
+    /// that, it would leave those bytes unsignalled, and a flow that waits for their confirms
+    /// would never be woken for them. Registers `cx` for the round's end.
+    pub fn resume(&mut self, cx: &mut Context<'_>) {
+        if self.fresh {
+            self.published();
+        }
+        self.poll_round(cx);
     }
 
     /// Whether rounds may begin; a round on ends now when they may not.
@@ -83,6 +119,7 @@ impl LazyReads {
             // A socket that took the raised mark takes the default back; if it somehow did
             // not, the next round's end tries again.
             self.lazy = !set_lowat(self.fd, 1);
+            self.fresh = false;
             if self.lazy {
                 self.round_ends.as_mut().reset(Instant::now() + ROUND);
             }

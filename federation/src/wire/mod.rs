@@ -50,6 +50,7 @@ pub(crate) use encode::fingerprint;
 use encode::{begin_frame, encode_publish, end_frame, frame_len, Props, CHANNEL, FRAME_OVERHEAD};
 pub(crate) use error::WireError;
 use lazy::LazyReads;
+pub(crate) use lazy::ROUND as CONFIRM_ROUND;
 use outgoing::Outgoing;
 use reads::Reads;
 
@@ -114,6 +115,8 @@ pub(crate) struct Wire {
     confirm: bool,
     /// The tag the next publish gets (confirm mode).
     next_tag: u64,
+    /// The highest tag a confirm (ack or nack) named.
+    confirmed_to: u64,
     returning: Option<Returning>,
     said: VecDeque<Said>,
     /// The consumer's tag while it consumes.
@@ -142,6 +145,7 @@ impl Wire {
             blocked: false,
             confirm,
             next_tag: 1,
+            confirmed_to: 0,
             returning: None,
             said: VecDeque::new(),
             consumer_tag: None,
@@ -220,6 +224,28 @@ impl Wire {
         let tag = self.next_tag;
         self.next_tag += 1;
         tag
+    }
+
+    /// A confirm came: kept for [`Wire::poll_said`].
+    fn confirmed(&mut self, tag: u64, multiple: bool, settled: Settled) {
+        self.confirmed_to = self.confirmed_to.max(tag);
+        self.said.push_back(Said::Confirm {
+            tag,
+            multiple,
+            settled,
+        });
+    }
+
+    /// Everything read, nothing more to read now: while publishes still wait for their
+    /// confirms, the next round of lazy reads begins at once ([`LazyReads::resume`]). Without
+    /// this, confirms landing between a round's end and the next publish woke the flow one by
+    /// one, and a flow draining a backlog publishes and is confirmed without pause.
+    fn next_round(&mut self, cx: &mut Context<'_>) {
+        if let Some(l) = &mut self.lazy {
+            if self.next_tag - 1 > self.confirmed_to {
+                l.resume(cx);
+            }
+        }
     }
 
     /// Writes what is queued. Ready when all of it is written.
@@ -321,7 +347,10 @@ impl Wire {
             match self.poll_read(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.next_round(cx);
+                    return Poll::Pending;
+                }
             }
             if let Err(e) = self.take_frames() {
                 // Best effort: the CloseOk answering a Close, if that is what ended it.
@@ -496,6 +525,9 @@ impl Wire {
                 // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
                 unsafe { self.rd.buf.set_len(len + n) };
                 self.last_read = Instant::now();
+                if let Some(l) = &mut self.lazy {
+                    l.read();
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(self.fail(WireError::Lost(e.to_string())))),
@@ -593,16 +625,12 @@ impl Wire {
             }
         };
         match method {
-            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.said.push_back(Said::Confirm {
-                tag: a.delivery_tag,
-                multiple: a.multiple,
-                settled: Settled::Ack,
-            }),
-            AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => self.said.push_back(Said::Confirm {
-                tag: n.delivery_tag,
-                multiple: n.multiple,
-                settled: Settled::Nack,
-            }),
+            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => {
+                self.confirmed(a.delivery_tag, a.multiple, Settled::Ack)
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
+                self.confirmed(n.delivery_tag, n.multiple, Settled::Nack)
+            }
             AMQPClass::Basic(basic::AMQPMethod::Return(r)) => {
                 self.returning = Some(Returning {
                     exchange: r.exchange.to_string(),
@@ -698,7 +726,7 @@ mod tests {
     use amq_protocol::frame::parsing::parse_frame;
     use amq_protocol::frame::AMQPContentHeader;
     use amq_protocol::types::AMQPValue;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn frames(mut bytes: &[u8]) -> Vec<AMQPFrame> {
         let mut out = Vec::new();
@@ -1215,6 +1243,63 @@ mod tests {
             .await
             .expect("close ends once the broker answered")
             .unwrap();
+    }
+
+    /// A publishing wire over a real TCP socket, as `handshake` makes one, with publishes
+    /// `1..=n` flushed; the other end plays the broker.
+    async fn publishing_over_tcp(n: usize) -> (Wire, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (broker, _) = l.accept().await.unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&ours);
+        let mut w = Wire::new(Box::new(ours), true);
+        w.lazy = Some(LazyReads::new(fd));
+        for _ in 0..n {
+            w.publish_encoded("x", "k", &[0, 0], &Bytes::from_static(b"m"));
+        }
+        w.flush().await.unwrap();
+        (w, broker)
+    }
+
+    fn round_on(w: &Wire) -> bool {
+        w.lazy.as_ref().is_some_and(LazyReads::on)
+    }
+
+    /// Confirms read in rounds: each one that lands below the read mark is read when its round
+    /// ends, never lost; a new round begins after each read while publishes still wait, and
+    /// none once every publish is confirmed.
+    #[tokio::test]
+    async fn confirms_read_in_rounds_are_never_lost_and_rounds_go_on_while_publishes_wait() {
+        let (mut w, mut broker) = publishing_over_tcp(3).await;
+        assert!(round_on(&w), "a publish begins a round");
+        // Read what the wire wrote, so that its socket never waits on ours.
+        let mut sink = vec![0u8; 1 << 16];
+        let _ = broker.read(&mut sink).await.unwrap();
+        // Nothing to read yet: the wire waits (registering for the round's end).
+        assert!(std::future::poll_fn(|cx| Poll::Ready(w.poll_said(cx)))
+            .await
+            .is_pending());
+        for tag in 1..=3 {
+            broker.write_all(&ack(tag, false)).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(10), said(&mut w, 1))
+                .await
+                .unwrap_or_else(|_| panic!("the confirm of publish {tag} was never read"));
+            assert_eq!(
+                got,
+                vec![Said::Confirm {
+                    tag,
+                    multiple: false,
+                    settled: Settled::Ack
+                }]
+            );
+            // The wire waits again: with publishes unconfirmed, a new round is on.
+            assert!(std::future::poll_fn(|cx| Poll::Ready(w.poll_said(cx)))
+                .await
+                .is_pending());
+            assert_eq!(round_on(&w), tag < 3, "after the confirm of publish {tag}");
+        }
     }
 
     #[tokio::test]
