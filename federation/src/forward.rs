@@ -8,7 +8,8 @@
 //! [`ACK_DELAY`] after the first was. While half the prefetch or more is unacked (a backlog, a
 //! flow falling behind) acks go out by a sixteenth of the prefetch ([`ack_batch`]). Confirms
 //! are read in rounds (`wire::lazy`) to save wake-ups, unless the window is filling and a
-//! round would hold back a fair part of it ([`confirm_rounds`]): then as they come.
+//! round would hold back a fair part of it ([`round_holds_little`]): then as they come.
+//! Deliveries are read in rounds too while the upstream sends many at a time.
 //!
 //! A destination that routes each message to a SET picks the message's cluster through the
 //! router; a message whose SET is down is parked in that SET's hold queue on the source (or sent
@@ -216,7 +217,7 @@ struct Run {
     /// When the acks ready now go out at the latest ([`ACK_DELAY`]).
     acks_due: Option<tokio::time::Instant>,
     /// Deliveries since the last watch tick, and what they came to per second over the tick
-    /// before (for [`confirm_rounds`]).
+    /// before (for [`round_holds_little`]).
     delivered: u64,
     rate: u64,
 }
@@ -384,8 +385,10 @@ impl Forwarder {
                 self.on_outlet(&mut run, ev)?;
             }
             let prefetch = self.spec.upstream.prefetch_count;
-            let rounds = confirm_rounds(self.window_tight(&run), run.rate, prefetch);
-            self.outlets.confirm_rounds(rounds);
+            let little = round_holds_little(run.rate, prefetch);
+            self.outlets
+                .confirm_rounds(little || !self.window_tight(&run));
+            inlet.rounds(little);
             let waiting = run.acks_due;
             self.maybe_send_acks(&mut run, inlet).await?;
             if let Some(due) = run.acks_due.filter(|&d| waiting != Some(d)) {
@@ -1262,16 +1265,20 @@ fn ack_batch(prefetch: u32, window_tight: bool) -> usize {
     (prefetch as usize / share).max(1)
 }
 
-/// Whether confirms may be read in rounds (`wire::lazy`): while the window has room, or while a
-/// round holds back no more than an eighth of it at the flow's `rate` (deliveries a second;
-/// `u64::MAX` while unknown). A flow draining a backlog keeps its window full (the source
-/// refills it as it is acked): with a prefetch of 1,000 and thousands of messages a second, a
-/// round of [`CONFIRM_ROUND`] delays a few dozen acks, and reading each confirm as it came was
-/// most of setgate's wake-ups on a drain (`setgate-bench federation --exchanges 4`). With a
-/// small prefetch or a fast flow, the window needs every confirm at once.
-fn confirm_rounds(window_tight: bool, rate: u64, prefetch: u32) -> bool {
+/// Whether a round of lazy reads (`wire::lazy`) holds back no more than an eighth of the
+/// window at the flow's `rate` (deliveries a second; `u64::MAX` while unknown). Then deliveries
+/// are read in rounds while the upstream is busy, and confirms are read in rounds even with the
+/// window full; otherwise only confirms, and only while the window has room.
+///
+/// A flow draining a backlog keeps its window full (the source refills it as it is acked):
+/// with a prefetch of 1,000 and thousands of messages a second, a round of [`CONFIRM_ROUND`]
+/// delays a few dozen acks, and reading each confirm as it came was most of setgate's
+/// wake-ups on a drain (`setgate-bench federation --exchanges 4`). With a small prefetch or a
+/// fast flow, the window needs every confirm at once, and a delivery left unread while the
+/// source waits for acks would hold the flow up to a round.
+fn round_holds_little(rate: u64, prefetch: u32) -> bool {
     let held = rate.saturating_mul(CONFIRM_ROUND.as_millis() as u64) / 1000;
-    !window_tight || held.saturating_mul(8) <= u64::from(prefetch)
+    held.saturating_mul(8) <= u64::from(prefetch)
 }
 
 #[cfg(test)]
@@ -1279,20 +1286,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn confirm_rounds_stop_when_the_window_fills_unless_a_round_holds_little_of_it() {
-        // Room in the window: rounds, whatever the rate.
-        assert!(confirm_rounds(false, u64::MAX, 10));
-        // A full window at a rate not known yet: each confirm as it comes.
-        assert!(!confirm_rounds(true, u64::MAX, 1000));
+    fn a_round_holds_little_at_a_rate_known_and_low_for_the_prefetch() {
+        // A rate not known yet.
+        assert!(!round_holds_little(u64::MAX, 1000));
         // A prefetch of 1,000: a 4 ms round holds 80 deliveries at 20k/s (a twelfth), 160 at
         // 40k/s (a sixth).
-        assert!(confirm_rounds(true, 20_000, 1000));
-        assert!(!confirm_rounds(true, 40_000, 1000));
+        assert!(round_holds_little(20_000, 1000));
+        assert!(!round_holds_little(40_000, 1000));
         // A prefetch of 100 allows rounds at 2k/s, not at 5k/s.
-        assert!(confirm_rounds(true, 2_000, 100));
-        assert!(!confirm_rounds(true, 5_000, 100));
+        assert!(round_holds_little(2_000, 100));
+        assert!(!round_holds_little(5_000, 100));
         // Nothing delivered in the last tick: nothing a round could hold.
-        assert!(confirm_rounds(true, 0, 1));
+        assert!(round_holds_little(0, 1));
     }
 
     #[test]

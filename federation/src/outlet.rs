@@ -454,11 +454,11 @@ impl Outlets {
         self.next().now_or_never()
     }
 
-    /// Whether the outlets' confirms may be read in rounds ([`Wire::confirm_rounds`]).
+    /// Whether the outlets' confirms may be read in rounds ([`Wire::rounds`]).
     pub fn confirm_rounds(&mut self, allowed: bool) {
         for o in &mut self.0 {
             if let Some(w) = o.wire() {
-                w.confirm_rounds(allowed);
+                w.rounds(allowed);
             }
         }
     }

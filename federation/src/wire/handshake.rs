@@ -2,7 +2,7 @@
 
 use super::encode::{frame_len, CHANNEL, FRAME_OVERHEAD};
 use super::error::WireError;
-use super::{LazyReads, Wire, FRAME_MAX};
+use super::{lazy, LazyReads, Wire, FRAME_MAX};
 use crate::connect::{
     transport, with_advice, with_default_heartbeat, CONNECT_TIMEOUT, DEFAULT_HEARTBEAT,
 };
@@ -44,9 +44,12 @@ impl Wire {
     ) -> Result<Wire, String> {
         let t = transport(uri, parsed).await.map_err(|e| e.to_string())?;
         let mut w = Wire::new(t.io, confirm);
-        if confirm {
-            w.lazy = t.tcp_fd.map(LazyReads::new);
-        }
+        let mark = if confirm {
+            lazy::CONFIRM_MARK
+        } else {
+            lazy::DELIVERY_MARK
+        };
+        w.lazy = t.tcp_fd.map(|fd| LazyReads::new(fd, mark));
         w.wr.buf
             .extend_from_slice(setgate_amqp::frame::PROTOCOL_HEADER);
         w.flush().await.map_err(|e| e.to_string())?;

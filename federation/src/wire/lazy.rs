@@ -1,4 +1,5 @@
-//! Reading a publishing wire's confirms in rounds instead of as each arrives.
+//! Reading a wire's confirms, and a busy upstream's deliveries, in rounds instead of as each
+//! arrives.
 //!
 //! Under a live publisher a flow was woken about 1,650 times a second at 12k msg/s, and 44% of
 //! those wake-ups were for the downstream's confirms alone: one 21-byte `Basic.Ack` (with
@@ -7,22 +8,32 @@
 //! acked, and those acks wait up to `ACK_DELAY` to go out together anyway, so nothing gains from
 //! reading a confirm the moment it lands.
 //!
-//! While publishes are in flight, the socket's `SO_RCVLOWAT` is raised to [`LOWAT`]: the kernel
-//! wakes no one for a lone confirm (or heartbeat), and what arrived is read when the round ends,
-//! [`ROUND`] after it began: the mark drops back to one byte, and Linux signals the socket
-//! readable at once if bytes wait. [`LOWAT`] bytes (a dozen confirms, most returned messages)
-//! are read as they come; anything shorter, a Close from the broker included, at the round's
-//! end. The peer closing or resetting the connection wakes the flow at once whatever the mark.
-//! Nothing published: the mark stays at one byte.
+//! While publishes are in flight, the socket's `SO_RCVLOWAT` is raised to [`CONFIRM_MARK`]: the
+//! kernel wakes no one for a lone confirm (or heartbeat), and what arrived is read when the
+//! round ends, [`ROUND`] after it began: the mark drops back to one byte, and Linux signals the
+//! socket readable at once if bytes wait. [`CONFIRM_MARK`] bytes (a dozen confirms, most
+//! returned messages) are read as they come; anything shorter, a Close from the broker
+//! included, at the round's end. The peer closing or resetting the connection wakes the flow at
+//! once whatever the mark. Nothing published: the mark stays at one byte.
 //!
 //! Rounds follow one another while publishes await confirms: once what a round's end
 //! signalled is read, the next round begins ([`LazyReads::resume`]). A draining flow publishes
 //! and is confirmed without pause, and when a round began only at the next publish, the
 //! confirms landing in between woke it one by one. On a drain of four flows
 //! (`setgate-bench federation --exchanges 4 --messages 100000`), with rounds that follow one
-//! another and that a flow allows with its window full (`forward::confirm_rounds`), each
+//! another and that a flow allows with its window full (`forward::round_holds_little`), each
 //! flow's downstream socket was read about 730 times instead of 3,300, and setgate's CPU per
 //! message went from 6.5-7.6 us to 4.3-4.8.
+//!
+//! A consuming wire does the same with deliveries while its upstream is busy: a turn of
+//! reading that brought [`BUSY`] deliveries or more begins a round with the mark at
+//! [`DELIVERY_MARK`], and rounds go on while each brings as many. A source sending thousands
+//! of messages a second sent them a dozen at a time, each dozen a wake-up, a read, a batch and
+//! a write to the downstream; in rounds, a batch holds what came in [`ROUND`]. A quiet
+//! upstream's deliveries (a paced flow, a trickle) are read as they come, with no delay added.
+//! The flow allows these rounds only at rates where a round holds back a small part of its
+//! prefetch (`forward::round_holds_little`): a source that has sent all its window waits for
+//! acks, and deliveries left unread meanwhile would hold the flow up to a round.
 //!
 //! The same over TLS: the wire's TLS runs over a socket of its own (`connect::transport`), and a
 //! confirm's record (43 bytes) is as far under the mark as a plain confirm.
@@ -34,18 +45,26 @@ use std::task::Context;
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// Bytes that wake the flow while a round lasts: a dozen confirm frames.
-const LOWAT: libc::c_int = 256;
-/// Longest a confirm waits to be read. Well under `ACK_DELAY` (10 ms), so the source's acks
-/// still go out on time, and a small part of the prefetch at any rate the brokers reach.
+/// Bytes that wake a publishing wire while a round lasts: a dozen confirm frames.
+pub(super) const CONFIRM_MARK: libc::c_int = 256;
+/// Bytes that wake a consuming wire while a round lasts: a few hundred small deliveries, a
+/// few large ones.
+pub(super) const DELIVERY_MARK: libc::c_int = 64 * 1024;
+/// Deliveries that one turn of reading brings for a consuming wire to read in rounds: a busy
+/// upstream, sending faster than the flow is woken.
+pub(super) const BUSY: usize = 8;
+/// Longest a confirm (or a busy upstream's delivery) waits to be read. Well under `ACK_DELAY`
+/// (10 ms), so the source's acks still go out on time.
 pub(crate) const ROUND: Duration = Duration::from_millis(4);
 
 /// The read mark of one TCP socket.
 pub(super) struct LazyReads {
     fd: RawFd,
-    /// Rounds may begin (the flow's window has room, see [`crate::wire::Wire::confirm_rounds`]).
+    /// The mark while a round is on.
+    mark: libc::c_int,
+    /// Rounds may begin (the flow's window has room, see [`crate::wire::Wire::rounds`]).
     allowed: bool,
-    /// The mark is [`LOWAT`] (a round is on).
+    /// The mark is raised (a round is on).
     lazy: bool,
     /// Bytes were read since the mark last dropped to one byte: what the drop signalled was
     /// taken, so a new round loses nothing (see [`LazyReads::resume`]).
@@ -55,9 +74,10 @@ pub(super) struct LazyReads {
 
 impl LazyReads {
     /// `fd` must stay open as long as this lives (the wire owns both).
-    pub fn new(fd: RawFd) -> LazyReads {
+    pub fn new(fd: RawFd, mark: libc::c_int) -> LazyReads {
         LazyReads {
             fd,
+            mark,
             allowed: true,
             lazy: false,
             fresh: false,
@@ -65,10 +85,10 @@ impl LazyReads {
         }
     }
 
-    /// A publish is going out: a round begins unless one is on. A socket that refuses the
-    /// option stays as it was (reads as each confirm comes).
-    pub fn published(&mut self) {
-        if self.allowed && !self.lazy && set_lowat(self.fd, LOWAT) {
+    /// A round begins unless one is on (for a publishing wire: a publish is going out). A
+    /// socket that refuses the option stays as it was (reads as each byte comes).
+    pub fn begin(&mut self) {
+        if self.allowed && !self.lazy && set_lowat(self.fd, self.mark) {
             self.lazy = true;
             self.round_ends.as_mut().reset(Instant::now() + ROUND);
         }
@@ -85,14 +105,15 @@ impl LazyReads {
         self.fresh = true;
     }
 
-    /// Everything readable was read and publishes still await confirms: a round begins again
-    /// at once, unless nothing was read since the mark last dropped. A drop signals bytes that
+    /// Everything readable was read and the wire wants another round (publishes still await
+    /// confirms; the upstream is busy): it begins at once, unless nothing was read since the
+    /// mark last dropped. A drop signals bytes that
     /// wait, but the kernel checks the mark again when the signal is collected: raised before
     /// that, it would leave those bytes unsignalled, and a flow that waits for their confirms
     /// would never be woken for them. Registers `cx` for the round's end.
     pub fn resume(&mut self, cx: &mut Context<'_>) {
         if self.fresh {
-            self.published();
+            self.begin();
         }
         self.poll_round(cx);
     }
@@ -169,8 +190,8 @@ mod tests {
     /// A round begun on our end of a connection, and a confirm sent to it that wakes no one.
     async fn a_confirm_in_a_round() -> (TcpStream, TcpStream, LazyReads) {
         let (ours, mut theirs) = pair().await;
-        let mut lazy = LazyReads::new(ours.as_raw_fd());
-        lazy.published();
+        let mut lazy = LazyReads::new(ours.as_raw_fd(), CONFIRM_MARK);
+        lazy.begin();
         theirs.write_all(CONFIRM).await.unwrap();
         // The kernel's rule, not a race: below the mark the socket is never signalled.
         assert!(!woken(&ours, Duration::from_millis(100)).await);
@@ -195,19 +216,22 @@ mod tests {
     #[tokio::test]
     async fn a_mark_of_bytes_wakes_at_once_and_a_refused_round_reads_each_byte() {
         let (ours, mut theirs) = pair().await;
-        let mut lazy = LazyReads::new(ours.as_raw_fd());
-        lazy.published();
-        theirs.write_all(&[0u8; LOWAT as usize]).await.unwrap();
+        let mut lazy = LazyReads::new(ours.as_raw_fd(), CONFIRM_MARK);
+        lazy.begin();
+        theirs
+            .write_all(&[0u8; CONFIRM_MARK as usize])
+            .await
+            .unwrap();
         assert!(woken(&ours, Duration::from_secs(5)).await);
         let mut buf = [0u8; 512];
-        assert_eq!(ours.try_read(&mut buf).unwrap(), LOWAT as usize);
+        assert_eq!(ours.try_read(&mut buf).unwrap(), CONFIRM_MARK as usize);
         // Read to the end, so the readiness seen next is new.
         assert!(ours.try_read(&mut buf).is_err());
 
         // A tight window: no round begins, a lone confirm is read as it comes.
         lazy.allow(false);
         assert!(!lazy.lazy);
-        lazy.published();
+        lazy.begin();
         assert!(!lazy.lazy);
         theirs.write_all(CONFIRM).await.unwrap();
         assert!(woken(&ours, Duration::from_secs(5)).await);

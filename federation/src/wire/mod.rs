@@ -117,6 +117,8 @@ pub(crate) struct Wire {
     next_tag: u64,
     /// The highest tag a confirm (ack or nack) named.
     confirmed_to: u64,
+    /// Deliveries read since reading last had to wait (see [`Wire::next_round`]).
+    delivered: usize,
     returning: Option<Returning>,
     said: VecDeque<Said>,
     /// The consumer's tag while it consumes.
@@ -146,6 +148,7 @@ impl Wire {
             confirm,
             next_tag: 1,
             confirmed_to: 0,
+            delivered: 0,
             returning: None,
             said: VecDeque::new(),
             consumer_tag: None,
@@ -156,10 +159,11 @@ impl Wire {
         }
     }
 
-    /// Whether confirms may be read in rounds ([`lazy`]): a flow whose window of unacked
-    /// deliveries is filling up needs each confirm as it comes, to ack the source and be sent
-    /// more; one with room saves the wake-ups.
-    pub fn confirm_rounds(&mut self, allowed: bool) {
+    /// Whether what comes may be read in rounds ([`lazy`]); a round on ends now when not. A
+    /// flow whose window of unacked deliveries is filling up may need each confirm as it
+    /// comes, to ack the source and be sent more, and each delivery as it comes when the
+    /// source cannot send more (see `forward::round_holds_little`).
+    pub fn rounds(&mut self, allowed: bool) {
         if let Some(l) = &mut self.lazy {
             l.allow(allowed);
         }
@@ -218,8 +222,8 @@ impl Wire {
     /// A publish was queued: a round of lazy confirm reads begins if none is on; returns the
     /// publish's delivery tag.
     fn queued(&mut self) -> u64 {
-        if let Some(l) = &mut self.lazy {
-            l.published();
+        if let Some(l) = self.lazy.as_mut().filter(|_| self.confirm) {
+            l.begin();
         }
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -236,15 +240,22 @@ impl Wire {
         });
     }
 
-    /// Everything read, nothing more to read now: while publishes still wait for their
-    /// confirms, the next round of lazy reads begins at once ([`LazyReads::resume`]). Without
-    /// this, confirms landing between a round's end and the next publish woke the flow one by
-    /// one, and a flow draining a backlog publishes and is confirmed without pause.
+    /// Everything read, nothing more to read now: the next round of lazy reads begins at once
+    /// ([`LazyReads::resume`]) while publishes still wait for their confirms, or, consuming,
+    /// while the upstream is busy (this turn of reading brought [`lazy::BUSY`] deliveries or
+    /// more). Without this, confirms landing between a round's end and the next publish woke
+    /// the flow one by one, and a flow draining a backlog publishes and is confirmed without
+    /// pause.
     fn next_round(&mut self, cx: &mut Context<'_>) {
-        if let Some(l) = &mut self.lazy {
-            if self.next_tag - 1 > self.confirmed_to {
-                l.resume(cx);
-            }
+        let delivered = std::mem::take(&mut self.delivered);
+        let Some(l) = &mut self.lazy else { return };
+        let go_on = if self.confirm {
+            self.next_tag - 1 > self.confirmed_to
+        } else {
+            self.consumer_tag.is_some() && delivered >= lazy::BUSY
+        };
+        if go_on {
+            l.resume(cx);
         }
     }
 
@@ -692,6 +703,7 @@ impl Wire {
         if self.incoming.as_ref().is_some_and(Incoming::complete) {
             let i = self.incoming.take().expect("checked");
             self.deliveries.push_back(i.into_delivery());
+            self.delivered += 1;
         }
     }
 
@@ -726,6 +738,7 @@ mod tests {
     use amq_protocol::frame::parsing::parse_frame;
     use amq_protocol::frame::AMQPContentHeader;
     use amq_protocol::types::AMQPValue;
+    use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn frames(mut bytes: &[u8]) -> Vec<AMQPFrame> {
@@ -1245,17 +1258,28 @@ mod tests {
             .unwrap();
     }
 
-    /// A publishing wire over a real TCP socket, as `handshake` makes one, with publishes
-    /// `1..=n` flushed; the other end plays the broker.
-    async fn publishing_over_tcp(n: usize) -> (Wire, tokio::net::TcpStream) {
+    /// A wire over a real TCP socket, with lazy reads as `handshake` sets them up; the other
+    /// end plays the broker.
+    async fn over_tcp(confirm: bool) -> (Wire, tokio::net::TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ours = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await
             .unwrap();
         let (broker, _) = l.accept().await.unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&ours);
-        let mut w = Wire::new(Box::new(ours), true);
-        w.lazy = Some(LazyReads::new(fd));
+        let mut w = Wire::new(Box::new(ours), confirm);
+        let mark = if confirm {
+            lazy::CONFIRM_MARK
+        } else {
+            lazy::DELIVERY_MARK
+        };
+        w.lazy = Some(LazyReads::new(fd, mark));
+        (w, broker)
+    }
+
+    /// A publishing wire over TCP with publishes `1..=n` flushed.
+    async fn publishing_over_tcp(n: usize) -> (Wire, tokio::net::TcpStream) {
+        let (mut w, broker) = over_tcp(true).await;
         for _ in 0..n {
             w.publish_encoded("x", "k", &[0, 0], &Bytes::from_static(b"m"));
         }
@@ -1300,6 +1324,105 @@ mod tests {
                 .is_pending());
             assert_eq!(round_on(&w), tag < 3, "after the confirm of publish {tag}");
         }
+    }
+
+    /// Polls `w` once for a delivery: whether it had to wait.
+    async fn waits(w: &mut Wire) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(w.poll_delivery(cx)))
+            .await
+            .is_pending()
+    }
+
+    /// A consuming wire reads a quiet upstream's deliveries as they come, and a busy one's (a
+    /// turn of reading brought `lazy::BUSY` or more) in rounds, losing none.
+    #[tokio::test]
+    async fn deliveries_are_read_in_rounds_while_the_upstream_is_busy_and_none_is_lost() {
+        let (mut w, mut broker) = over_tcp(false).await;
+        w.consumer_tag = Some("setgate link".into());
+        let within = Duration::from_secs(10);
+        let tags = |d: Vec<Delivery>| d.iter().map(|d| d.delivery_tag).collect::<Vec<_>>();
+
+        broker
+            .write_all(&delivered(1, false, b"quiet", 4096))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(within, deliveries(&mut w, 1)).await;
+        assert_eq!(tags(got.expect("read as it came")), [1]);
+        assert!(waits(&mut w).await);
+        assert!(!round_on(&w), "one delivery: no round");
+
+        let busy = lazy::BUSY as u64;
+        let burst: Vec<u8> = (2..2 + busy)
+            .flat_map(|t| delivered(t, false, b"busy", 4096))
+            .collect();
+        broker.write_all(&burst).await.unwrap();
+        let got = tokio::time::timeout(within, deliveries(&mut w, lazy::BUSY)).await;
+        assert_eq!(
+            tags(got.expect("a burst read")),
+            (2..2 + busy).collect::<Vec<_>>()
+        );
+        assert!(waits(&mut w).await);
+        assert!(round_on(&w), "a burst: a round");
+
+        // Below the mark: read when the round ends, not lost; then quiet again.
+        broker
+            .write_all(&delivered(100, false, b"in a round", 4096))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(within, deliveries(&mut w, 1)).await;
+        assert_eq!(tags(got.expect("read at the round's end")), [100]);
+        assert!(waits(&mut w).await);
+        assert!(!round_on(&w));
+    }
+
+    /// Bursts and trickles in turn, read as the flow reads them (a delivery, then what else is
+    /// ready now, with rounds allowed or not from one batch to the next): every delivery is
+    /// read, the last ones too, with nothing more coming to wake the wire.
+    #[tokio::test]
+    async fn every_delivery_is_read_through_bursts_and_trickles() {
+        let (mut w, mut broker) = over_tcp(false).await;
+        w.consumer_tag = Some("setgate link".into());
+        const PHASES: u64 = 30;
+        const EACH: u64 = 20;
+        let writer = tokio::spawn(async move {
+            let mut tag = 0;
+            for phase in 0..PHASES {
+                let mut burst = Vec::new();
+                for _ in 0..EACH {
+                    tag += 1;
+                    let d = delivered(tag, false, b"x", 4096);
+                    if phase.is_multiple_of(2) {
+                        burst.extend(d);
+                    } else {
+                        broker.write_all(&d).await.unwrap();
+                        tokio::time::sleep(Duration::from_micros(700)).await;
+                    }
+                }
+                broker.write_all(&burst).await.unwrap();
+            }
+            broker
+        });
+        let mut next = 1;
+        let mut batches = 0u64;
+        let read_all = async {
+            while next <= PHASES * EACH {
+                let d = std::future::poll_fn(|cx| w.poll_delivery(cx))
+                    .await
+                    .unwrap();
+                assert_eq!(d.delivery_tag, next);
+                next += 1;
+                while let Some(d) = std::future::poll_fn(|cx| w.poll_delivery(cx)).now_or_never() {
+                    assert_eq!(d.unwrap().delivery_tag, next);
+                    next += 1;
+                }
+                batches += 1;
+                w.rounds(!batches.is_multiple_of(7));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read_all)
+            .await
+            .unwrap_or_else(|_| panic!("delivery {next} was never read"));
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]
