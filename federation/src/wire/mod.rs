@@ -1342,13 +1342,7 @@ mod tests {
         let within = Duration::from_secs(10);
         let tags = |d: Vec<Delivery>| d.iter().map(|d| d.delivery_tag).collect::<Vec<_>>();
 
-        broker
-            .write_all(&delivered(1, false, b"quiet", 4096))
-            .await
-            .unwrap();
-        let got = tokio::time::timeout(within, deliveries(&mut w, 1)).await;
-        assert_eq!(tags(got.expect("read as it came")), [1]);
-        assert!(waits(&mut w).await);
+        one_delivery(&mut w, &mut broker, 1, "read as it came").await;
         assert!(!round_on(&w), "one delivery: no round");
 
         let busy = lazy::BUSY as u64;
@@ -1365,14 +1359,21 @@ mod tests {
         assert!(round_on(&w), "a burst: a round");
 
         // Below the mark: read when the round ends, not lost; then quiet again.
+        one_delivery(&mut w, &mut broker, 100, "read at the round's end").await;
+        assert!(!round_on(&w));
+    }
+
+    /// The broker sends delivery `tag` alone; it is read (`what`), then the wire waits.
+    async fn one_delivery(w: &mut Wire, broker: &mut tokio::net::TcpStream, tag: u64, what: &str) {
         broker
-            .write_all(&delivered(100, false, b"in a round", 4096))
+            .write_all(&delivered(tag, false, b"one", 4096))
             .await
             .unwrap();
-        let got = tokio::time::timeout(within, deliveries(&mut w, 1)).await;
-        assert_eq!(tags(got.expect("read at the round's end")), [100]);
-        assert!(waits(&mut w).await);
-        assert!(!round_on(&w));
+        let got = tokio::time::timeout(Duration::from_secs(10), deliveries(w, 1))
+            .await
+            .unwrap_or_else(|_| panic!("delivery {tag} not {what}"));
+        assert_eq!(got[0].delivery_tag, tag, "{what}");
+        assert!(waits(w).await);
     }
 
     /// Bursts and trickles in turn, read as the flow reads them (a delivery, then what else is
