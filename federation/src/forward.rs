@@ -44,7 +44,7 @@ use crate::shovelled::Shovelled;
 use crate::status::FlowStatus;
 use crate::stop::stopped;
 use crate::tracker::{AckTracker, Outcome, Seq, UpstreamAck};
-use crate::wire::{Delivery, Settled, Wire, WireError, CONFIRM_ROUND};
+use crate::wire::{Delivery, Settled, Wire, WireError, LAZY_ROUND};
 use amq_protocol::frame::WriteContext;
 use amq_protocol::types::generation::gen_field_table;
 use futures_util::stream::BoxStream;
@@ -87,6 +87,8 @@ pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// chaos run in CI once saw 2.01 s of "forwarding" with nothing moving (the watcher's poll on
 /// top). The tick is a few atomics and a comparison; a quarter second costs nothing.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Shortest time a flow's delivery rate is measured over.
+const RATE_OVER: Duration = Duration::from_millis(200);
 /// A running flow that has moved nothing for this long while work waits says so in its
 /// activity (`waiting: ...`): a link that reports `running` is moving messages or names why not.
 pub(crate) const STALL_NAMED_AFTER: Duration = Duration::from_secs(1);
@@ -216,10 +218,24 @@ struct Run {
     limit_reached: bool,
     /// When the acks ready now go out at the latest ([`ACK_DELAY`]).
     acks_due: Option<tokio::time::Instant>,
-    /// Deliveries since the last watch tick, and what they came to per second over the tick
-    /// before (for [`round_holds_little`]).
+    /// Deliveries since `rate_at`, and the rate (per second) measured then (for
+    /// [`round_holds_little`]), over at least [`RATE_OVER`].
     delivered: u64,
     rate: u64,
+    rate_at: Instant,
+}
+
+impl Run {
+    /// Measures the delivery rate, once at least [`RATE_OVER`] has passed since the last time
+    /// (the watch tick's first turn is at once, and a long wait elsewhere delays the next).
+    fn measure_rate(&mut self) {
+        let over = self.rate_at.elapsed();
+        if over >= RATE_OVER {
+            self.rate = self.delivered * 1000 / over.as_millis().max(1) as u64;
+            self.delivered = 0;
+            self.rate_at = Instant::now();
+        }
+    }
 }
 
 /// What one batch wrote, per outlet: whether it was published to (and so is flushed), and,
@@ -306,8 +322,9 @@ impl Forwarder {
             limit_reached: false,
             acks_due: None,
             delivered: 0,
-            // Unknown until the first tick: no rounds while the window is tight.
+            // Unknown until measured: no rounds while the window is tight.
             rate: u64::MAX,
+            rate_at: Instant::now(),
         };
         if self.limit == Some(0) {
             return Ok(Ended::Completed);
@@ -371,8 +388,7 @@ impl Forwarder {
                 }
                 _ = depth_tick.tick() => self.refresh_depth(&mut run, inlet).await?,
                 _ = watch_tick.tick() => {
-                    run.rate = run.delivered * 1000 / WATCH_INTERVAL.as_millis() as u64;
-                    run.delivered = 0;
+                    run.measure_rate();
                     self.watch(&mut run)?;
                     if let Activity::AskingUpstream { .. } = run.activity {
                         self.refresh_depth(&mut run, inlet).await?;
@@ -1271,13 +1287,13 @@ fn ack_batch(prefetch: u32, window_tight: bool) -> usize {
 /// window full; otherwise only confirms, and only while the window has room.
 ///
 /// A flow draining a backlog keeps its window full (the source refills it as it is acked):
-/// with a prefetch of 1,000 and thousands of messages a second, a round of [`CONFIRM_ROUND`]
+/// with a prefetch of 1,000 and thousands of messages a second, a round of [`LAZY_ROUND`]
 /// delays a few dozen acks, and reading each confirm as it came was most of setgate's
 /// wake-ups on a drain (`setgate-bench federation --exchanges 4`). With a small prefetch or a
 /// fast flow, the window needs every confirm at once, and a delivery left unread while the
 /// source waits for acks would hold the flow up to a round.
 fn round_holds_little(rate: u64, prefetch: u32) -> bool {
-    let held = rate.saturating_mul(CONFIRM_ROUND.as_millis() as u64) / 1000;
+    let held = rate.saturating_mul(LAZY_ROUND.as_millis() as u64) / 1000;
     held.saturating_mul(8) <= u64::from(prefetch)
 }
 

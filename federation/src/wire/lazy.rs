@@ -62,7 +62,7 @@ pub(super) struct LazyReads {
     fd: RawFd,
     /// The mark while a round is on.
     mark: libc::c_int,
-    /// Rounds may begin (the flow's window has room, see [`crate::wire::Wire::rounds`]).
+    /// Rounds may begin (the flow allows them, see [`crate::wire::Wire::rounds`]).
     allowed: bool,
     /// The mark is raised (a round is on).
     lazy: bool,
@@ -107,10 +107,10 @@ impl LazyReads {
 
     /// Everything readable was read and the wire wants another round (publishes still await
     /// confirms; the upstream is busy): it begins at once, unless nothing was read since the
-    /// mark last dropped. A drop signals bytes that
-    /// wait, but the kernel checks the mark again when the signal is collected: raised before
-    /// that, it would leave those bytes unsignalled, and a flow that waits for their confirms
-    /// would never be woken for them. Registers `cx` for the round's end.
+    /// mark last dropped. A drop signals bytes that wait, but the kernel checks the mark again
+    /// when epoll collects the signal: raised before that, it would leave those bytes
+    /// unsignalled, and a flow that waits for their confirms would never be woken for them.
+    /// Registers `cx` for the round's end.
     pub fn resume(&mut self, cx: &mut Context<'_>) {
         if self.fresh {
             self.begin();

@@ -50,7 +50,7 @@ pub(crate) use encode::fingerprint;
 use encode::{begin_frame, encode_publish, end_frame, frame_len, Props, CHANNEL, FRAME_OVERHEAD};
 pub(crate) use error::WireError;
 use lazy::LazyReads;
-pub(crate) use lazy::ROUND as CONFIRM_ROUND;
+pub(crate) use lazy::ROUND as LAZY_ROUND;
 use outgoing::Outgoing;
 use reads::Reads;
 
