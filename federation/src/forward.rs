@@ -118,12 +118,13 @@ pub(crate) struct Forwarder {
     pub scratch: Vec<u8>,
 }
 
-/// How a flow republishes properties without parsing them, where it can: a plain destination
-/// (no SET to choose), no `mandatory` (a return is known by properties as amq-protocol encodes
-/// them), and headers that gain at most federation's `x-received-from` entry. Other messages
-/// and flows take the parsing path.
+/// How a flow republishes properties without parsing them, where it can: no `mandatory` (a
+/// return is known by properties as amq-protocol encodes them), and headers that gain at most
+/// federation's `x-received-from` entry, the same whichever cluster of a routed destination
+/// the message goes to. Other messages (a held one, a key that cannot be read unparsed) and
+/// flows take the parsing path.
 pub(crate) fn splices(spec: &FlowSpec, origin: &Origin) -> Option<[Splice; 2]> {
-    if spec.mandatory || !matches!(spec.downstream, Downstream::Cluster { .. }) {
+    if spec.mandatory {
         return None;
     }
     let keep_user_id = spec.upstream.trust_user_id;
@@ -535,22 +536,26 @@ impl Forwarder {
             if let Some(splices) = &self.splices {
                 let how = &splices[usize::from(d.redelivered)];
                 if splice(d.raw_properties(), how, &mut self.scratch) {
-                    let (exchange, routing_key) = match &self.spec.target {
-                        Target::Exchange {
-                            name,
-                            routing_key: Some(k),
-                        } => (name.as_str(), k.as_str()),
-                        Target::Exchange { name, .. } => (name.as_str(), d.routing_key.as_str()),
-                        Target::Queue(q) => ("", q.as_str()),
-                    };
-                    let o = &mut self.outlets.0[0];
-                    let Some(wire) = o.wire() else {
-                        unreachable!("a plain destination's outlet is up while the flow runs");
-                    };
-                    let published =
-                        wire.publish_encoded(exchange, routing_key, &self.scratch, d.body());
-                    writes.note(o, 0, seq, published);
-                    continue;
+                    if let Some(outlet) = self.spliced_outlet(d) {
+                        let (exchange, routing_key) = match &self.spec.target {
+                            Target::Exchange {
+                                name,
+                                routing_key: Some(k),
+                            } => (name.as_str(), k.as_str()),
+                            Target::Exchange { name, .. } => {
+                                (name.as_str(), d.routing_key.as_str())
+                            }
+                            Target::Queue(q) => ("", q.as_str()),
+                        };
+                        let o = &mut self.outlets.0[outlet];
+                        let Some(wire) = o.wire() else {
+                            unreachable!("messages are only sent to outlets that are up");
+                        };
+                        let published =
+                            wire.publish_encoded(exchange, routing_key, &self.scratch, d.body());
+                        writes.note(o, outlet, seq, published);
+                        continue;
+                    }
                 }
             }
             let properties = d.properties().map_err(|e| self.inlet_error(&e))?;
@@ -579,27 +584,12 @@ impl Forwarder {
                 Downstream::Cluster { .. } => (0, None),
                 Downstream::Sets { routes, .. } => {
                     let key = routes.key.of(&properties, d.routing_key.as_str());
-                    if key.is_none() {
-                        counters.unkeyed.fetch_add(1, Relaxed);
-                        self.metrics.unkeyed.increment(1);
-                    }
                     let home = routes.cluster_of(key.as_deref());
-                    match routes.choose(home, |i| self.outlets.0[i].is_up()) {
-                        Choice::Cluster { index, failed_over } => {
-                            if failed_over {
-                                if let Some(s) = &self.outlets.0[home].stats {
-                                    s.failed_over.fetch_add(1, Relaxed);
-                                }
-                            }
-                            (index, None)
-                        }
-                        Choice::Hold(home) => {
-                            if let Some(s) = &self.outlets.0[home].stats {
-                                s.held.fetch_add(1, Relaxed);
-                            }
-                            self.metrics.held(&self.outlets.0[home].name).increment(1);
-                            (n_outlets - 1, Some(home))
-                        }
+                    let choice = routes.choose(home, |i| self.outlets.0[i].is_up());
+                    self.count_choice(key.is_some(), home, choice);
+                    match choice {
+                        Choice::Cluster { index, .. } => (index, None),
+                        Choice::Hold(home) => (n_outlets - 1, Some(home)),
                     }
                 }
             };
@@ -775,6 +765,55 @@ impl Forwarder {
         for seq in seqs.iter().flatten() {
             run.tracker.resolve(*seq, Outcome::Rejected);
             run.requeue_now = true;
+        }
+    }
+
+    /// The outlet a delivery whose properties were spliced goes to: the one of a plain
+    /// destination, or the cluster of its SET, counted as the parsing path counts it; `None`
+    /// (the parsing path then decides, and counts) when its key cannot be read unparsed or it
+    /// is to be held, which adds headers.
+    fn spliced_outlet(&self, d: &Delivery) -> Option<usize> {
+        let routes = match &self.spec.downstream {
+            Downstream::Cluster { .. } => return Some(0),
+            Downstream::Sets { routes, .. } => routes,
+        };
+        let key = routes
+            .key
+            .of_raw(d.raw_properties(), d.routing_key.as_str())?;
+        let home = routes.cluster_of(key.as_deref());
+        let choice = routes.choose(home, |i| self.outlets.0[i].is_up());
+        match choice {
+            Choice::Cluster { index, .. } => {
+                self.count_choice(key.is_some(), home, choice);
+                Some(index)
+            }
+            Choice::Hold(_) => None,
+        }
+    }
+
+    /// Counts where a routed delivery went: without a key, to its SET's failover, or held.
+    fn count_choice(&self, keyed: bool, home: usize, choice: Choice) {
+        let counters = &self.status.counters;
+        if !keyed {
+            counters.unkeyed.fetch_add(1, Relaxed);
+            self.metrics.unkeyed.increment(1);
+        }
+        let stats = self.outlets.0[home].stats.as_ref();
+        match choice {
+            Choice::Cluster {
+                failed_over: true, ..
+            } => {
+                if let Some(s) = stats {
+                    s.failed_over.fetch_add(1, Relaxed);
+                }
+            }
+            Choice::Cluster { .. } => {}
+            Choice::Hold(_) => {
+                if let Some(s) = stats {
+                    s.held.fetch_add(1, Relaxed);
+                }
+                self.metrics.held(&self.outlets.0[home].name).increment(1);
+            }
         }
     }
 

@@ -11,6 +11,9 @@
 //! the entry's key (a second hop, whose hop count and cycle check need the parsed array), or
 //! properties in a shape it does not walk (continued flag words, unknown field types), is left
 //! to the parsing path, which [`splice`] says by returning `false`.
+//!
+//! A routed destination reads each message's key the same way, where it lies
+//! ([`short_string`], [`header`]), so that choosing a SET parses nothing either.
 
 /// Property flags, in the order their fields follow (AMQP 0-9-1, class basic).
 const CONTENT_TYPE: u16 = 1 << 15;
@@ -18,14 +21,14 @@ const CONTENT_ENCODING: u16 = 1 << 14;
 const HEADERS: u16 = 1 << 13;
 const DELIVERY_MODE: u16 = 1 << 12;
 const PRIORITY: u16 = 1 << 11;
-const CORRELATION_ID: u16 = 1 << 10;
-const REPLY_TO: u16 = 1 << 9;
+pub(crate) const CORRELATION_ID: u16 = 1 << 10;
+pub(crate) const REPLY_TO: u16 = 1 << 9;
 const EXPIRATION: u16 = 1 << 8;
-const MESSAGE_ID: u16 = 1 << 7;
+pub(crate) const MESSAGE_ID: u16 = 1 << 7;
 const TIMESTAMP: u16 = 1 << 6;
-const TYPE: u16 = 1 << 5;
-const USER_ID: u16 = 1 << 4;
-const APP_ID: u16 = 1 << 3;
+pub(crate) const TYPE: u16 = 1 << 5;
+pub(crate) const USER_ID: u16 = 1 << 4;
+pub(crate) const APP_ID: u16 = 1 << 3;
 const CLUSTER_ID: u16 = 1 << 2;
 /// Bit 0 says another flag word follows; bit 1 is unused in class basic.
 const UNWALKED: u16 = 0b11;
@@ -85,13 +88,7 @@ pub(crate) fn splice(raw: &[u8], how: &Splice, out: &mut Vec<u8>) -> bool {
         if flags & bit == 0 {
             continue;
         }
-        let len = match bit {
-            DELIVERY_MODE | PRIORITY => Some(1),
-            TIMESTAMP => Some(8),
-            HEADERS => long_len(&raw[at..]).map(|n| 4 + n),
-            _ => raw.get(at).map(|&n| 1 + usize::from(n)),
-        };
-        let Some(field) = len.and_then(|n| raw.get(at..at + n)) else {
+        let Some(field) = field_at(raw, at, bit) else {
             return false;
         };
         at += field.len();
@@ -127,6 +124,79 @@ pub(crate) fn splice(raw: &[u8], how: &Splice, out: &mut Vec<u8>) -> bool {
     at == raw.len()
 }
 
+/// The property `bit`'s field as encoded (with its size prefix, if it has one), where it
+/// starts at `at`.
+fn field_at(raw: &[u8], at: usize, bit: u16) -> Option<&[u8]> {
+    let rest = raw.get(at..)?;
+    let len = match bit {
+        DELIVERY_MODE | PRIORITY => 1,
+        TIMESTAMP => 8,
+        HEADERS => 4 + long_len(rest)?,
+        _ => 1 + usize::from(*rest.first()?),
+    };
+    rest.get(..len)
+}
+
+/// The field of property `want` (one flag bit) in `raw` (a content header's property flags and
+/// fields, as read): `Some(None)` when the message does not have it, `None` when the fields
+/// before it cannot be walked.
+fn field(raw: &[u8], want: u16) -> Option<Option<&[u8]>> {
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    if flags & UNWALKED != 0 {
+        return None;
+    }
+    if flags & want == 0 {
+        return Some(None);
+    }
+    let mut at = 2;
+    let mut bit = CONTENT_TYPE;
+    while bit != want {
+        if flags & bit != 0 {
+            at += field_at(raw, at, bit)?.len();
+        }
+        bit >>= 1;
+    }
+    field_at(raw, at, want).map(Some)
+}
+
+/// A short-string property (`want` one of [`CORRELATION_ID`], [`REPLY_TO`], [`MESSAGE_ID`],
+/// [`TYPE`], [`USER_ID`], [`APP_ID`]), without its size; as [`field`] says.
+pub(crate) fn short_string(raw: &[u8], want: u16) -> Option<Option<&[u8]>> {
+    debug_assert!(want & (CORRELATION_ID | REPLY_TO | MESSAGE_ID | TYPE | USER_ID | APP_ID) != 0);
+    Some(field(raw, want)?.map(|f| &f[1..]))
+}
+
+/// The value of header `name`: its type and its bytes (a long string with its size prefix);
+/// `Some(None)` when the message has no such header, `None` when the properties or the
+/// headers table cannot be walked. A name repeated in the table reads as its last value, as
+/// a parsed table keeps it.
+pub(crate) fn header<'a>(raw: &'a [u8], name: &str) -> Option<Option<(u8, &'a [u8])>> {
+    match field(raw, HEADERS)? {
+        Some(f) => table_entry(&f[4..], name),
+        None => Some(None),
+    }
+}
+
+/// The last entry of a field table's entries (`table`, without its size) with key `key`: its
+/// type and value bytes; `None` when the table cannot be walked.
+fn table_entry<'a>(table: &'a [u8], key: &str) -> Option<Option<(u8, &'a [u8])>> {
+    let mut at = 0;
+    let mut found = None;
+    while at < table.len() {
+        let n = usize::from(*table.get(at)?);
+        let k = table.get(at + 1..at + 1 + n)?;
+        at += 1 + n;
+        let kind = *table.get(at)?;
+        let len = value_len(kind, table.get(at + 1..)?)?;
+        let value = table.get(at + 1..at + 1 + len)?;
+        if k == key.as_bytes() {
+            found = Some((kind, value));
+        }
+        at += 1 + len;
+    }
+    Some(found)
+}
+
 /// The length a long (u32) size prefix announces.
 fn long_len(b: &[u8]) -> Option<usize> {
     let b = b.get(..4)?;
@@ -136,18 +206,7 @@ fn long_len(b: &[u8]) -> Option<usize> {
 /// Whether a field table's entries (`table`, without its size) hold `key`; `None` when they
 /// cannot be walked.
 fn has_key(table: &[u8], key: &str) -> Option<bool> {
-    let mut at = 0;
-    while at < table.len() {
-        let n = usize::from(*table.get(at)?);
-        let k = table.get(at + 1..at + 1 + n)?;
-        if k == key.as_bytes() {
-            return Some(true);
-        }
-        at += 1 + n;
-        let kind = *table.get(at)?;
-        at += 1 + value_len(kind, table.get(at + 1..)?)?;
-    }
-    Some(false)
+    table_entry(table, key).map(|e| e.is_some())
 }
 
 /// The encoded length of a field value of type `kind` whose bytes start `rest`.

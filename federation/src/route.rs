@@ -3,6 +3,7 @@
 //! ([`setgate_router::Router::route`]), never recomputed here, so a message for alice lands on
 //! the cluster her connection lands on.
 
+use crate::raw_props;
 use crate::uri::AmqpUri;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
@@ -130,6 +131,39 @@ impl MessageKey {
         };
         key.filter(|k| !k.is_empty())
     }
+
+    /// [`MessageKey::of`] read from the properties as they arrived (a content header's flags
+    /// and fields, unparsed), with the same answer; `None` when they cannot be walked here
+    /// (the parsing path then decides).
+    pub(crate) fn of_raw<'a>(
+        &self,
+        raw: &'a [u8],
+        routing_key: &'a str,
+    ) -> Option<Option<Cow<'a, str>>> {
+        let key = match self {
+            MessageKey::RoutingKey => Some(Cow::Borrowed(routing_key)),
+            MessageKey::Header(name) => match raw_props::header(raw, name)? {
+                Some((kind, value)) => raw_header_value(kind, value)?,
+                None => None,
+            },
+            MessageKey::Property(p) => {
+                let bit = match p {
+                    Property::UserId => raw_props::USER_ID,
+                    Property::MessageId => raw_props::MESSAGE_ID,
+                    Property::CorrelationId => raw_props::CORRELATION_ID,
+                    Property::AppId => raw_props::APP_ID,
+                    Property::Type => raw_props::TYPE,
+                    Property::ReplyTo => raw_props::REPLY_TO,
+                };
+                match raw_props::short_string(raw, bit)? {
+                    // Not UTF-8: the parsing path refuses the message, as it did.
+                    Some(s) => Some(Cow::Borrowed(std::str::from_utf8(s).ok()?)),
+                    None => None,
+                }
+            }
+        };
+        Some(key.filter(|k| !k.is_empty()))
+    }
 }
 
 impl fmt::Display for MessageKey {
@@ -143,6 +177,26 @@ impl fmt::Display for MessageKey {
             }
         }
     }
+}
+
+/// [`header_value`] of a value as encoded (`kind`, then `value`'s bytes): `Some(None)` for a
+/// type that is no key. Types as amq-protocol reads RabbitMQ's tables: `s` is a 16-bit integer
+/// and `l` a signed 64-bit one.
+fn raw_header_value(kind: u8, value: &[u8]) -> Option<Option<Cow<'_, str>>> {
+    fn int<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
+        v.try_into().ok()
+    }
+    Some(Some(match kind {
+        b'S' => String::from_utf8_lossy(value.get(4..)?),
+        b'b' => Cow::Owned(i8::from_be_bytes(int(value)?).to_string()),
+        b'B' => Cow::Owned(u8::from_be_bytes(int(value)?).to_string()),
+        b's' | b'U' => Cow::Owned(i16::from_be_bytes(int(value)?).to_string()),
+        b'u' => Cow::Owned(u16::from_be_bytes(int(value)?).to_string()),
+        b'I' => Cow::Owned(i32::from_be_bytes(int(value)?).to_string()),
+        b'i' => Cow::Owned(u32::from_be_bytes(int(value)?).to_string()),
+        b'L' | b'l' => Cow::Owned(i64::from_be_bytes(int(value)?).to_string()),
+        _ => return Some(None),
+    }))
 }
 
 fn header_value<'a>(h: &'a FieldTable, name: &str) -> Option<Cow<'a, str>> {
@@ -401,5 +455,120 @@ mod tests {
         assert_eq!(fo.choose(a, |i| i == 0), Choice::Hold(a));
         // The default has no failover.
         assert_eq!(fo.choose(0, |i| i != 0), Choice::Hold(0));
+    }
+
+    /// Encoded as they travel: a content header's property flags and fields.
+    fn encode(p: &BasicProperties) -> Vec<u8> {
+        use amq_protocol::frame::WriteContext;
+        amq_protocol::protocol::basic::gen_properties(p)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .into_inner()
+            .0
+    }
+
+    #[test]
+    fn a_key_read_unparsed_is_the_key_parsed() {
+        use lapin::types::{FieldArray, LongLongInt};
+        let mut h = FieldTable::default();
+        let values = [
+            ("s", AMQPValue::LongString(LongString::from("alice"))),
+            ("s-empty", AMQPValue::LongString(LongString::from(""))),
+            (
+                "s-bad",
+                AMQPValue::LongString(LongString::from(vec![0xff, b'x'])),
+            ),
+            ("i8", AMQPValue::ShortShortInt(-8)),
+            ("u8", AMQPValue::ShortShortUInt(200)),
+            ("i16", AMQPValue::ShortInt(-1600)),
+            ("u16", AMQPValue::ShortUInt(60000)),
+            ("i32", AMQPValue::LongInt(-320_000)),
+            ("u32", AMQPValue::LongUInt(4_000_000_000)),
+            ("i64", AMQPValue::LongLongInt(LongLongInt::MIN)),
+            ("bool", AMQPValue::Boolean(true)),
+            ("f32", AMQPValue::Float(1.5)),
+            ("table", AMQPValue::FieldTable(FieldTable::default())),
+            ("list", AMQPValue::FieldArray(FieldArray::from(vec![]))),
+            ("void", AMQPValue::Void),
+            ("at", AMQPValue::Timestamp(7)),
+        ];
+        for (k, v) in values.clone() {
+            h.insert(k.into(), v);
+        }
+        let keys: Vec<String> = values
+            .iter()
+            .map(|(k, _)| format!("header:{k}"))
+            .chain(["header:missing".into(), "routing_key".into()])
+            .chain(PROPERTIES.iter().map(|(n, _)| format!("property:{n}")))
+            .collect();
+        let full = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(h.clone())
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("c-9".into())
+            .with_reply_to("".into())
+            .with_expiration("1000".into())
+            .with_message_id("m-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("order".into())
+            .with_user_id("bob".into())
+            .with_app_id("shop".into())
+            .with_cluster_id("c".into());
+        let cases = [
+            BasicProperties::default(),
+            BasicProperties::default().with_delivery_mode(2),
+            BasicProperties::default().with_headers(FieldTable::default()),
+            BasicProperties::default().with_headers(h),
+            BasicProperties::default().with_app_id("only".into()),
+            full,
+        ];
+        for (i, p) in cases.iter().enumerate() {
+            let raw = encode(p);
+            for (rk, k) in ["rk.1", ""]
+                .iter()
+                .flat_map(|rk| keys.iter().map(move |k| (rk, k)))
+            {
+                let key = MessageKey::parse(k).unwrap();
+                assert_eq!(
+                    key.of_raw(&raw, rk),
+                    Some(key.of(p, rk)),
+                    "case {i}, {k}, routing key {rk:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_header_reads_as_parsed_and_what_cannot_be_walked_is_left_to_parsing() {
+        // Headers only: {"k": "a", "k": "b"}, as a client may write them.
+        let entry = |v: &[u8]| [&[1, b'k', b'S'][..], &(v.len() as u32).to_be_bytes(), v].concat();
+        let table = [entry(b"a"), entry(b"b")].concat();
+        let raw = [&[0x20, 0][..], &(table.len() as u32).to_be_bytes(), &table].concat();
+        let (_, parsed) = amq_protocol::protocol::basic::parse_properties(raw.as_slice()).unwrap();
+        let key = MessageKey::parse("header:k").unwrap();
+        assert_eq!(key.of_raw(&raw, ""), Some(key.of(&parsed, "")));
+        assert_eq!(key.of_raw(&raw, "").flatten().as_deref(), Some("b"));
+        // Cut inside the table, an unknown value type, a flag word that says another follows.
+        assert_eq!(key.of_raw(&raw[..raw.len() - 1], ""), None);
+        let mut odd = raw.clone();
+        odd[8] = b'?';
+        assert_eq!(key.of_raw(&odd, ""), None);
+        assert_eq!(key.of_raw(&[0x20, 1, 0, 0, 0, 0], ""), None);
+        // A property before the one wanted is cut short; the routing key needs no walk.
+        let user = MessageKey::parse("property:user_id").unwrap();
+        assert_eq!(user.of_raw(&[0x80, 0x10, 9, b'x'], ""), None);
+        assert_eq!(
+            user.of_raw(&[0x00, 0x10, 3, b'b', b'o', b'b'], "")
+                .flatten()
+                .as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            MessageKey::RoutingKey
+                .of_raw(&[], "rk")
+                .flatten()
+                .as_deref(),
+            Some("rk")
+        );
     }
 }
