@@ -5,11 +5,11 @@
 //! agree key for key. It is not on the lookup path because `calc_candidates` allocates (it
 //! inserts the first candidate into a fresh splay-tree set) on every lookup, which the router
 //! promises never to do, and because it is slower (`benches/lookup.rs`, 4 SETs: 12.2 M lookups/s
-//! against this ring's 43.9 M). This ring is two flat arrays and a binary search, narrowed first
-//! by an index of where each range of the hash's top bits begins. Without the index, a binary
-//! search over all 16,384 points read a dozen cache lines (15.7 M lookups/s in the same run), and
-//! in a SET-routed flow, with brokers evicting them between batches, it was a sixth of setgate's
-//! CPU per message.
+//! against this ring's 43.9 M). This ring is two flat arrays and, in front of them, a slot per
+//! range of the hash's top bits that names the range's owner when one SET owns all of it, as most
+//! do. A binary search over all the points read a dozen cache lines (15.7 M lookups/s in the same
+//! run), and in a SET-routed flow, with brokers evicting them between batches, it was a sixth of
+//! setgate's CPU per message.
 
 use crate::hash::vnode_point;
 
@@ -21,7 +21,7 @@ use crate::hash::vnode_point;
 pub const VNODES_PER_WEIGHT: u32 = 4096;
 
 /// The most weight all SETs together may carry: `MAX_TOTAL_WEIGHT * V` = about 1 M virtual
-/// nodes, 16 MB with the range index and a ~0.1 s build, which a SIGHUP reload can afford. Weights are relative, so a
+/// nodes, 28 MB with the slots and a ~0.1 s build, which a SIGHUP reload can afford. Weights are relative, so a
 /// larger table is always expressible with smaller numbers.
 pub const MAX_TOTAL_WEIGHT: u64 = 256;
 
@@ -32,13 +32,19 @@ pub(crate) struct Ring {
     points: Vec<u64>,
     /// `owners[i]` is the index (in the caller's SET list) of the SET owning `points[i]`.
     owners: Vec<u32>,
-    /// `starts[b]` is the first point whose top bits (`point >> shift`) are `b` or more; one
-    /// entry more than there are values of `b`. Empty when there are no points.
-    starts: Vec<u32>,
-    /// `64 - bits`, where `2^bits` is the smallest power of two at least the number of points
-    /// (about one point per range), and `bits` is at least 1.
+    /// One slot per range of keys sharing their top bits (`key >> shift`): the owner of every
+    /// key of the range ([`UNIFORM`] set) when one SET owns them all, else the index of the
+    /// range's first point (or of the first point after it, for a range with none). Empty when
+    /// there are no points.
+    slots: Vec<u32>,
+    /// `64 - bits`, where `2^bits` is about four times the number of points (see [`slots`]).
     shift: u32,
 }
+
+/// A slot that holds its range's owner, not an index.
+const UNIFORM: u32 = 1 << 31;
+/// Most ranges: 2^22 slots (16 MB) for the largest rings, four points a range there.
+const MAX_SLOT_BITS: u32 = 22;
 
 impl Ring {
     /// Builds the ring for `sets`, given as (name, weight) in the caller's order; owners are
@@ -65,11 +71,11 @@ impl Ring {
         let name = |owner: u32| sets[owner as usize].0.as_bytes();
         vnodes.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| name(a.1).cmp(name(b.1))));
         let (points, owners): (Vec<u64>, Vec<u32>) = vnodes.into_iter().unzip();
-        let (starts, shift) = index(&points);
+        let (slots, shift) = slots(&points, &owners);
         Ring {
             points,
             owners,
-            starts,
+            slots,
             shift,
         }
     }
@@ -78,13 +84,15 @@ impl Ring {
     /// largest point to the smallest. `None` when the ring is empty (every weight is 0).
     #[inline]
     pub(crate) fn owner(&self, point: u64) -> Option<u32> {
-        let b = (point >> self.shift) as usize;
-        let (Some(&lo), Some(&hi)) = (self.starts.get(b), self.starts.get(b + 1)) else {
-            return None; // no points
-        };
-        // Points before `lo` are in lower ranges (below `point`), from `hi` on in higher ones.
-        let (lo, hi) = (lo as usize, hi as usize);
-        let i = lo + self.points[lo..hi].partition_point(|&p| p < point);
+        let slot = *self.slots.get((point >> self.shift) as usize)?; // none: no points
+        if slot & UNIFORM != 0 {
+            return Some(slot & !UNIFORM);
+        }
+        // Points of later ranges are above `point`: the walk stops at the first of them.
+        let mut i = slot as usize;
+        while self.points.get(i).is_some_and(|&p| p < point) {
+            i += 1;
+        }
         let i = if i == self.points.len() { 0 } else { i };
         self.owners.get(i).copied()
     }
@@ -108,22 +116,35 @@ impl Ring {
     }
 }
 
-/// The range index of `points` (ascending): `(starts, shift)` as [`Ring`] keeps them.
-fn index(points: &[u64]) -> (Vec<u32>, u32) {
+/// The slots of a ring of `points` (ascending) and their `owners`, and the shift that gives a
+/// key's slot. About four slots a point, so that most ranges hold no point or points of one SET
+/// (with the point after them): a lookup then reads one slot and nothing else, where a binary
+/// search read a dozen cache lines, and a range index with one slot a point three.
+fn slots(points: &[u64], owners: &[u32]) -> (Vec<u32>, u32) {
     if points.is_empty() {
         return (Vec::new(), 63);
     }
-    let bits = points.len().next_power_of_two().trailing_zeros().max(1);
+    let bits = (points.len().next_power_of_two().trailing_zeros() + 2).min(MAX_SLOT_BITS);
     let shift = 64 - bits;
-    let mut starts = Vec::with_capacity((1 << bits) + 1);
-    let mut i = 0;
-    for b in 0..=(1u64 << bits) {
-        while i < points.len() && (points[i] >> shift) < b {
-            i += 1;
+    let mut slots = Vec::with_capacity(1 << bits);
+    let mut lo = 0;
+    for b in 0..1u64 << bits {
+        let mut hi = lo;
+        while hi < points.len() && (points[hi] >> shift) == b {
+            hi += 1;
         }
-        starts.push(u32::try_from(i).expect("fewer than 2^32 virtual nodes"));
+        // The keys of range b go to points lo..hi, or past them to the point at hi (the first
+        // point, wrapping).
+        let after = owners[if hi == points.len() { 0 } else { hi }];
+        let slot = if owners[lo..hi].iter().all(|&o| o == after) {
+            UNIFORM | after
+        } else {
+            u32::try_from(lo).expect("fewer than 2^31 virtual nodes")
+        };
+        slots.push(slot);
+        lo = hi;
     }
-    (starts, shift)
+    (slots, shift)
 }
 
 #[cfg(test)]
@@ -179,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn the_range_index_finds_the_point_a_binary_search_over_all_of_them_finds() {
+    fn the_slots_find_the_point_a_binary_search_over_all_of_them_finds() {
         let sets = [("a", 1), ("b", 1), ("c", 1)];
         // Points clustered, repeated, at both ends, and spread, for sizes around powers of two.
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;
