@@ -118,15 +118,11 @@ pub(crate) struct Forwarder {
     pub scratch: Vec<u8>,
 }
 
-/// How a flow republishes properties without parsing them, where it can: no `mandatory` (a
-/// return is known by properties as amq-protocol encodes them), and headers that gain at most
-/// federation's `x-received-from` entry, the same whichever cluster of a routed destination
-/// the message goes to. Other messages (a held one, a key that cannot be read unparsed) and
-/// flows take the parsing path.
+/// How a flow republishes properties without parsing them, where it can: headers that gain at
+/// most federation's `x-received-from` entry, the same whichever cluster of a routed
+/// destination the message goes to. Other messages (a held one, a key that cannot be read
+/// unparsed) and flows take the parsing path.
 pub(crate) fn splices(spec: &FlowSpec, origin: &Origin) -> Option<[Splice; 2]> {
-    if spec.mandatory {
-        return None;
-    }
     let keep_user_id = spec.upstream.trust_user_id;
     let how = |redelivered: bool| -> Option<Splice> {
         match spec.headers {
@@ -551,8 +547,13 @@ impl Forwarder {
                         let Some(wire) = o.wire() else {
                             unreachable!("messages are only sent to outlets that are up");
                         };
-                        let published =
-                            wire.publish_encoded(exchange, routing_key, &self.scratch, d.body());
+                        let published = wire.publish_encoded(
+                            exchange,
+                            routing_key,
+                            mandatory,
+                            &self.scratch,
+                            d.body(),
+                        );
                         writes.note(o, outlet, seq, published);
                         continue;
                     }

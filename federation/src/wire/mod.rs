@@ -201,22 +201,29 @@ impl Wire {
     }
 
     /// [`Wire::publish`] with the properties already encoded (flags and fields, see
-    /// [`crate::raw_props`]), never mandatory.
+    /// [`crate::raw_props`]). A return carries the properties as they were published, so its
+    /// fingerprint is taken over these bytes as over amq-protocol's.
     pub fn publish_encoded(
         &mut self,
         exchange: &str,
         routing_key: &str,
+        mandatory: bool,
         properties: &[u8],
         body: &Bytes,
     ) -> (u64, u64) {
         encode_publish(
             &mut self.wr,
             self.chunk,
-            (exchange, routing_key, false),
+            (exchange, routing_key, mandatory),
             Props::Encoded(properties),
             body,
         );
-        (self.queued(), 0)
+        let fp = if mandatory {
+            fingerprint(exchange, routing_key, properties, body)
+        } else {
+            0
+        };
+        (self.queued(), fp)
     }
 
     /// A publish was queued: a round of lazy confirm reads begins if none is on; returns the
@@ -936,6 +943,16 @@ mod tests {
             .publish("x", "k1", true, &props, &Bytes::from_static(b"for u8"))
             .1;
         assert_ne!(other, fp, "another body, another fingerprint");
+        // Published from its encoded properties (a spliced header): the return above is known
+        // by the same fingerprint.
+        let encoded = amq_protocol::protocol::basic::gen_properties(&props)(
+            amq_protocol::frame::WriteContext::from(Vec::new()),
+        )
+        .unwrap()
+        .into_inner()
+        .0;
+        let spliced = w.publish_encoded("x", "k1", true, &encoded, &Bytes::from(body.clone()));
+        assert_eq!(spliced.1, fp);
         assert_eq!(
             w.publish("x", "k1", false, &props, &Bytes::from(body.clone()))
                 .1,
@@ -1281,7 +1298,7 @@ mod tests {
     async fn publishing_over_tcp(n: usize) -> (Wire, tokio::net::TcpStream) {
         let (mut w, broker) = over_tcp(true).await;
         for _ in 0..n {
-            w.publish_encoded("x", "k", &[0, 0], &Bytes::from_static(b"m"));
+            w.publish_encoded("x", "k", false, &[0, 0], &Bytes::from_static(b"m"));
         }
         w.flush().await.unwrap();
         (w, broker)
