@@ -37,7 +37,7 @@
 //! the source, as a link with N exchanges runs in setgate and in the plugin), and the load is
 //! spread over N publishers and N sink consumers: the shape of a deployment that federates
 //! many exchanges, each at a fraction of the rate. With `--transient`, messages are published
-//! with delivery mode 1.
+//! with delivery mode 1; with `--mandatory`, setgate's link publishes with `mandatory`.
 //!
 //! Latency is the downstream arrival time minus the publish time carried in a header.
 
@@ -86,6 +86,10 @@ pub struct Args {
     /// `floor-drain`) are not run.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub exchanges: u16,
+    /// setgate's link publishes with `mandatory` (a link that must not drop what the downstream
+    /// cannot route). The plugin has no such setting and runs as without.
+    #[arg(long)]
+    pub mandatory: bool,
 }
 
 /// Which of a link's connections `--tls` puts on TLS.
@@ -233,7 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ceiling.push(ceiling_run("ceiling", run, &du, load, &nodes, source_side).await?);
         }
 
-        let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch).await?;
+        let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch, args.mandatory).await?;
         let cpu = Cpu::sample(Some(&sg), &nodes);
         let m = through_spread(&su, &sg_lanes.exchanges, &du, &sg_lanes.queues, load).await?;
         let cpu = cpu.since(Some(&sg), &nodes);
@@ -268,7 +272,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         publish_spread(&su, &sg_lanes.exchanges, load).await?;
         let arrivals = Arrivals::start(&sg_lanes.at(&du), load.messages, Acks::Auto).await?;
         let cpu = Cpu::sample(None, &nodes);
-        let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch).await?;
+        let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch, args.mandatory).await?;
         let m = arrivals.finish().await?;
         let cpu = cpu.since(Some(&sg), &nodes);
         eprintln!("run {run}: setgate-drain {} ; cpu s {cpu}", show(&m));
@@ -309,7 +313,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: Some(args.paced_rate),
         ..load
     };
-    let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch).await?;
+    let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch, args.mandatory).await?;
     let sg_paced = through_spread(&su, &sg_lanes.exchanges, &du, &sg_lanes.queues, paced).await?;
     drop(sg);
     let plugin_paced = match args.skip_plugin {
@@ -336,6 +340,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let common = json!({
         "messages": args.common.messages, "body_size": args.common.body_size,
         "persistent": !args.common.transient, "links_tls": links_tls, "exchanges": n,
+        "mandatory": args.mandatory,
     });
     // A ratio to a diagnostic's median, none when it was not run (`--exchanges` above 1).
     let to = |a: f64, b: Option<f64>| b.map(|b| ratio(a, b));

@@ -15,12 +15,14 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Starts setgate with one on-confirm link from the source's URI `src` to the downstream's
-/// `dst`, for `exchanges` (a flow each); waits until it runs.
+/// `dst`, for `exchanges` (a flow each), publishing with `mandatory` or not; waits until it
+/// runs.
 pub async fn start_setgate(
     bin: &Path,
     (src, dst): (&str, &str),
     exchanges: &[String],
     prefetch: u32,
+    mandatory: bool,
 ) -> anyhow::Result<Setgate> {
     let exchanges: Vec<&str> = exchanges.iter().map(String::as_str).collect();
     let cfg = Config::new()
@@ -29,7 +31,7 @@ pub async fn start_setgate(
                 .prefetch_count(prefetch)
                 .ack_mode("on-confirm"),
         )
-        .link(Link::new("bench", &["src"], "dst", &[dst], &exchanges));
+        .link(Link::new("bench", &["src"], "dst", &[dst], &exchanges).with("mandatory", mandatory));
     let quiet = SetgateOptions {
         quiet: true,
         ..Default::default()
