@@ -133,8 +133,8 @@ impl MessageKey {
     }
 
     /// [`MessageKey::of`] read from the properties as they arrived (a content header's flags
-    /// and fields, unparsed), with the same answer; `None` when they cannot be walked here
-    /// (the parsing path then decides).
+    /// and fields, unparsed), with the same answer wherever the parsing path has one; `None`
+    /// when they cannot be walked here (the parsing path then decides).
     pub(crate) fn of_raw<'a>(
         &self,
         raw: &'a [u8],
@@ -155,11 +155,9 @@ impl MessageKey {
                     Property::Type => raw_props::TYPE,
                     Property::ReplyTo => raw_props::REPLY_TO,
                 };
-                match raw_props::short_string(raw, bit)? {
-                    // Not UTF-8: the parsing path refuses the message, as it did.
-                    Some(s) => Some(Cow::Borrowed(std::str::from_utf8(s).ok()?)),
-                    None => None,
-                }
+                // Not UTF-8 (which brokers let through): read as a header's long string is,
+                // where the parsing path refuses the whole message, and the flow with it.
+                raw_props::short_string(raw, bit)?.map(String::from_utf8_lossy)
             }
         };
         Some(key.filter(|k| !k.is_empty()))
@@ -555,6 +553,11 @@ mod tests {
         assert_eq!(key.of_raw(&odd, ""), None);
         assert_eq!(key.of_raw(&[0x20, 1, 0, 0, 0, 0], ""), None);
         // A property before the one wanted is cut short; the routing key needs no walk.
+        // A property that is not UTF-8: a key all the same (the parsed path cannot read it).
+        let id = MessageKey::parse("property:message_id").unwrap();
+        let raw = [0x00, 0x80, 2, 0xff, b'7'];
+        assert!(amq_protocol::protocol::basic::parse_properties(&raw[..]).is_err());
+        assert_eq!(id.of_raw(&raw, "").flatten().as_deref(), Some("\u{fffd}7"));
         let user = MessageKey::parse("property:user_id").unwrap();
         assert_eq!(user.of_raw(&[0x80, 0x10, 9, b'x'], ""), None);
         assert_eq!(
