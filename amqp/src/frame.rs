@@ -6,6 +6,7 @@
 //! `tokio_util::compat`.
 
 use crate::names::method_name;
+use crate::nesting;
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::ShortString;
@@ -128,6 +129,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 pub fn parse(bytes: &[u8]) -> Result<AMQPFrame, FrameError> {
     if bytes.last() != Some(&FRAME_END) {
         return Err(FrameError::BadFrameEnd);
+    }
+    // Before amq-protocol recurses into it: see `nesting`.
+    if !nesting::frame_nests_within(bytes) {
+        return Err(FrameError::Malformed(format!(
+            "field tables nested more than {} levels deep",
+            nesting::MAX_DEPTH
+        )));
     }
     match parse_frame(bytes) {
         Ok(([], frame)) => Ok(frame),

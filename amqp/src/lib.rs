@@ -7,8 +7,11 @@
 //! - [`frame`]: the protocol header, reading one frame with a size cap, [`FrameError`],
 //!   Connection.Start checks and Connection.Close.
 //! - [`names`]: a method's name from its class and method ids, for errors and logs.
+//! - [`nesting`]: how deep a frame's field tables nest, checked before amq-protocol's parser
+//!   recurses into them.
 
 pub mod frame;
 pub mod names;
+pub mod nesting;
 
 pub use frame::{FrameError, HANDSHAKE_FRAME_MAX, PROTOCOL_HEADER};

@@ -61,6 +61,30 @@ async fn read_to_close(s: &mut TcpStream, within: Duration) -> anyhow::Result<Ve
     Ok(all)
 }
 
+/// A Connection.StartOk frame whose client properties are `depth` tables, each inside the last.
+/// Written byte by byte: amq-protocol's own encoder recurses as deep as its parser.
+fn deeply_nested_start_ok(depth: usize) -> Vec<u8> {
+    let mut table: Vec<u8> = Vec::new();
+    for _ in 0..depth {
+        let mut outer = vec![1u8, b'a', b'F'];
+        outer.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        outer.extend_from_slice(&table);
+        table = outer;
+    }
+    let mut args = vec![0, 10, 0, 11];
+    args.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    args.extend_from_slice(&table);
+    args.extend_from_slice(b"\x05PLAIN");
+    args.extend_from_slice(&8u32.to_be_bytes());
+    args.extend_from_slice(b"\0user-01");
+    args.extend_from_slice(b"\x05en_US");
+    let mut frame = vec![1u8, 0, 0];
+    frame.extend_from_slice(&(args.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&args);
+    frame.push(0xCE);
+    frame
+}
+
 #[tokio::test]
 async fn hostile_handshakes_get_a_clean_close_and_never_a_stuck_task() -> anyhow::Result<()> {
     let s = sets().await;
@@ -109,6 +133,13 @@ async fn hostile_handshakes_get_a_clean_close_and_never_a_stuck_task() -> anyhow
             ]
             .concat(),
             "close 503",
+        ),
+        (
+            // 35 KiB, under the handshake's frame limit; parsed as it is, it would overflow
+            // the parsing thread's stack and abort setgate.
+            "StartOk whose client properties nest 5,000 tables deep",
+            [&header[..], &deeply_nested_start_ok(5000)].concat(),
+            "close 501",
         ),
         (
             "truncated frame, then silence",
