@@ -108,6 +108,22 @@ pub enum LinkError {
         /// Queue name.
         queue: String,
     },
+    /// A message whose properties setgate cannot read, at the head of what the flow consumes:
+    /// it stays upstream, and each attempt stops at it again.
+    #[error(
+        "a message in queue \"{queue}\" on upstream {cluster} has properties setgate cannot read \
+         ({reason}); it stays in the queue and this flow stops at it: pause the link or shovel \
+         (POST /api/links/NAME/pause or /api/shovels/NAME/pause), move the message aside or purge \
+         the queue, then resume it"
+    )]
+    Unreadable {
+        /// Configured upstream name.
+        cluster: String,
+        /// Queue name.
+        queue: String,
+        /// What cannot be read.
+        reason: String,
+    },
 }
 
 impl LinkError {

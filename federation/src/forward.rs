@@ -82,6 +82,9 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub(crate) const CONFIRM_DEADLINE: Duration = Duration::from_secs(15);
 /// How long the upstream may take to answer the periodic queue-depth request.
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How long an attempt that met a message it cannot read waits for the confirms of what it
+/// forwarded before it, to ack those: as long as a publish may go unconfirmed.
+const UNREADABLE_GRACE: Duration = CONFIRM_DEADLINE;
 /// How often the watchdog and the activity shown in the status are updated. A stall is named
 /// within [`STALL_NAMED_AFTER`] plus one tick: at 500 ms that was up to 1.5 s, and a 3-minute
 /// chaos run in CI once saw 2.01 s of "forwarding" with nothing moving (the watcher's poll on
@@ -513,6 +516,7 @@ impl Forwarder {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let mut unreadable = None;
         for d in batch.iter() {
             if let Some(limit) = limit {
                 if run.taken >= limit {
@@ -559,7 +563,34 @@ impl Forwarder {
                     }
                 }
             }
-            let properties = d.properties().map_err(|e| self.inlet_error(&e))?;
+            let (properties, repaired) = match d.properties() {
+                Ok(read) => read,
+                // Without acks the broker let the message go when it delivered it: it cannot
+                // stay upstream, and stopping would only hold up the ones after it.
+                Err(reason) if seq.is_none() => {
+                    tracing::error!(
+                        queue = %self.spec.queue_name(),
+                        reason,
+                        "a message whose properties setgate cannot read was not forwarded \
+                         (ack_mode no-ack: the broker had already let it go)"
+                    );
+                    continue;
+                }
+                // The batch stops here: what came before it is confirmed and acked, it and
+                // what follows stay upstream.
+                Err(reason) => {
+                    unreadable = Some(LinkError::Unreadable {
+                        cluster: self.spec.upstream.name.clone(),
+                        queue: self.spec.queue_name(),
+                        reason,
+                    });
+                    break;
+                }
+            };
+            if repaired {
+                self.metrics.repaired.increment(1);
+                tracing::debug!("a message's short strings made UTF-8 to be forwarded");
+            }
             let headers = properties.headers().as_ref();
             // Where the message goes: an outlet, and the routing key it is published with.
             let routing_key: ShortString = match (&self.spec.target, &self.spec.headers) {
@@ -707,6 +738,11 @@ impl Forwarder {
                     self.outlet_down(run, i, &e);
                 }
             }
+        }
+        if let Some(e) = unreadable {
+            // Acked, what was forwarded before it is not forwarded again at the next attempt.
+            self.drain(run, UNREADABLE_GRACE, inlet).await?;
+            return Err(e);
         }
         Ok(())
     }

@@ -15,6 +15,8 @@
 //! A routed destination reads each message's key the same way, where it lies
 //! ([`short_string`], [`header`]), so that choosing a SET parses nothing either.
 
+use setgate_amqp::nesting::MAX_DEPTH;
+
 /// Property flags, in the order their fields follow (AMQP 0-9-1, class basic).
 const CONTENT_TYPE: u16 = 1 << 15;
 const CONTENT_ENCODING: u16 = 1 << 14;
@@ -197,6 +199,79 @@ fn table_entry<'a>(table: &'a [u8], key: &str) -> Option<Option<(u8, &'a [u8])>>
     Some(found)
 }
 
+/// The properties `raw` with every short string made UTF-8: property values and the keys of
+/// the headers table and of the tables nested in it, each invalid sequence replaced by U+FFFD
+/// (and cut to 255 bytes on a character boundary). amq-protocol refuses a short string that
+/// is not UTF-8; RabbitMQ, whose strings are bytes, accepts and delivers it, so a message with
+/// one would otherwise stop every flow that must parse it, at each redelivery. Long strings
+/// are bytes to amq-protocol too and are kept as they are. `None` when the properties cannot
+/// be walked (continued flag words, an unknown field type, cut short).
+pub(crate) fn utf8_lossy(raw: &[u8]) -> Option<Vec<u8>> {
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    if flags & UNWALKED != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    out.extend_from_slice(&raw[..2]);
+    let mut at = 2;
+    let mut bit = CONTENT_TYPE;
+    while bit >= CLUSTER_ID {
+        if flags & bit != 0 {
+            let field = field_at(raw, at, bit)?;
+            at += field.len();
+            match bit {
+                DELIVERY_MODE | PRIORITY | TIMESTAMP => out.extend_from_slice(field),
+                HEADERS => lossy_entries(&field[4..], true, 1, &mut out)?,
+                _ => push_short_lossy(&field[1..], &mut out),
+            }
+        }
+        bit >>= 1;
+    }
+    (at == raw.len()).then_some(out)
+}
+
+/// Writes a field table's (`keyed`) or array's entries with their size prefix, keys made
+/// UTF-8; nested tables and arrays likewise, down to nesting level `depth` (the headers table
+/// is 1) of at most [`MAX_DEPTH`].
+fn lossy_entries(entries: &[u8], keyed: bool, depth: usize, out: &mut Vec<u8>) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let size_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut at = 0;
+    while at < entries.len() {
+        if keyed {
+            let n = usize::from(*entries.get(at)?);
+            push_short_lossy(entries.get(at + 1..at + 1 + n)?, out);
+            at += 1 + n;
+        }
+        let kind = *entries.get(at)?;
+        let rest = entries.get(at + 1..)?;
+        let len = value_len(kind, rest)?;
+        out.push(kind);
+        match kind {
+            b'F' | b'A' => lossy_entries(rest.get(4..len)?, kind == b'F', depth + 1, out)?,
+            _ => out.extend_from_slice(rest.get(..len)?),
+        }
+        at += 1 + len;
+    }
+    let size = u32::try_from(out.len() - size_at - 4).ok()?;
+    out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    Some(())
+}
+
+/// Writes `s` as a short string (size octet, then bytes), made UTF-8 and kept within 255 bytes.
+fn push_short_lossy(s: &[u8], out: &mut Vec<u8>) {
+    let text = String::from_utf8_lossy(s);
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(end as u8);
+    out.extend_from_slice(&text.as_bytes()[..end]);
+}
+
 /// The length a long (u32) size prefix announces.
 fn long_len(b: &[u8]) -> Option<usize> {
     let b = b.get(..4)?;
@@ -375,5 +450,134 @@ mod tests {
         assert!(!splice(&odd, &how, &mut out));
         odd[8] = b'V';
         assert!(splice(&odd, &how, &mut out), "void is a type");
+    }
+
+    /// `encoded` with every occurrence of `from` (a placeholder amq-protocol wrote) replaced by
+    /// `to`, of the same length: bytes amq-protocol would refuse to write.
+    fn patched(encoded: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let mut out = encoded.to_vec();
+        let mut found = 0;
+        let mut i = 0;
+        while i + from.len() <= out.len() {
+            if &out[i..i + from.len()] == from {
+                out[i..i + from.len()].copy_from_slice(to);
+                found += 1;
+                i += from.len();
+            } else {
+                i += 1;
+            }
+        }
+        assert!(found > 0, "placeholder {from:?} not found");
+        out
+    }
+
+    #[test]
+    fn properties_already_utf8_come_out_of_the_repair_unchanged() {
+        for (i, p) in cases().iter().enumerate() {
+            let raw = encode(p);
+            assert_eq!(
+                utf8_lossy(&raw).as_deref(),
+                Some(raw.as_slice()),
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_strings_that_are_not_utf8_are_made_utf8_and_all_else_kept() {
+        // A property, a header key, a key in a table inside an array inside the headers, and a
+        // long string (bytes to amq-protocol, kept as they are).
+        let mut inner = FieldTable::default();
+        inner.insert("KKKK".into(), AMQPValue::LongInt(7));
+        let mut h = headers();
+        h.insert("KKKK".into(), AMQPValue::LongString("LLLL".into()));
+        h.insert(
+            "deep".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(inner)])),
+        );
+        let p = AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(h)
+            .with_delivery_mode(2)
+            .with_message_id("ZZZZ".into())
+            .with_timestamp(1_700_000_000)
+            .with_app_id("app".into());
+        let raw = patched(&encode(&p), b"ZZZZ", &[0xFF, b'a', 0xC3, b'b']);
+        let raw = patched(&raw, b"KKKK", &[b'k', 0x80, 0x80, b'!']);
+        let raw = patched(&raw, b"LLLL", &[0xFF, 0xFF, 0xFF, 0xFF]);
+        assert!(
+            parse_properties(raw.as_slice()).is_err(),
+            "amq-protocol refuses it"
+        );
+        let repaired = utf8_lossy(&raw).expect("walked");
+        let (rest, got) = parse_properties(repaired.as_slice()).expect("parses once repaired");
+        assert!(rest.is_empty());
+        assert_eq!(
+            got.message_id().as_ref().map(|m| m.as_str()),
+            Some("\u{FFFD}a\u{FFFD}b")
+        );
+        let key = "k\u{FFFD}\u{FFFD}!";
+        let gh = got.headers().as_ref().unwrap().inner();
+        assert_eq!(
+            gh.get(key),
+            Some(&AMQPValue::LongString(vec![0xFF; 4].into()))
+        );
+        let AMQPValue::FieldArray(deep) = &gh["deep"] else {
+            panic!("deep: {:?}", gh["deep"]);
+        };
+        let AMQPValue::FieldTable(t) = &deep.as_slice()[0] else {
+            panic!("{deep:?}");
+        };
+        assert_eq!(t.inner().get(key), Some(&AMQPValue::LongInt(7)));
+        // Everything else as it was.
+        let mut want = headers();
+        for (k, v) in want.inner().iter() {
+            assert_eq!(gh.get(k.as_str()), Some(v), "header {k}");
+        }
+        want.insert(key.into(), AMQPValue::Void);
+        assert_eq!(gh.len(), want.inner().len() + 1, "plus deep");
+        assert_eq!(got.content_type(), p.content_type());
+        assert_eq!(got.delivery_mode(), p.delivery_mode());
+        assert_eq!(got.timestamp(), p.timestamp());
+        assert_eq!(got.app_id(), p.app_id());
+    }
+
+    #[test]
+    fn a_repaired_short_string_stays_within_255_bytes_on_a_character_boundary() {
+        // 255 invalid bytes become 255 replacement characters of 3 bytes each: cut to 85.
+        let p = AMQPProperties::default().with_correlation_id("Z".repeat(255).as_str().into());
+        let raw = patched(&encode(&p), &[b'Z'; 255], &[0xFF; 255]);
+        let (_, got) = parse_properties(utf8_lossy(&raw).unwrap().as_slice()).unwrap();
+        let id = got.correlation_id().as_ref().unwrap().as_str().to_string();
+        assert_eq!(id, "\u{FFFD}".repeat(85));
+    }
+
+    #[test]
+    fn what_cannot_be_walked_is_not_repaired() {
+        // A continued flag word; an unknown field type; cut short.
+        assert_eq!(utf8_lossy(&[0, 1, 0, 0]), None);
+        assert_eq!(utf8_lossy(&[0x20, 0, 0, 0, 0, 3, 1, b'k', b'?']), None);
+        let full = encode(&cases()[5]);
+        assert_eq!(utf8_lossy(&full[..full.len() - 1]), None);
+        // Nested past the limit: the headers table, then MAX_DEPTH tables each inside the last
+        // (built as bytes).
+        let mut table: Vec<u8> = Vec::new();
+        for _ in 0..MAX_DEPTH {
+            let mut outer = vec![1u8, b'a', b'F'];
+            outer.extend_from_slice(&(table.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&table);
+            table = outer;
+        }
+        let mut raw = vec![0x20, 0];
+        raw.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        raw.extend_from_slice(&table);
+        assert_eq!(utf8_lossy(&raw), None);
+        // One level less is walked: the innermost table is at the limit.
+        let inner = &table[7..];
+        let mut raw = vec![0x20, 0];
+        raw.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        raw.extend_from_slice(inner);
+        assert!(utf8_lossy(&raw).is_some());
     }
 }

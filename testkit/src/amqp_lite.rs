@@ -9,7 +9,7 @@
 //! `amq-protocol` (through `setgate-amqp`), never by hand.
 
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use anyhow::{bail, Context};
 use setgate_amqp::frame::{close_frame, encode, expect_start, read_frame, PROTOCOL_HEADER};
@@ -126,6 +126,112 @@ impl LiteConnection {
                     Some(setgate_amqp::FrameError::Closed) => return Ok(()),
                     _ => return Err(e.context("waiting for Connection.CloseOk")),
                 },
+            }
+        }
+    }
+
+    /// Publishes one message whose properties are given as encoded (property flags, then the
+    /// fields), on a channel of its own in confirm mode, and returns once the broker confirms
+    /// it. The properties may be bytes amq-protocol would refuse to write (short strings that
+    /// are not UTF-8, headers nested thousands deep), as clients in other languages send them;
+    /// only the content header frame around them is written here byte by byte for that reason.
+    pub async fn publish_raw_properties(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        const CH: u16 = 1;
+        let send = |class: AMQPClass| encode(&AMQPFrame::Method(CH, class));
+        self.stream
+            .write_all(&send(AMQPClass::Channel(channel::AMQPMethod::Open(
+                channel::Open {},
+            ))))
+            .await?;
+        self.expect_on_channel(CH, "Channel.OpenOk").await?;
+        self.stream
+            .write_all(&send(AMQPClass::Confirm(confirm::AMQPMethod::Select(
+                confirm::Select { nowait: false },
+            ))))
+            .await?;
+        self.expect_on_channel(CH, "Confirm.SelectOk").await?;
+        self.stream
+            .write_all(&send(AMQPClass::Basic(basic::AMQPMethod::Publish(
+                basic::Publish {
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                    mandatory: false,
+                    immediate: false,
+                },
+            ))))
+            .await?;
+        // Content header: type 2, channel, size; class 60, weight 0, body size; properties.
+        let mut header = vec![2u8];
+        header.extend_from_slice(&CH.to_be_bytes());
+        header.extend_from_slice(&(12 + properties.len() as u32).to_be_bytes());
+        header.extend_from_slice(&[0, 60, 0, 0]);
+        header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        header.extend_from_slice(properties);
+        header.push(setgate_amqp::frame::FRAME_END);
+        self.stream.write_all(&header).await?;
+        self.stream
+            .write_all(&encode(&AMQPFrame::Body(CH, body.to_vec())))
+            .await?;
+        match self.expect_on_channel(CH, "Basic.Ack").await? {
+            AMQPClass::Basic(basic::AMQPMethod::Ack(_)) => {}
+            other => bail!(
+                "the broker did not confirm the publish: {}",
+                method_name(&other)
+            ),
+        }
+        self.stream
+            .write_all(&send(AMQPClass::Channel(channel::AMQPMethod::Close(
+                channel::Close {
+                    reply_code: 200,
+                    reply_text: "done".into(),
+                    class_id: 0,
+                    method_id: 0,
+                },
+            ))))
+            .await?;
+        self.expect_on_channel(CH, "Channel.CloseOk").await?;
+        Ok(())
+    }
+
+    /// The next method on channel `ch` (heartbeats skipped): `what`, or a Basic.Nack in its
+    /// place; a Close of the channel or the connection is an error with the broker's reply.
+    async fn expect_on_channel(&mut self, ch: u16, what: &str) -> anyhow::Result<AMQPClass> {
+        loop {
+            match self
+                .read()
+                .await
+                .with_context(|| format!("waiting for {what}"))?
+            {
+                AMQPFrame::Heartbeat | AMQPFrame::InvalidHeartbeat(_) => continue,
+                AMQPFrame::Method(0, AMQPClass::Connection(m)) => {
+                    bail!("waiting for {what}: {}", describe(m))
+                }
+                AMQPFrame::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(close)))
+                    if c == ch =>
+                {
+                    bail!(
+                        "waiting for {what}: Channel.Close {} {}",
+                        close.reply_code,
+                        close.reply_text.as_str()
+                    )
+                }
+                AMQPFrame::Method(c, class) if c == ch => {
+                    let name = method_name(&class);
+                    if name == what || name == "Basic.Nack" {
+                        return Ok(class);
+                    }
+                    bail!("waiting for {what}: got {name}")
+                }
+                other => bail!(
+                    "waiting for {what}: got {}",
+                    setgate_amqp::frame::describe(&other)
+                ),
             }
         }
     }

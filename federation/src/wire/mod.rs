@@ -1082,11 +1082,12 @@ mod tests {
         assert_eq!(got[0].delivery_tag, 7);
         assert!(!got[0].redelivered);
         assert_eq!(got[0].routing_key.as_str(), "user.42");
-        assert_eq!(got[0].properties().unwrap().delivery_mode(), &Some(2));
+        assert_eq!(got[0].properties().unwrap().0.delivery_mode(), &Some(2));
         assert_eq!(
             got[0]
                 .properties()
                 .unwrap()
+                .0
                 .message_id()
                 .as_ref()
                 .map(|m| m.as_str()),
