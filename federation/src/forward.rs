@@ -38,6 +38,7 @@ use crate::hops::{
 use crate::metrics::FlowMetrics;
 use crate::outlet::{wire_error, Confirmed, Outlet, OutletEvent, Outlets};
 use crate::plan::{hold_queue, Downstream, FlowSpec, Headers, Target, HOLD_ROUTING_KEY};
+use crate::raw_hops::drop_verdict;
 use crate::raw_props::{splice, Splice};
 use crate::route::Choice;
 use crate::shovelled::Shovelled;
@@ -563,6 +564,17 @@ impl Forwarder {
                     }
                 }
             }
+            // A message that came in over another link, to be dropped: no parsing for it.
+            if self.spec.headers == Headers::Federation {
+                let cluster = match &self.spec.downstream {
+                    Downstream::Cluster { .. } => Some(self.policy.downstream_cluster.as_str()),
+                    Downstream::Sets { .. } => None,
+                };
+                if let Some(verdict) = drop_verdict(&self.policy, d.raw_properties(), cluster) {
+                    self.drop_message(run, seq, verdict);
+                    continue;
+                }
+            }
             let (properties, repaired) = match d.properties() {
                 Ok(read) => read,
                 // Without acks the broker let the message go when it delivered it: it cannot
@@ -635,15 +647,7 @@ impl Forwarder {
                         }
                     };
                     if verdict != Verdict::Forward {
-                        counters.dropped.fetch_add(1, Relaxed);
-                        match verdict {
-                            Verdict::MaxHops => self.metrics.dropped_max_hops.increment(1),
-                            _ => self.metrics.dropped_cycle.increment(1),
-                        }
-                        tracing::trace!(reason = verdict.reason(), "message not forwarded");
-                        if let Some(seq) = seq {
-                            run.tracker.resolve(seq, Outcome::Done);
-                        }
+                        self.drop_message(run, seq, verdict);
                         continue;
                     }
                     Some(with_received_from(headers, &self.origin, d.redelivered))
@@ -745,6 +749,19 @@ impl Forwarder {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// A message loop prevention does not forward: counted, and acked with the others.
+    fn drop_message(&self, run: &mut Run, seq: Option<Seq>, verdict: Verdict) {
+        self.status.counters.dropped.fetch_add(1, Relaxed);
+        match verdict {
+            Verdict::MaxHops => self.metrics.dropped_max_hops.increment(1),
+            _ => self.metrics.dropped_cycle.increment(1),
+        }
+        tracing::trace!(reason = verdict.reason(), "message not forwarded");
+        if let Some(seq) = seq {
+            run.tracker.resolve(seq, Outcome::Done);
+        }
     }
 
     /// Writes a batch's publishes to their outlets. A destination whose socket stays open but

@@ -20,7 +20,8 @@
 //! - `stop`: the stop signal `flow` and `forward` both wait on.
 //! - `tracker`: publish sequence -> delivery tag; which upstream acks a confirm allows.
 //! - `hops`: `x-received-from`, `max_hops` and cycle checks; republished properties.
-//!   `raw_props`: the same republished from the bytes read, where no parsing is needed.
+//!   `raw_props`: the same republished from the bytes read, where no parsing is needed;
+//!   `raw_hops`: drops by `max_hops` and cycle decided from the bytes read.
 //! - `status`: what `GET /api/links` shows. `metrics`: the `setgate_federation_*` series.
 //! - [`error`]: why a flow attempt failed.
 
@@ -39,6 +40,7 @@ mod metrics;
 mod oneshot;
 mod outlet;
 mod plan;
+mod raw_hops;
 mod raw_props;
 mod shovelled;
 mod status;

@@ -181,7 +181,7 @@ pub(crate) fn header<'a>(raw: &'a [u8], name: &str) -> Option<Option<(u8, &'a [u
 
 /// The last entry of a field table's entries (`table`, without its size) with key `key`: its
 /// type and value bytes; `None` when the table cannot be walked.
-fn table_entry<'a>(table: &'a [u8], key: &str) -> Option<Option<(u8, &'a [u8])>> {
+pub(crate) fn table_entry<'a>(table: &'a [u8], key: &str) -> Option<Option<(u8, &'a [u8])>> {
     let mut at = 0;
     let mut found = None;
     while at < table.len() {
@@ -285,7 +285,7 @@ fn has_key(table: &[u8], key: &str) -> Option<bool> {
 }
 
 /// The encoded length of a field value of type `kind` whose bytes start `rest`.
-fn value_len(kind: u8, rest: &[u8]) -> Option<usize> {
+pub(crate) fn value_len(kind: u8, rest: &[u8]) -> Option<usize> {
     Some(match kind {
         b'V' => 0,
         b't' | b'b' | b'B' => 1,
