@@ -37,7 +37,8 @@
 //! the source, as a link with N exchanges runs in setgate and in the plugin), and the load is
 //! spread over N publishers and N sink consumers: the shape of a deployment that federates
 //! many exchanges, each at a fraction of the rate. With `--transient`, messages are published
-//! with delivery mode 1; with `--mandatory`, setgate's link publishes with `mandatory`.
+//! with delivery mode 1; with `--mandatory`, setgate's link publishes with `mandatory`; with
+//! `--two-way`, setgate also runs the link back, which drops what the first one forwarded.
 //!
 //! Latency is the downstream arrival time minus the publish time carried in a header.
 
@@ -90,6 +91,11 @@ pub struct Args {
     /// cannot route). The plugin has no such setting and runs as without.
     #[arg(long)]
     pub mandatory: bool,
+    /// setgate federates the exchanges both ways (a second link from the downstream back to
+    /// the source, `max_hops` 1): each forwarded message comes back to it over the second link
+    /// and is dropped there, the work two-way federation adds. The plugin runs one way.
+    #[arg(long)]
+    pub two_way: bool,
 }
 
 /// Which of a link's connections `--tls` puts on TLS.
@@ -237,7 +243,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ceiling.push(ceiling_run("ceiling", run, &du, load, &nodes, source_side).await?);
         }
 
-        let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch, args.mandatory).await?;
+        let sg = start_setgate(
+            &bin,
+            links,
+            &sg_lanes.exchanges,
+            prefetch,
+            args.mandatory,
+            args.two_way,
+        )
+        .await?;
         let cpu = Cpu::sample(Some(&sg), &nodes);
         let m = through_spread(&su, &sg_lanes.exchanges, &du, &sg_lanes.queues, load).await?;
         let cpu = cpu.since(Some(&sg), &nodes);
@@ -272,7 +286,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         publish_spread(&su, &sg_lanes.exchanges, load).await?;
         let arrivals = Arrivals::start(&sg_lanes.at(&du), load.messages, Acks::Auto).await?;
         let cpu = Cpu::sample(None, &nodes);
-        let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch, args.mandatory).await?;
+        let sg = start_setgate(
+            &bin,
+            links,
+            &sg_lanes.exchanges,
+            prefetch,
+            args.mandatory,
+            args.two_way,
+        )
+        .await?;
         let m = arrivals.finish().await?;
         let cpu = cpu.since(Some(&sg), &nodes);
         eprintln!("run {run}: setgate-drain {} ; cpu s {cpu}", show(&m));
@@ -313,7 +335,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: Some(args.paced_rate),
         ..load
     };
-    let sg = start_setgate(&bin, links, &sg_lanes.exchanges, prefetch, args.mandatory).await?;
+    let sg = start_setgate(
+        &bin,
+        links,
+        &sg_lanes.exchanges,
+        prefetch,
+        args.mandatory,
+        args.two_way,
+    )
+    .await?;
     let sg_paced = through_spread(&su, &sg_lanes.exchanges, &du, &sg_lanes.queues, paced).await?;
     drop(sg);
     let plugin_paced = match args.skip_plugin {
@@ -341,6 +371,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "messages": args.common.messages, "body_size": args.common.body_size,
         "persistent": !args.common.transient, "links_tls": links_tls, "exchanges": n,
         "mandatory": args.mandatory,
+        "two_way": args.two_way,
     });
     // A ratio to a diagnostic's median, none when it was not run (`--exchanges` above 1).
     let to = |a: f64, b: Option<f64>| b.map(|b| ratio(a, b));

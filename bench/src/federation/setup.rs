@@ -23,21 +23,34 @@ pub async fn start_setgate(
     exchanges: &[String],
     prefetch: u32,
     mandatory: bool,
+    two_way: bool,
 ) -> anyhow::Result<Setgate> {
     let exchanges: Vec<&str> = exchanges.iter().map(String::as_str).collect();
-    let cfg = Config::new()
-        .upstream(
-            Upstream::new("src", &[src])
-                .prefetch_count(prefetch)
-                .ack_mode("on-confirm"),
-        )
+    let upstream = |name: &str, uri: &str| {
+        Upstream::new(name, &[uri])
+            .prefetch_count(prefetch)
+            .ack_mode("on-confirm")
+    };
+    let mut cfg = Config::new()
+        .upstream(upstream("src", src))
         .link(Link::new("bench", &["src"], "dst", &[dst], &exchanges).with("mandatory", mandatory));
+    if two_way {
+        // The way back (max_hops 1): everything the first link forwards comes back to it and
+        // is dropped, as in two-way federation.
+        cfg = cfg.upstream(upstream("dst", dst)).link(
+            Link::new("bench-back", &["dst"], "src", &[src], &exchanges)
+                .with("mandatory", mandatory),
+        );
+    }
     let quiet = SetgateOptions {
         quiet: true,
         ..Default::default()
     };
     let sg = Setgate::start_with(bin, &cfg, quiet).await?;
     wait_running(&sg, "bench").await?;
+    if two_way {
+        wait_running(&sg, "bench-back").await?;
+    }
     Ok(sg)
 }
 
