@@ -1,7 +1,7 @@
 //! How deep a frame's field tables nest, checked before amq-protocol parses the frame.
 //!
 //! amq-protocol parses a table (or array) inside a table by recursion, several stack frames a
-//! level. Every level costs the sender only six bytes, so a 35 KiB frame nests 5,000 levels and
+//! level. A level costs the sender five or six bytes, so a 35 KiB frame nests 5,000 levels and
 //! overflows a 2 MiB thread stack, which aborts the whole process: one hostile client's StartOk
 //! on a `set` listener, or one message published upstream with such headers, would take down
 //! every listener, link and VRRP instance of the edge. RabbitMQ itself (Erlang) reads such a
