@@ -13,6 +13,8 @@
 //! [`properties_nest_within`] does the same for a content header's properties read apart from
 //! their frame (federation's deliveries).
 
+use crate::field::value_len;
+
 /// How deep field tables and arrays may nest: the top-level table is 1. Real frames nest 2 or 3
 /// deep (client capabilities; `x-death` and `x-received-from`, arrays of tables in headers).
 pub const MAX_DEPTH: usize = 32;
@@ -164,7 +166,7 @@ fn walk_entries(b: &[u8], depth: usize, keyed: bool) -> Walk {
         let len = match kind {
             b'F' => walk_entries(value, depth + 1, true),
             b'A' => walk_entries(value, depth + 1, false),
-            other => match scalar_len(other, value) {
+            other => match value_len(other, value) {
                 Some(n) => Walk::Read(n),
                 None => Walk::Unreadable,
             },
@@ -175,24 +177,6 @@ fn walk_entries(b: &[u8], depth: usize, keyed: bool) -> Walk {
         }
     }
     Walk::Read(4 + size)
-}
-
-/// The encoded length of a value of type `kind` other than a table or an array, whose bytes
-/// start `rest` (amq-protocol's types, which are RabbitMQ's).
-fn scalar_len(kind: u8, rest: &[u8]) -> Option<usize> {
-    Some(match kind {
-        b'V' => 0,
-        b't' | b'b' | b'B' => 1,
-        b's' | b'U' | b'u' => 2,
-        b'I' | b'i' | b'f' => 4,
-        b'D' => 5,
-        b'L' | b'l' | b'd' | b'T' => 8,
-        b'S' | b'x' => {
-            let s = rest.get(..4)?;
-            4 + u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize
-        }
-        _ => return None,
-    })
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {

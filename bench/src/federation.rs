@@ -211,6 +211,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let load = args.common.load();
     let prefetch = args.common.prefetch;
     let links = (link_su.as_str(), link_du.as_str());
+    let start_sg = || {
+        start_setgate(
+            &bin,
+            links,
+            &sg_lanes.exchanges,
+            prefetch,
+            args.mandatory,
+            args.two_way,
+        )
+    };
     let (mut source, mut drained, mut setgate, mut plugin) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut setgate_drain, mut plugin_drain) = (Vec::new(), Vec::new());
@@ -243,15 +253,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ceiling.push(ceiling_run("ceiling", run, &du, load, &nodes, source_side).await?);
         }
 
-        let sg = start_setgate(
-            &bin,
-            links,
-            &sg_lanes.exchanges,
-            prefetch,
-            args.mandatory,
-            args.two_way,
-        )
-        .await?;
+        let sg = start_sg().await?;
         let cpu = Cpu::sample(Some(&sg), &nodes);
         let m = through_spread(&su, &sg_lanes.exchanges, &du, &sg_lanes.queues, load).await?;
         let cpu = cpu.since(Some(&sg), &nodes);
@@ -286,15 +288,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         publish_spread(&su, &sg_lanes.exchanges, load).await?;
         let arrivals = Arrivals::start(&sg_lanes.at(&du), load.messages, Acks::Auto).await?;
         let cpu = Cpu::sample(None, &nodes);
-        let sg = start_setgate(
-            &bin,
-            links,
-            &sg_lanes.exchanges,
-            prefetch,
-            args.mandatory,
-            args.two_way,
-        )
-        .await?;
+        let sg = start_sg().await?;
         let m = arrivals.finish().await?;
         let cpu = cpu.since(Some(&sg), &nodes);
         eprintln!("run {run}: setgate-drain {} ; cpu s {cpu}", show(&m));
@@ -335,15 +329,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rate: Some(args.paced_rate),
         ..load
     };
-    let sg = start_setgate(
-        &bin,
-        links,
-        &sg_lanes.exchanges,
-        prefetch,
-        args.mandatory,
-        args.two_way,
-    )
-    .await?;
+    let sg = start_sg().await?;
     let sg_paced = through_spread(&su, &sg_lanes.exchanges, &du, &sg_lanes.queues, paced).await?;
     drop(sg);
     let plugin_paced = match args.skip_plugin {

@@ -10,7 +10,8 @@
 //! a message to be forwarded, or whose header cannot be walked, is left to the parsing path.
 
 use crate::hops::{HopPolicy, Verdict, RECEIVED_FROM};
-use crate::raw_props::{header, table_entry, value_len};
+use crate::raw_props::{header, table_entry};
+use setgate_amqp::field::value_len;
 
 /// The drop [`HopPolicy::verdict_at`] would decide for properties `raw` (as read), or `None`
 /// when it would forward the message or `raw` cannot be walked: the parsing path decides.

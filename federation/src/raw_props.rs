@@ -15,6 +15,7 @@
 //! A routed destination reads each message's key the same way, where it lies
 //! ([`short_string`], [`header`]), so that choosing a SET parses nothing either.
 
+use setgate_amqp::field::value_len;
 use setgate_amqp::nesting::MAX_DEPTH;
 
 /// Property flags, in the order their fields follow (AMQP 0-9-1, class basic).
@@ -282,21 +283,6 @@ fn long_len(b: &[u8]) -> Option<usize> {
 /// cannot be walked.
 fn has_key(table: &[u8], key: &str) -> Option<bool> {
     table_entry(table, key).map(|e| e.is_some())
-}
-
-/// The encoded length of a field value of type `kind` whose bytes start `rest`.
-pub(crate) fn value_len(kind: u8, rest: &[u8]) -> Option<usize> {
-    Some(match kind {
-        b'V' => 0,
-        b't' | b'b' | b'B' => 1,
-        // `s` is a 16-bit integer in RabbitMQ's tables (not a short string).
-        b's' | b'U' | b'u' => 2,
-        b'I' | b'i' | b'f' => 4,
-        b'D' => 5,
-        b'L' | b'l' | b'd' | b'T' => 8,
-        b'S' | b'x' | b'A' | b'F' => 4 + long_len(rest)?,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -259,6 +259,20 @@ impl LiteConnection {
     }
 }
 
+/// A field table's entries (without its size prefix) holding `depth` tables, each inside the
+/// last under the key `a`: what a hostile peer sends to overflow a recursive parser. Written
+/// byte by byte: amq-protocol's encoder recurses as deep as its parser.
+pub fn nested_table_entries(depth: usize) -> Vec<u8> {
+    let mut table: Vec<u8> = Vec::new();
+    for _ in 0..depth {
+        let mut outer = vec![1u8, b'a', b'F'];
+        outer.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        outer.extend_from_slice(&table);
+        table = outer;
+    }
+    table
+}
+
 /// A Connection method for an error: a Close with its reply, anything else by name.
 fn describe(m: connection::AMQPMethod) -> String {
     match m {

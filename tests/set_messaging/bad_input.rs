@@ -189,15 +189,9 @@ fn encoded(p: &AMQPProperties) -> Vec<u8> {
 }
 
 /// Properties with message id `id` whose headers are `depth` tables each inside the last, as
-/// bytes (amq-protocol's encoder recurses as deep as its parser).
+/// bytes.
 fn deeply_nested_properties(id: &str, depth: usize) -> Vec<u8> {
-    let mut table: Vec<u8> = Vec::new();
-    for _ in 0..depth {
-        let mut outer = vec![1u8, b'a', b'F'];
-        outer.extend_from_slice(&(table.len() as u32).to_be_bytes());
-        outer.extend_from_slice(&table);
-        table = outer;
-    }
+    let table = setgate_testkit::amqp_lite::nested_table_entries(depth);
     // Flags: headers, delivery mode, message id.
     let flags: u16 = (1 << 13) | (1 << 12) | (1 << 7);
     let mut raw = flags.to_be_bytes().to_vec();

@@ -61,16 +61,10 @@ async fn read_to_close(s: &mut TcpStream, within: Duration) -> anyhow::Result<Ve
     Ok(all)
 }
 
-/// A Connection.StartOk frame whose client properties are `depth` tables, each inside the last.
-/// Written byte by byte: amq-protocol's own encoder recurses as deep as its parser.
+/// A Connection.StartOk frame whose client properties are `depth` tables, each inside the last
+/// (the frame around them by hand too: amq-protocol's encoder would recurse into them).
 fn deeply_nested_start_ok(depth: usize) -> Vec<u8> {
-    let mut table: Vec<u8> = Vec::new();
-    for _ in 0..depth {
-        let mut outer = vec![1u8, b'a', b'F'];
-        outer.extend_from_slice(&(table.len() as u32).to_be_bytes());
-        outer.extend_from_slice(&table);
-        table = outer;
-    }
+    let table = setgate_testkit::amqp_lite::nested_table_entries(depth);
     let mut args = vec![0, 10, 0, 11];
     args.extend_from_slice(&(table.len() as u32).to_be_bytes());
     args.extend_from_slice(&table);
