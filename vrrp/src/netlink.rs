@@ -44,6 +44,9 @@ pub struct IfAddr {
 pub struct Netlink {
     handle: rtnetlink::Handle,
     task: tokio::task::JoinHandle<()>,
+    /// Held for the whole of a dump: the kernel runs one dump per socket at a time and refuses
+    /// a second with EBUSY, and all instances of the process share this socket.
+    dumping: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Netlink {
@@ -66,6 +69,7 @@ impl Netlink {
         Ok(Netlink {
             handle,
             task: tokio::spawn(conn),
+            dumping: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -99,6 +103,7 @@ impl Netlink {
     }
 
     async fn messages(&self, index: u32) -> io::Result<Vec<AddressMessage>> {
+        let _one_dump = self.dumping.lock().await;
         self.handle
             .address()
             .get()
@@ -168,4 +173,29 @@ fn if_addr(msg: &AddressMessage) -> Option<IfAddr> {
         prefix: msg.header.prefix_len,
         secondary: msg.header.flags.contains(AddressHeaderFlags::Secondary),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Every instance of a process shares one socket, and the kernel runs one dump per socket at a
+    /// time (a second one is refused with EBUSY): instances starting together, each listing the
+    /// interface's addresses, must not see that refusal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dumps_from_many_tasks_on_one_socket_all_succeed() {
+        let nl = Arc::new(Netlink::connect().expect("netlink socket"));
+        let lo = nl.link("lo").await.expect("link lo").expect("lo exists");
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let nl = nl.clone();
+                tokio::spawn(async move { nl.ipv4_addrs(lo.index).await })
+            })
+            .collect();
+        for t in tasks {
+            let addrs = t.await.expect("task").expect("dump refused");
+            assert!(addrs.iter().any(|a| a.addr == Ipv4Addr::LOCALHOST));
+        }
+    }
 }
