@@ -6,7 +6,9 @@
 //! thousands more when they all reconnect) cost the test process more CPU than the broker and
 //! setgate together on a 2-core machine, so the client, not setgate, would set the pace. This
 //! client is one tokio task and one socket per connection. Frames are built and parsed by
-//! `amq-protocol` (through `setgate-amqp`), never by hand.
+//! `amq-protocol` (through `setgate-amqp`); the one exception is
+//! `LiteConnection::publish_raw_properties`, which writes a content header by hand to publish
+//! properties amq-protocol would refuse to encode.
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
