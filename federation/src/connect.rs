@@ -16,10 +16,10 @@
 //!   connect, so an attempt given up never leaves lapin's I/O thread connecting in the background.
 
 use crate::error::{describe, LinkError, Side};
-use crate::tls::{client_config, tls_config};
+use crate::tls::{client_config, server_name};
 use crate::uri::AmqpUri;
 use amq_protocol::protocol::connection;
-use lapin::tcp::AMQPUriTcpExt;
+use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
 use lapin::types::AMQPValue;
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
@@ -110,25 +110,38 @@ pub(crate) async fn connect(
 }
 
 /// Opens a lapin connection to `uri` with the link defaults (heartbeat) and a knocking connect.
+/// Its TLS is setgate's ([`client_config`], the wire's too) rather than lapin's own, which
+/// would send and verify the URI's host whatever `server_name_indication` says.
 async fn open(uri: &AmqpUri, props: ConnectionProperties) -> lapin::Result<Connection> {
-    let mut parsed: AMQPUri = uri
-        .expose()
-        .parse()
-        .map_err(|e: String| lapin::Error::from(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let mut parsed: AMQPUri = uri.expose().parse().map_err(|e: String| invalid(e))?;
     with_default_heartbeat(&mut parsed);
-    let per_try = match parsed.scheme {
-        AMQPScheme::AMQPS => KNOCK_TLS,
-        AMQPScheme::AMQP => KNOCK,
+    let tls = match parsed.scheme {
+        AMQPScheme::AMQPS => {
+            let config = client_config(uri).map_err(|e| invalid(e.to_string()))?;
+            let name = server_name(uri, &parsed.authority.host).to_string();
+            Some((RustlsConnector::from(config), name))
+        }
+        AMQPScheme::AMQP => None,
     };
-    let tls = tls_config(uri)?;
+    let per_try = if tls.is_some() { KNOCK_TLS } else { KNOCK };
     let runtime = lapin::runtime::default_runtime()?;
-    let transport = async move |uri: AMQPUri, runtime| {
-        knock(per_try, || {
-            uri.connect_with_config_async(tls.as_ref(), &runtime)
+    let transport = async move |mut uri: AMQPUri, runtime| {
+        // TCP from lapin's runtime, the TLS handshake over it here.
+        uri.scheme = AMQPScheme::AMQP;
+        knock(per_try, || async {
+            let tcp = uri.connect_async(&runtime).await?;
+            match &tls {
+                Some((connector, name)) => tcp.into_rustls(connector, name).await,
+                None => Ok(tcp),
+            }
         })
         .await
     };
     Connection::connector(parsed, runtime, transport, props).await
+}
+
+fn invalid(text: String) -> lapin::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, text).into()
 }
 
 /// A byte stream to a broker: TCP, or TLS over it.
@@ -166,11 +179,10 @@ pub(crate) async fn transport(uri: &AmqpUri, parsed: &AMQPUri) -> lapin::Result<
             })
         }
         AMQPScheme::AMQPS => {
-            let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
             let config = client_config(uri).map_err(|e| invalid(e.to_string()))?;
-            let host = &parsed.authority.host;
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| invalid(format!("TLS server name {host:?}: {e}")))?;
+            let name = server_name(uri, &parsed.authority.host);
+            let name = ServerName::try_from(name.to_string())
+                .map_err(|e| invalid(format!("TLS server name {name:?}: {e}")))?;
             let connector = TlsConnector::from(config);
             let stream = knock(KNOCK_TLS, || async {
                 connector.connect(name.clone(), tcp().await?).await
@@ -247,7 +259,13 @@ fn connect_error(e: &lapin::Error) -> String {
 
 /// A failed TLS handshake, with what to check.
 fn tls_advice(text: String) -> String {
-    if text.contains("invalid peer certificate") {
+    if text.contains("not valid for name") {
+        format!(
+            "{text} (the broker's certificate does not name the host the URI connects to: name \
+             one of its names with server_name_indication=<name>, or skip the name check with \
+             server_name_indication=disable; the chain to cacertfile is verified either way)"
+        )
+    } else if text.contains("invalid peer certificate") {
         format!(
             "{text} (the broker's certificate must chain to the URI's cacertfile, or to the \
              system trust store without one, and name the URI's host)"
@@ -346,6 +364,10 @@ mod tests {
     fn a_failed_tls_handshake_says_what_to_check() {
         let e = tls_advice("invalid peer certificate: UnknownIssuer".into());
         assert!(e.contains("must chain to the URI's cacertfile"), "{e}");
+        let e = tls_advice(
+            "invalid peer certificate: certificate not valid for name \"10.0.0.5\"".into(),
+        );
+        assert!(e.contains("server_name_indication=disable"), "{e}");
         let e = tls_advice("received fatal alert: CertificateRequired".into());
         assert!(e.contains("check certfile and keyfile"), "{e}");
         assert_eq!(

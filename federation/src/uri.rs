@@ -5,12 +5,19 @@
 //! form without any credentials that goes into the `x-received-from` header.
 //!
 //! The query takes what lapin takes (`heartbeat`, `frame_max`, `channel_max`,
-//! `connection_timeout`, `auth_mechanism`) and, for `amqps`, the TLS files as RabbitMQ's
-//! federation and shovel plugins name them: `cacertfile` (the CA to verify the broker
-//! against; without it, the system's trust store), `certfile` and `keyfile` (a client
-//! certificate, PEM). `verify=verify_peer` is accepted and is what setgate always does. Any
-//! other parameter is refused: a TLS option silently ignored would be a surprise at connect
-//! time.
+//! `connection_timeout`, `auth_mechanism`) and, for `amqps`, the TLS parameters as RabbitMQ's
+//! federation and shovel plugins (the Erlang client) name them:
+//! - `cacertfile`: the CA to verify the broker against; without it, the system's trust store;
+//! - `certfile` and `keyfile`: a client certificate, PEM;
+//! - `server_name_indication=<name>`: the name sent in SNI and the broker's certificate is
+//!   verified against, instead of the URI's host; `server_name_indication=disable` sends no
+//!   SNI and, as the Erlang client does, skips the name check (the chain is still verified);
+//! - `verify=verify_peer` and `customize_hostname_check=https`: what setgate always does;
+//! - `fail_if_no_peer_cert=true|false`: a server's option, which the Erlang client takes and
+//!   has no effect on a client; accepted so the plugins' URIs work unchanged.
+//!
+//! Any other parameter is refused, `password` and `depth` with what to do instead: a TLS
+//! option silently ignored would be a surprise at connect time.
 
 use lapin::uri::AMQPUri;
 use serde::{Deserialize, Deserializer};
@@ -26,13 +33,28 @@ const LAPIN_PARAMS: [&str; 5] = [
     "auth_mechanism",
 ];
 
-/// The TLS files an `amqps` URI names.
+/// The TLS files an `amqps` URI names, and its server name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsFiles {
     /// `cacertfile`: PEM CA certificates the broker's certificate must chain to.
     pub ca: Option<PathBuf>,
     /// `certfile` and `keyfile`: the client certificate and its key, both PEM.
     pub cert: Option<(PathBuf, PathBuf)>,
+    /// `server_name_indication`.
+    pub server_name: ServerNameCheck,
+}
+
+/// The name a TLS connection sends in SNI and verifies the broker's certificate against.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ServerNameCheck {
+    /// The URI's host (no `server_name_indication`).
+    #[default]
+    Host,
+    /// `server_name_indication=<name>`.
+    Name(String),
+    /// `server_name_indication=disable`: no SNI, and any name in a certificate the CA vouches
+    /// for is accepted.
+    Disabled,
 }
 
 /// One `amqp://` or `amqps://` URI from the config.
@@ -177,32 +199,70 @@ fn parse(raw: &str) -> Result<Parsed, String> {
 /// The TLS files of the query; refuses parameters neither lapin nor setgate reads.
 fn tls_files(url: &url::Url) -> Result<TlsFiles, String> {
     let (mut ca, mut cert, mut key) = (None, None, None);
+    let mut server_name = ServerNameCheck::Host;
+    let mut tls_only = None;
     for (k, v) in url.query_pairs() {
         let file = || Some(PathBuf::from(v.as_ref()));
+        if !LAPIN_PARAMS.contains(&k.as_ref()) {
+            tls_only.get_or_insert_with(|| k.to_string());
+        }
         match k.as_ref() {
             k if LAPIN_PARAMS.contains(&k) => {}
             "cacertfile" => ca = file(),
             "certfile" => cert = file(),
             "keyfile" => key = file(),
+            "server_name_indication" if v == "disable" => server_name = ServerNameCheck::Disabled,
+            "server_name_indication" => {
+                rustls::pki_types::ServerName::try_from(v.as_ref()).map_err(|e| {
+                    format!("server_name_indication={v} is not a DNS name or an IP address ({e})")
+                })?;
+                server_name = ServerNameCheck::Name(v.to_string());
+            }
             "verify" if v == "verify_peer" => {}
             "verify" => {
                 return Err(format!(
                     "verify={v} is not supported: setgate always verifies the broker \
-                     (verify_peer); name its CA with cacertfile"
+                     (verify_peer); name its CA with cacertfile, and when the certificate \
+                     does not name the host, name it with server_name_indication=<name> (or \
+                     skip the name check with server_name_indication=disable)"
                 ))
+            }
+            "customize_hostname_check" if v == "https" => {}
+            "fail_if_no_peer_cert" if v == "true" || v == "false" => {}
+            "fail_if_no_peer_cert" => {
+                return Err(format!("fail_if_no_peer_cert={v}: write true or false"))
+            }
+            "password" => {
+                return Err(
+                    "password (of an encrypted keyfile) is not supported: setgate reads \
+                            unencrypted PEM keys; decrypt it (openssl pkey -in key.pem -out \
+                            plain.pem), keep it readable by setgate only, and drop password"
+                        .into(),
+                )
+            }
+            "depth" => {
+                return Err(
+                    "depth is not supported: setgate verifies the broker's chain to \
+                            cacertfile whatever its length (up to webpki's own limit); drop \
+                            depth"
+                        .into(),
+                )
             }
             other => {
                 return Err(format!(
                     "query parameter {other:?} is not one setgate reads; it reads {}, and for \
-                     amqps cacertfile, certfile, keyfile and verify=verify_peer",
+                     amqps cacertfile, certfile, keyfile, server_name_indication, \
+                     verify=verify_peer, customize_hostname_check=https and \
+                     fail_if_no_peer_cert",
                     LAPIN_PARAMS.join(", ")
                 ))
             }
         }
     }
-    let named = ca.is_some() || cert.is_some() || key.is_some();
-    if named && url.scheme() != "amqps" {
-        return Err("names TLS files but is not amqps://; write amqps://".into());
+    if let Some(param) = tls_only.filter(|_| url.scheme() != "amqps") {
+        return Err(format!(
+            "names the TLS parameter {param} but is not amqps://; write amqps://"
+        ));
     }
     let cert = match (cert, key) {
         (Some(c), Some(k)) => Some((c, k)),
@@ -213,7 +273,11 @@ fn tls_files(url: &url::Url) -> Result<TlsFiles, String> {
             )
         }
     };
-    Ok(TlsFiles { ca, cert })
+    Ok(TlsFiles {
+        ca,
+        cert,
+        server_name,
+    })
 }
 
 /// Best-effort masking of something that is not even a URI: hide everything between `://` and
@@ -306,6 +370,33 @@ mod tests {
         // No path of ours goes into x-received-from.
         assert_eq!(u.without_credentials(), "amqps://dc1:5671/prod");
         assert_eq!(AmqpUri::new("amqps://h/").tls_files(), &TlsFiles::default());
+        assert_eq!(tls.server_name, ServerNameCheck::Host);
+    }
+
+    /// The URIs of RabbitMQ's documentation and of deployed shovels work unchanged.
+    #[test]
+    fn the_plugins_tls_parameters_are_taken() {
+        let u = AmqpUri::new(
+            "amqps://myhost?cacertfile=/ca.pem&certfile=/c.pem&keyfile=/c.key\
+             &verify=verify_peer&server_name_indication=myhost",
+        );
+        assert_eq!(u.problem(), None);
+        assert_eq!(
+            u.tls_files().server_name,
+            ServerNameCheck::Name("myhost".into())
+        );
+        let u = AmqpUri::new(
+            "amqps://10.0.0.5:5671/%2f?cacertfile=/ca.pem&verify=verify_peer\
+             &fail_if_no_peer_cert=true&server_name_indication=disable\
+             &customize_hostname_check=https&auth_mechanism=external",
+        );
+        assert_eq!(u.problem(), None);
+        assert_eq!(u.tls_files().server_name, ServerNameCheck::Disabled);
+        let u = AmqpUri::new("amqps://h/?server_name_indication=10.1.2.3");
+        assert_eq!(
+            u.tls_files().server_name,
+            ServerNameCheck::Name("10.1.2.3".into())
+        );
     }
 
     #[test]
@@ -320,7 +411,29 @@ mod tests {
         );
         assert!(p.contains("cacertfile, certfile, keyfile"), "{p}");
         let p = problem("amqp://h/?cacertfile=/ca.pem").unwrap();
-        assert!(p.contains("not amqps://"), "{p}");
+        assert!(
+            p.contains("TLS parameter cacertfile but is not amqps://"),
+            "{p}"
+        );
+        let p = problem("amqp://h/?heartbeat=5&server_name_indication=disable").unwrap();
+        assert!(
+            p.contains("server_name_indication but is not amqps://"),
+            "{p}"
+        );
+        let p = problem("amqps://h/?keyfile=/k.pem&certfile=/c.pem&password=x").unwrap();
+        assert!(p.starts_with("password (of an encrypted keyfile)"), "{p}");
+        assert!(p.contains("openssl pkey"), "{p}");
+        let p = problem("amqps://h/?depth=5").unwrap();
+        assert!(p.starts_with("depth is not supported"), "{p}");
+        let p = problem("amqps://h/?fail_if_no_peer_cert=yes").unwrap();
+        assert_eq!(p, "fail_if_no_peer_cert=yes: write true or false");
+        let p = problem("amqps://h/?customize_hostname_check=none").unwrap();
+        assert!(p.contains("customize_hostname_check=https"), "{p}");
+        let p = problem("amqps://h/?server_name_indication=a%20b").unwrap();
+        assert!(
+            p.starts_with("server_name_indication=a b is not a DNS name"),
+            "{p}"
+        );
         let p = problem("amqps://h/?certfile=/c.pem").unwrap();
         assert!(p.contains("needs both"), "{p}");
         let p = problem("amqps://h/?verify=verify_none").unwrap();

@@ -146,3 +146,116 @@ async fn links_both_ways_over_amqps_with_a_private_ca_and_a_client_certificate(
     }
     Ok(())
 }
+
+/// `server_name_indication` as the plugins take it. The broker is reached at 127.0.0.2, an
+/// address its certificate does not name (it names localhost and 127.0.0.1):
+/// - without the parameter the link is refused, and the error says what to write;
+/// - `server_name_indication=localhost` verifies that name instead, and the link runs;
+/// - `server_name_indication=disable` skips the name check, and the link runs, both ways
+///   (consuming from the broker and publishing to it);
+/// - with `disable` a certificate its CA did not sign is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_name_indication_names_the_broker_or_skips_only_the_name_check() -> anyhow::Result<()>
+{
+    let _p = permit().await;
+    let s = shared().await;
+    let pki = Pki::generate(&setgate_testkit::unique_dir("fed-sni"))?;
+    let stranger = Pki::generate(&setgate_testkit::unique_dir("fed-sni-other"))?;
+    let port = free_port();
+    let node = Node::start_with(NodeOptions {
+        extra_config: pki.rabbitmq_listener(port, false),
+        ..Default::default()
+    })
+    .await?;
+    let at_other_address = |pki: &Pki, query: &str| {
+        let uri = pki.amqps_uri("guest", "guest", port);
+        format!("{}{query}", uri.replace("@127.0.0.1:", "@127.0.0.2:"))
+    };
+    let (named_x, unnamed_x, back_x) = ("t-sni-named", "t-sni-unnamed", "t-sni-back");
+    topology(named_x, &[&node, &s.dc2], &[(&s.dc2, "t-sni-named.sink")]).await?;
+    topology(
+        unnamed_x,
+        &[&node, &s.dc2],
+        &[(&s.dc2, "t-sni-unnamed.sink")],
+    )
+    .await?;
+    topology(back_x, &[&s.dc2, &node], &[(&node, "t-sni-back.sink")]).await?;
+    let unnamed = at_other_address(&pki, "&server_name_indication=disable");
+    let cfg = config()
+        .upstream(Upstream::new("by-address", &[at_other_address(&pki, "")]))
+        .upstream(Upstream::new(
+            "named",
+            &[at_other_address(&pki, "&server_name_indication=localhost")],
+        ))
+        .upstream(Upstream::new("unnamed", std::slice::from_ref(&unnamed)))
+        .upstream(Upstream::new(
+            "stranger",
+            &[at_other_address(
+                &stranger,
+                "&server_name_indication=disable",
+            )],
+        ))
+        .upstream(Upstream::new("plain", &[s.dc2.amqp_uri()]))
+        .link(link("by-address", "by-address", "dc2", &s.dc2, "t-sni-x1"))
+        .link(link("stranger", "stranger", "dc2", &s.dc2, "t-sni-x2"))
+        .link(link("named", "named", "dc2", &s.dc2, named_x))
+        .link(link("unnamed", "unnamed", "dc2", &s.dc2, unnamed_x))
+        .link(Link::new(
+            "back",
+            &["plain"],
+            "snidc",
+            std::slice::from_ref(&unnamed),
+            &[back_x],
+        ));
+    let sg = Setgate::start(BIN, &cfg).await?;
+    let error_of = |name: &'static str, wanted: &'static str| {
+        let sg = &sg;
+        async move {
+            wait_until(
+                &format!("link {name} to report {wanted:?}"),
+                Duration::from_secs(30),
+                || async {
+                    let st = link_status(sg, name).await.ok()?;
+                    let err = st["last_error"].as_str()?;
+                    err.contains(wanted).then(|| err.to_string())
+                },
+            )
+            .await
+        }
+    };
+    let e = error_of("by-address", "not valid for name").await?;
+    println!("by-address: {e}");
+    assert!(e.contains("server_name_indication=<name>"), "{e}");
+    let e = error_of("stranger", "invalid peer certificate").await?;
+    println!("stranger: {e}");
+    assert!(!e.contains("not valid for name"), "{e}");
+    for name in ["named", "unnamed", "back"] {
+        wait_running(&sg, name).await?;
+    }
+
+    let named_sink = Collector::start(&s.dc2.amqp_uri(), "t-sni-named.sink");
+    let unnamed_sink = Collector::start(&s.dc2.amqp_uri(), "t-sni-unnamed.sink");
+    let back_sink = Collector::start(&node.amqp_uri(), "t-sni-back.sink");
+    let sent_named = publish(&node.amqp_uri(), 0..200, &PublishOptions::new(named_x)).await?;
+    let sent_unnamed = publish(&node.amqp_uri(), 0..200, &PublishOptions::new(unnamed_x)).await?;
+    let sent_back = publish(&s.dc2.amqp_uri(), 0..200, &PublishOptions::new(back_x)).await?;
+    for (case, sent, sink) in [
+        ("named", &sent_named, &named_sink),
+        ("unnamed", &sent_unnamed, &unnamed_sink),
+        ("back", &sent_back, &back_sink),
+    ] {
+        let missing = sink.wait_for(sent, Duration::from_secs(60)).await;
+        let tally = Tally::of(sent, &sink.received());
+        tally.print(case);
+        assert!(
+            missing.is_empty() && tally.missing == 0,
+            "{case}: {tally:?}"
+        );
+    }
+    // Still refused, every attempt.
+    for name in ["by-address", "stranger"] {
+        let st = link_status(&sg, name).await?;
+        assert_ne!(st["state"], "running", "{st}");
+    }
+    Ok(())
+}
