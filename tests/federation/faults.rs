@@ -130,17 +130,7 @@ async fn no_loss_when_the_downstream_is_stopped_for_20_seconds() -> anyhow::Resu
     wait_received(&sink, 2_000).await?;
 
     down.sigstop();
-    // Deliveries the broker had already written to the collector's socket still arrive; count
-    // from when the sink has gone quiet.
-    let mut before = sink.count();
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = sink.count();
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    let before = quiet_count(&sink).await;
     // The fault itself: a broker that keeps its sockets open and answers nothing for 20 s.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let forwarded_while_stopped = sink.count() - before;
@@ -151,6 +141,71 @@ async fn no_loss_when_the_downstream_is_stopped_for_20_seconds() -> anyhow::Resu
         forwarded_while_stopped, 0,
         "a stopped broker delivered messages"
     );
+    Ok(())
+}
+
+/// A downstream under a resource alarm (here memory: a watermark below what the node uses)
+/// blocks publishing connections (Connection.Blocked) and stops reading them, for as long as the
+/// alarm lasts. The link waits it out and says so, on the same connections: unconfirmed
+/// publishes of a blocked downstream are not a silent peer (no reconnect after the 15 s confirm
+/// deadline), and nothing is lost once the alarm clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_loss_and_no_reconnect_while_the_downstream_is_blocked_by_a_resource_alarm(
+) -> anyhow::Result<()> {
+    let _p = permit().await;
+    let (up, down) = fresh_pair().await?;
+    let x = "t-alarm-down";
+    topology(x, &[&up, &down], &[(&down, "sink")]).await?;
+    let sg = Setgate::start(BIN, &one_link("al", &up, &down, x)).await?;
+    wait_running(&sg, "al").await?;
+    let sink = Collector::start(&down.amqp_uri(), "sink");
+    let publisher = publish_in_background(&up, x, 12_000, 500.0);
+    wait_received(&sink, 1_000).await?;
+
+    down.ctl(&["set_vm_memory_high_watermark", "absolute", "1"])
+        .await?;
+    let st = wait_until(
+        "the link to say the downstream blocked it",
+        Duration::from_secs(30),
+        || async {
+            let st = link_status(&sg, "al").await.ok()?;
+            let a = st["flows"][0]["activity"].as_str()?;
+            a.contains("blocked publishing").then_some(st)
+        },
+    )
+    .await?;
+    println!("blocked: {}", st["flows"][0]["activity"]);
+    let before = quiet_count(&sink).await;
+    // Past the confirm deadline (15 s): a blocked downstream is waited for, not given up on.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let st = link_status(&sg, "al").await?;
+    let flow = &st["flows"][0];
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(flow["reconnects"], 0, "{st}");
+    assert!(
+        flow["activity"]
+            .as_str()
+            .is_some_and(|a| a.contains("blocked publishing")),
+        "{st}"
+    );
+    let forwarded_while_blocked = sink.count() - before;
+
+    down.ctl(&["set_vm_memory_high_watermark", "0.4"]).await?;
+    let confirmed = publisher.await??;
+    assert_no_loss(
+        &sg,
+        "downstream resource alarm 20 s",
+        &confirmed,
+        &sink,
+        before,
+    )
+    .await;
+    assert_eq!(
+        forwarded_while_blocked, 0,
+        "messages arrived while the downstream was blocked"
+    );
+    let st = link_status(&sg, "al").await?;
+    assert_eq!(st["flows"][0]["reconnects"], 0, "{st}");
     Ok(())
 }
 

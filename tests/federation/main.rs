@@ -94,6 +94,21 @@ fn publish_in_background(
     tokio::spawn(async move { publish(&uri, 0..n, &opts).await })
 }
 
+/// The sink's count once it has gone quiet (unchanged for half a second): deliveries a broker
+/// had already written to the collector's socket, or publishes it read just before a fault,
+/// still arrive for a moment after it.
+async fn quiet_count(sink: &Collector) -> usize {
+    let mut before = sink.count();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sink.count();
+        if now == before {
+            return now;
+        }
+        before = now;
+    }
+}
+
 /// Waits (up to 90 s) for every confirmed message, then checks the outcome of a fault test and
 /// prints the tally.
 async fn assert_no_loss(
