@@ -209,6 +209,59 @@ async fn no_loss_and_no_reconnect_while_the_downstream_is_blocked_by_a_resource_
     Ok(())
 }
 
+/// An operator deletes the link's queue upstream (the broker cancels its consumer): the link
+/// says so, declares and binds its queue again on the next attempt, and forwards what is
+/// published after. (What the deleted queue held went with it: that is the operator's act.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_links_queue_deleted_upstream_is_declared_again() -> anyhow::Result<()> {
+    let _p = permit().await;
+    let s = shared().await;
+    let x = "t-qdel";
+    topology(x, &[&s.dc1, &s.dc2], &[(&s.dc2, "t-qdel.sink")]).await?;
+    let sg = Setgate::start(BIN, &one_link("qd", &s.dc1, &s.dc2, x)).await?;
+    wait_running(&sg, "qd").await?;
+    let sink = Collector::start(&s.dc2.amqp_uri(), "t-qdel.sink");
+    let first = publish(&s.dc1.amqp_uri(), 0..200, &PublishOptions::new(x)).await?;
+    assert!(sink
+        .wait_for(&first, Duration::from_secs(60))
+        .await
+        .is_empty());
+
+    let st = link_status(&sg, "qd").await?;
+    let queue = st["flows"][0]["queue"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    s.dc1.ctl(&["delete_queue", &queue]).await?;
+    let st = wait_until(
+        "the link to run again on a new queue",
+        Duration::from_secs(60),
+        || async {
+            let st = link_status(&sg, "qd").await.ok()?;
+            let flow = &st["flows"][0];
+            (flow["reconnects"].as_u64()? >= 1 && st["state"] == "running").then_some(st)
+        },
+    )
+    .await?;
+    println!("after the delete: {}", st["flows"][0]["last_error"]);
+    assert!(
+        st["flows"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&queue) && e.contains("cancel")),
+        "{st}"
+    );
+    let queues = s.dc1.ctl(&["list_queues", "name", "--silent"]).await?;
+    assert!(queues.lines().any(|l| l.trim() == queue), "{queues}");
+    let second = publish(&s.dc1.amqp_uri(), 200..400, &PublishOptions::new(x)).await?;
+    let mut all = first.clone();
+    all.extend(&second);
+    let missing = sink.wait_for(&all, Duration::from_secs(60)).await;
+    let tally = Tally::of(&all, &sink.received());
+    tally.print("queue deleted upstream");
+    assert!(missing.is_empty() && tally.missing == 0, "{tally:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_acks_what_was_confirmed() -> anyhow::Result<()> {
     let _p = permit().await;
