@@ -322,6 +322,11 @@ pub struct ClientTls {
     /// Name to verify in the broker's certificate; default: the host part of the server's `addr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// `false`: any name in a certificate that chains to `ca` is taken and no SNI is sent, for
+    /// brokers whose certificates do not name the address they are reached at (HAProxy's
+    /// `verify required` without `verifyhost` or `sni`).
+    #[serde(default = "default_verify_name", skip_serializing_if = "is_true")]
+    pub verify_name: bool,
     /// PEM client certificate, for brokers that require one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
@@ -373,6 +378,12 @@ fn default_backlog() -> u32 {
 }
 fn default_enforce() -> bool {
     true
+}
+fn default_verify_name() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)

@@ -5,7 +5,7 @@ use crate::config::{ClientTls, ServerTls};
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
-use setgate_tls::{certs, key, provider, roots, Identity, VERSIONS};
+use setgate_tls::{certs, key, provider, roots, Identity, NameCheck, VERSIONS};
 use std::sync::Arc;
 
 pub use setgate_tls::TlsError;
@@ -39,6 +39,11 @@ pub fn server_config(tls: &ServerTls, field: &str) -> Result<Arc<ServerConfig>, 
 
 /// The rustls client config for a pool that speaks TLS to its brokers.
 pub fn client_config(tls: &ClientTls, field: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    if !tls.verify_name && tls.server_name.is_some() {
+        return Err(TlsError(format!(
+            "{field}: server_name is never checked with verify_name = false; drop one of them"
+        )));
+    }
     let roots = roots(&tls.ca, &format!("{field}.ca"))?;
     let (cert_field, key_field) = (format!("{field}.cert"), format!("{field}.key"));
     let identity = match (&tls.cert, &tls.key) {
@@ -53,7 +58,12 @@ pub fn client_config(tls: &ClientTls, field: &str) -> Result<Arc<ClientConfig>, 
             )))
         }
     };
-    setgate_tls::client_config(roots, identity, field)
+    let names = if tls.verify_name {
+        NameCheck::Verify
+    } else {
+        NameCheck::ChainOnly
+    };
+    setgate_tls::client_config_checking(roots, identity, field, names)
 }
 
 /// The name to verify in a broker's certificate: `server_name`, or the host part of `addr`.
@@ -66,4 +76,28 @@ pub fn server_name(tls: &ClientTls, addr: &str) -> Result<ServerName<'static>, T
     };
     ServerName::try_from(host.clone())
         .map_err(|e| TlsError(format!("TLS server name {host:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_to_verify_and_no_name_check_are_refused_together() {
+        let tls = ClientTls {
+            ca: "/nonexistent/ca.pem".into(),
+            server_name: Some("rabbit.dc1".into()),
+            verify_name: false,
+            cert: None,
+            key: None,
+        };
+        let e = client_config(&tls, "pool[0] (p).tls")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "pool[0] (p).tls: server_name is never checked with verify_name = false; drop one of \
+             them"
+        );
+    }
 }

@@ -520,6 +520,16 @@ impl Pool {
         self
     }
 
+    /// `tls = { ca, verify_name = false }`: amqps to the brokers, whatever names their
+    /// certificates hold.
+    pub fn tls_any_name(mut self, ca: &Path) -> Self {
+        let mut t = Entries::default();
+        t.set("ca", ca);
+        t.set("verify_name", false);
+        self.entries.set("tls", t.table());
+        self
+    }
+
     /// Any other key.
     pub fn with(mut self, k: &str, v: impl Into<Value>) -> Self {
         self.entries.set(k, v);

@@ -61,16 +61,32 @@ async fn tls_to_the_brokers_and_server_maxconn() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
+    // The same broker reached at 127.0.0.2, which its certificate (localhost, 127.0.0.1) does
+    // not name: refused by default, taken with `verify_name = false`.
+    let other_address = format!("127.0.0.2:{tls_port}");
     let cfg = Config::new()
         .listener(Listener::tcp("amqp", "amqps"))
         .listener(Listener::tcp("small", "two-slots"))
+        .listener(Listener::tcp("any-name", "any-name"))
         .pool(
             Pool::new("amqps")
                 .check(Check::amqp().inter("500ms"))
                 .tls(&pki.ca, "localhost")
                 .server("n", format!("127.0.0.1:{tls_port}")),
         )
-        .pool(Pool::new("two-slots").server_with(Server::new("n", node.amqp_addr()).maxconn(2)));
+        .pool(Pool::new("two-slots").server_with(Server::new("n", node.amqp_addr()).maxconn(2)))
+        .pool(
+            Pool::new("by-address")
+                .check(Check::amqp().inter("500ms"))
+                .tls(&pki.ca, "127.0.0.2")
+                .server("n", other_address.clone()),
+        )
+        .pool(
+            Pool::new("any-name")
+                .check(Check::amqp().inter("500ms"))
+                .tls_any_name(&pki.ca)
+                .server("n", other_address.clone()),
+        );
     let sg = Setgate::start(BIN, &cfg).await?;
     sg.wait_ready().await?;
     let (port, small) = (sg.port("amqp").await?, sg.port("small").await?);
@@ -78,6 +94,15 @@ async fn tls_to_the_brokers_and_server_maxconn() -> anyhow::Result<()> {
     wait_health(&sg, "amqps", "n", true, Duration::from_secs(10)).await?;
     let conn = amqp::connect(&guest(port)).await?;
     round_trip(&conn, "over-amqps", 20).await?;
+    wait_health(&sg, "any-name", "n", true, Duration::from_secs(10)).await?;
+    let conn = amqp::connect(&guest(sg.port("any-name").await?)).await?;
+    round_trip(&conn, "over-amqps-any-name", 20).await?;
+    wait_health(&sg, "by-address", "n", false, Duration::from_secs(10)).await?;
+    let pools = sg.get_json("/api/pools").await?;
+    assert!(
+        pools.to_string().contains("not valid for name"),
+        "the check must say why: {pools}"
+    );
     let ssl = node
         .ctl(&["list_connections", "ssl", "--silent", "--no-table-headers"])
         .await?;
