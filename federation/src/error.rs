@@ -108,6 +108,17 @@ pub enum LinkError {
         /// Queue name.
         queue: String,
     },
+    /// A SET's broker blocked publishing (Connection.Blocked: a memory or disk alarm). To the
+    /// other SETs of a routed destination that SET is down until the alarm lifts.
+    #[error(
+        "downstream {cluster} blocked publishing: a resource alarm (memory or disk) on its \
+         broker; its messages are held or failed over until the alarm lifts (free memory or disk \
+         there)"
+    )]
+    Blocked {
+        /// Configured cluster name.
+        cluster: String,
+    },
     /// A message whose properties setgate cannot read, at the head of what the flow consumes:
     /// it stays upstream, and each attempt stops at it again.
     #[error(

@@ -7,7 +7,9 @@
 //! outlet: a connection to the upstream that parks messages of a SET that is down in a queue on
 //! the source. A SET's outlet that goes down is local news: its unconfirmed
 //! publishes are requeued upstream (and then parked, or sent to the failover SET), it reconnects
-//! on its own every `reconnect_delay`, and the other SETs never wait for it.
+//! on its own every `reconnect_delay`, and the other SETs never wait for it. A SET whose broker
+//! blocks publishing (a resource alarm) is down the same way, its connection kept open until the
+//! broker unblocks it.
 
 use crate::connect::{connect, CLOSE_TIMEOUT};
 use crate::error::{LinkError, Side};
@@ -146,6 +148,10 @@ enum State {
     Up(Box<Wire>),
     Down(Pin<Box<tokio::time::Sleep>>),
     Connecting(SyncWrapper<BoxFuture<'static, Result<Opened, LinkError>>>),
+    /// A SET's broker blocked publishing (a resource alarm): down to the flow, its connection
+    /// kept open to hear Connection.Unblocked, which brings it back up. (A new connection would
+    /// not tell: a broker blocks a connection only once it publishes.)
+    Blocked(Box<Wire>),
 }
 
 /// How an outlet of a routed destination (re)connects.
@@ -264,19 +270,29 @@ impl Outlet {
             &mut self.state,
             State::Down(Box::pin(tokio::time::sleep(delay))),
         );
-        if let State::Up(wire) = old {
-            tokio::spawn(wire.close(CLOSE_TIMEOUT));
+        match old {
+            State::Up(wire) if matches!(err, LinkError::Blocked { .. }) => {
+                self.state = State::Blocked(wire);
+            }
+            State::Up(wire) | State::Blocked(wire) => {
+                tokio::spawn(wire.close(CLOSE_TIMEOUT));
+            }
+            State::Down(_) | State::Connecting(_) => {}
         }
         if let Some(s) = &self.stats {
             s.set_down(err.to_string());
         }
-        tracing::warn!(cluster = %self.name, error = %err, retry_in = ?delay, "destination down; its messages are held or failed over");
+        if matches!(self.state, State::Blocked(_)) {
+            tracing::warn!(cluster = %self.name, error = %err, "destination blocked; its messages are held or failed over until it unblocks");
+        } else {
+            tracing::warn!(cluster = %self.name, error = %err, retry_in = ?delay, "destination down; its messages are held or failed over");
+        }
         self.confirms.abandon()
     }
 
     /// Closes the outlet's connection.
     pub async fn close(self) {
-        if let State::Up(wire) = self.state {
+        if let State::Up(wire) | State::Blocked(wire) = self.state {
             wire.close(CLOSE_TIMEOUT).await;
         }
     }
@@ -324,16 +340,61 @@ impl Outlet {
                     if let Some(c) = self.confirms.pop_settled() {
                         return Poll::Ready(OutletEvent::Confirm(i, c));
                     }
-                    match std::task::ready!(wire.poll_said(cx)) {
-                        Ok(said) => self.confirms.said(said),
-                        Err(e) => {
+                    // A flow with one destination waits an alarm out; a SET must not make the
+                    // others wait (its unconfirmed publishes are requeued, its messages held).
+                    if !self.fatal && wire.blocked() {
+                        let cluster = self.name.clone();
+                        return Poll::Ready(OutletEvent::Lost(i, LinkError::Blocked { cluster }));
+                    }
+                    match wire.poll_said(cx) {
+                        Poll::Ready(Ok(said)) => self.confirms.said(said),
+                        Poll::Ready(Err(e)) => {
                             return Poll::Ready(OutletEvent::Lost(
                                 i,
                                 wire_error(self.side, &self.name, &e),
                             ))
                         }
+                        // Connection.Blocked was read: taken at the top of the loop.
+                        Poll::Pending if !self.fatal && wire.blocked() => {}
+                        Poll::Pending => return Poll::Pending,
                     }
                 },
+                State::Blocked(wire) => {
+                    // Confirms and returns of what was abandoned may still come: nothing waits
+                    // for them, and they must not be matched with later publishes.
+                    while wire.blocked() {
+                        match wire.poll_said(cx) {
+                            Poll::Ready(Ok(_)) => {}
+                            Poll::Ready(Err(e)) => {
+                                let err = wire_error(self.side, &self.name, &e);
+                                let delay = self
+                                    .dial
+                                    .as_ref()
+                                    .map_or(Duration::ZERO, |d| d.reconnect_delay);
+                                self.state = State::Down(Box::pin(tokio::time::sleep(delay)));
+                                if let Some(s) = &self.stats {
+                                    s.set_down(err.to_string());
+                                }
+                                return Poll::Ready(OutletEvent::ConnectFailed(i, err));
+                            }
+                            // Connection.Unblocked was read: the loop ends.
+                            Poll::Pending if !wire.blocked() => {}
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    let unblocked = std::mem::replace(
+                        &mut self.state,
+                        State::Down(Box::pin(tokio::time::sleep(Duration::ZERO))),
+                    );
+                    if let State::Blocked(wire) = unblocked {
+                        self.state = State::Up(wire);
+                    }
+                    if let Some(s) = &self.stats {
+                        s.set_up();
+                    }
+                    tracing::info!(cluster = %self.name, "destination unblocked; its messages flow again");
+                    return Poll::Ready(OutletEvent::Connected(i));
+                }
             }
         }
     }
