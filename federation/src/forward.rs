@@ -766,8 +766,9 @@ impl Forwarder {
 
     /// Writes a batch's publishes to their outlets. A destination whose socket stays open but
     /// which stops reading (no reset, no heartbeat missed yet) would hold the loop here, and
-    /// with it the watchdog: the wait is bounded too. Only a resource alarm the broker announced
-    /// (connection.blocked) is waited out.
+    /// with it the watchdog: the wait is bounded too, and names only the destinations still
+    /// writing. Only a resource alarm the broker announced (connection.blocked) is waited out,
+    /// and only by a flow with a single destination: a SET's is that SET down.
     async fn flush(
         &mut self,
         run: &mut Run,
@@ -790,25 +791,49 @@ impl Forwarder {
                         })
                         .collect()
                 }
-                Err(_) if which.iter().any(|&i| self.outlets.0[i].blocked()) => {
-                    waited += CONFIRM_DEADLINE;
-                }
                 Err(_) => {
                     waited += CONFIRM_DEADLINE;
-                    return which
-                        .iter()
-                        .map(|&i| {
-                            let err = LinkError::Silent {
+                    // What the brokers said meanwhile is taken in (a Connection.Blocked sent
+                    // before the broker stopped reading, say; confirms stay queued).
+                    for &i in which {
+                        if let Some(w) = self.outlets.0[i].wire() {
+                            let _ = poll_fn(|cx| std::task::Poll::Ready(w.poll_alive(cx)))
+                                .now_or_never();
+                        }
+                    }
+                    // Which outlets are still writing: each is tried once more, now. Those done
+                    // keep their result; only a stuck one is named.
+                    let mut results = Vec::with_capacity(which.len());
+                    let mut wait_on = false;
+                    for &i in which {
+                        let done = self.outlets.flush(&[i]).now_or_never();
+                        let o = &self.outlets.0[i];
+                        let result = match done.and_then(|mut r| r.pop()) {
+                            Some((_, r)) => r.map_err(|e| wire_error(o.side, &o.name, &e)),
+                            // A flow with a single destination waits a resource alarm out.
+                            None if o.fatal && o.blocked() => {
+                                wait_on = true;
+                                break;
+                            }
+                            // A SET's alarm: down to the others (a broker that stopped
+                            // reading before the outlet saw Connection.Blocked).
+                            None if o.blocked() => Err(LinkError::Blocked {
+                                cluster: o.name.clone(),
+                            }),
+                            None => Err(LinkError::Silent {
                                 side: Side::Downstream,
-                                cluster: self.outlets.0[i].name.clone(),
+                                cluster: o.name.clone(),
                                 what: format!(
                                     "writing publishes did not complete in {}s",
                                     waited.as_secs()
                                 ),
-                            };
-                            (i, Err(err))
-                        })
-                        .collect();
+                            }),
+                        };
+                        results.push((i, result));
+                    }
+                    if !wait_on {
+                        return results;
+                    }
                 }
             }
         }
@@ -1000,7 +1025,7 @@ impl Forwarder {
     fn watch(&mut self, run: &mut Run) -> Result<(), LinkError> {
         if let Some((i, oldest)) = self.outlets.oldest() {
             let o = &self.outlets.0[i];
-            let waited = oldest.elapsed();
+            let waited = o.confirmable_since(oldest).elapsed();
             let blocked = o.blocked();
             if waited >= CONFIRM_DEADLINE && !blocked {
                 let err = LinkError::Silent {

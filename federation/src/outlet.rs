@@ -252,6 +252,16 @@ impl Outlet {
         matches!(&self.state, State::Up(w) if w.blocked())
     }
 
+    /// Since when its oldest unconfirmed publish, sent at `oldest`, has had a broker reading:
+    /// `oldest`, or the end of a resource alarm after it (a broker confirms nothing it cannot
+    /// read, and after a long alarm it has a backlog to take in first).
+    pub fn confirmable_since(&self, oldest: Instant) -> Instant {
+        match &self.state {
+            State::Up(w) => w.unblocked_at().map_or(oldest, |u| u.max(oldest)),
+            _ => oldest,
+        }
+    }
+
     /// Takes the outlet down after `err`: closes its connection in the background, gives up on
     /// its unconfirmed publishes (returned, to be requeued upstream) and reconnects after
     /// `reconnect_delay`.

@@ -112,6 +112,9 @@ pub(crate) struct Wire {
     /// A publishing wire over TCP reads its confirms in rounds ([`lazy`]).
     lazy: Option<LazyReads>,
     blocked: bool,
+    /// When the broker last lifted a resource alarm (Connection.Unblocked): publishes it could
+    /// not read while blocked are waited for from then on.
+    unblocked_at: Option<std::time::Instant>,
     confirm: bool,
     /// The tag the next publish gets (confirm mode).
     next_tag: u64,
@@ -145,6 +148,7 @@ impl Wire {
             tick: None,
             lazy: None,
             blocked: false,
+            unblocked_at: None,
             confirm,
             next_tag: 1,
             confirmed_to: 0,
@@ -172,6 +176,11 @@ impl Wire {
     /// The broker announced a resource alarm (Connection.Blocked) and has not lifted it.
     pub fn blocked(&self) -> bool {
         self.blocked
+    }
+
+    /// When the broker last lifted a resource alarm on this connection.
+    pub fn unblocked_at(&self) -> Option<std::time::Instant> {
+        self.unblocked_at
     }
 
     /// Queues a publish; returns its delivery tag (meaningful in confirm mode) and, with
@@ -680,7 +689,10 @@ impl Wire {
                 tracing::warn!(reason = %b.reason, "destination blocked by a resource alarm");
                 self.blocked = true;
             }
-            AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => self.blocked = false,
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => {
+                self.blocked = false;
+                self.unblocked_at = Some(std::time::Instant::now());
+            }
             AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
                 self.push(&AMQPFrame::Method(
                     0,
