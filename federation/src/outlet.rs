@@ -266,16 +266,7 @@ impl Outlet {
     /// its unconfirmed publishes (returned, to be requeued upstream) and reconnects after
     /// `reconnect_delay`.
     pub fn go_down(&mut self, err: &LinkError) -> Vec<Seq> {
-        let delay = self
-            .dial
-            .as_ref()
-            .map_or(Duration::from_secs(5), |d| d.reconnect_delay);
-        // A silent peer is knocked on again at once, as a flow does (the connect knocks).
-        let delay = if err.peer_silent() {
-            Duration::ZERO
-        } else {
-            delay
-        };
+        let delay = self.retry_after(err);
         let old = std::mem::replace(
             &mut self.state,
             State::Down(Box::pin(tokio::time::sleep(delay))),
@@ -298,6 +289,27 @@ impl Outlet {
             tracing::warn!(cluster = %self.name, error = %err, retry_in = ?delay, "destination down; its messages are held or failed over");
         }
         self.confirms.abandon()
+    }
+
+    /// How long it waits before connecting again after `err`: `reconnect_delay`, or no time
+    /// for a silent peer, which is knocked on again at once, as a flow does (the connect knocks).
+    fn retry_after(&self, err: &LinkError) -> Duration {
+        if err.peer_silent() {
+            return Duration::ZERO;
+        }
+        self.dial
+            .as_ref()
+            .map_or(Duration::from_secs(5), |d| d.reconnect_delay)
+    }
+
+    /// A (re)connection failed, or a blocked connection was lost: down, to connect again after
+    /// [`Outlet::retry_after`].
+    fn connect_failed(&mut self, i: usize, err: LinkError) -> OutletEvent {
+        self.state = State::Down(Box::pin(tokio::time::sleep(self.retry_after(&err))));
+        if let Some(s) = &self.stats {
+            s.set_down(err.to_string());
+        }
+        OutletEvent::ConnectFailed(i, err)
     }
 
     /// Closes the outlet's connection.
@@ -328,22 +340,7 @@ impl Outlet {
                             }
                             OutletEvent::Connected(i)
                         }
-                        Err(e) => {
-                            let delay = self
-                                .dial
-                                .as_ref()
-                                .map_or(Duration::from_secs(5), |d| d.reconnect_delay);
-                            let delay = if e.peer_silent() {
-                                Duration::ZERO
-                            } else {
-                                delay
-                            };
-                            self.state = State::Down(Box::pin(tokio::time::sleep(delay)));
-                            if let Some(s) = &self.stats {
-                                s.set_down(e.to_string());
-                            }
-                            OutletEvent::ConnectFailed(i, e)
-                        }
+                        Err(e) => self.connect_failed(i, e),
                     });
                 }
                 State::Up(wire) => loop {
@@ -377,15 +374,7 @@ impl Outlet {
                             Poll::Ready(Ok(_)) => {}
                             Poll::Ready(Err(e)) => {
                                 let err = wire_error(self.side, &self.name, &e);
-                                let delay = self
-                                    .dial
-                                    .as_ref()
-                                    .map_or(Duration::ZERO, |d| d.reconnect_delay);
-                                self.state = State::Down(Box::pin(tokio::time::sleep(delay)));
-                                if let Some(s) = &self.stats {
-                                    s.set_down(err.to_string());
-                                }
-                                return Poll::Ready(OutletEvent::ConnectFailed(i, err));
+                                return Poll::Ready(self.connect_failed(i, err));
                             }
                             // Connection.Unblocked was read: the loop ends.
                             Poll::Pending if !wire.blocked() => {}
