@@ -8,7 +8,8 @@
 //! client is one tokio task and one socket per connection. Frames are built and parsed by
 //! `amq-protocol` (through `setgate-amqp`); the one exception is
 //! `LiteConnection::publish_raw_properties`, which writes a content header by hand to publish
-//! properties amq-protocol would refuse to encode.
+//! properties amq-protocol would refuse to encode, and `LiteConnection::get_raw`, which reads
+//! one back without parsing it.
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
@@ -22,6 +23,15 @@ use tokio::net::TcpStream;
 
 /// Largest frame this client reads: the handshake's frames and a Connection.Close are small.
 const FRAME_MAX: usize = 128 * 1024;
+
+/// A message as [`LiteConnection::get_raw`] takes it.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub routing_key: String,
+    /// The content header's property flags and fields, as they came.
+    pub properties: Vec<u8>,
+    pub body: Vec<u8>,
+}
 
 /// An open AMQP connection (after Connection.OpenOk) with no channel.
 #[derive(Debug)]
@@ -201,7 +211,95 @@ impl LiteConnection {
         Ok(())
     }
 
-    /// The next method on channel `ch` (heartbeats skipped): `what`, or a Basic.Nack in its
+    /// Takes the next message of `queue` (Basic.Get, acknowledged as it is taken), with its
+    /// properties as they came: bytes amq-protocol (and so lapin) may refuse to parse.
+    /// `None` when the queue is empty.
+    pub async fn get_raw(&mut self, queue: &str) -> anyhow::Result<Option<RawMessage>> {
+        const CH: u16 = 1;
+        let send = |class: AMQPClass| encode(&AMQPFrame::Method(CH, class));
+        self.stream
+            .write_all(&send(AMQPClass::Channel(channel::AMQPMethod::Open(
+                channel::Open {},
+            ))))
+            .await?;
+        self.expect_on_channel(CH, "Channel.OpenOk").await?;
+        self.stream
+            .write_all(&send(AMQPClass::Basic(basic::AMQPMethod::Get(
+                basic::Get {
+                    queue: queue.into(),
+                    no_ack: true,
+                },
+            ))))
+            .await?;
+        let got = self.raw_get_answer().await?;
+        self.stream
+            .write_all(&send(AMQPClass::Channel(channel::AMQPMethod::Close(
+                channel::Close {
+                    reply_code: 200,
+                    reply_text: "done".into(),
+                    class_id: 0,
+                    method_id: 0,
+                },
+            ))))
+            .await?;
+        self.expect_on_channel(CH, "Channel.CloseOk").await?;
+        Ok(got)
+    }
+
+    /// Basic.GetEmpty, or Basic.GetOk and the message's content frames, kept as bytes.
+    async fn raw_get_answer(&mut self) -> anyhow::Result<Option<RawMessage>> {
+        let routing_key = match self
+            .expect_on_channel(1, "Basic.GetOk or Basic.GetEmpty")
+            .await?
+        {
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)) => ok.routing_key.to_string(),
+            AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_)) => return Ok(None),
+            other => bail!("Basic.Get: got {}", method_name(&other)),
+        };
+        // The content header: class, weight, body size, then the properties.
+        let header = self.raw_frame(2).await?;
+        anyhow::ensure!(
+            header.len() >= 14,
+            "content header of {} bytes",
+            header.len()
+        );
+        let size = u64::from_be_bytes(header[4..12].try_into().expect("8 bytes")) as usize;
+        let mut message = RawMessage {
+            routing_key,
+            properties: header[12..].to_vec(),
+            body: Vec::with_capacity(size),
+        };
+        while message.body.len() < size {
+            message.body.extend_from_slice(&self.raw_frame(3).await?);
+        }
+        Ok(Some(message))
+    }
+
+    /// The payload of the next frame, which must be of type `kind` (heartbeats skipped), read
+    /// without parsing it.
+    async fn raw_frame(&mut self, kind: u8) -> anyhow::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0u8; 7];
+            self.stream.read_exact(&mut head).await?;
+            let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+            anyhow::ensure!(size <= FRAME_MAX, "a frame of {size} bytes");
+            let mut payload = vec![0u8; size + 1];
+            self.stream.read_exact(&mut payload).await?;
+            anyhow::ensure!(
+                payload.pop() == Some(setgate_amqp::frame::FRAME_END),
+                "frame end"
+            );
+            match head[0] {
+                8 => continue,
+                k if k == kind => return Ok(payload),
+                k => bail!("expected a frame of type {kind}, got type {k}"),
+            }
+        }
+    }
+
+    /// The next method on channel `ch` (heartbeats skipped): `what` (names joined by " or "),
+    /// or a Basic.Nack in its
     /// place; a Close of the channel or the connection is an error with the broker's reply.
     async fn expect_on_channel(&mut self, ch: u16, what: &str) -> anyhow::Result<AMQPClass> {
         loop {
@@ -225,7 +323,7 @@ impl LiteConnection {
                 }
                 AMQPFrame::Method(c, class) if c == ch => {
                     let name = method_name(&class);
-                    if name == what || name == "Basic.Nack" {
+                    if what.split(" or ").any(|w| w == name) || name == "Basic.Nack" {
                         return Ok(class);
                     }
                     bail!("waiting for {what}: got {name}")
