@@ -49,6 +49,9 @@ pub struct Args {
     /// Skip setgate (measure the plugin alone; `routed` is then skipped).
     #[arg(long)]
     pub skip_setgate: bool,
+    /// Shovels add forward headers (`x-shovelled`; the plugin's `add-forward-headers`).
+    #[arg(long)]
+    pub forward_headers: bool,
 }
 
 /// A case of the benchmark.
@@ -106,6 +109,7 @@ struct Lab {
     set_b: Node,
     bin: Option<PathBuf>,
     prefetch: u32,
+    forward_headers: bool,
 }
 
 /// A shovel while it runs.
@@ -142,6 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         set_b: set_b?,
         bin,
         prefetch: args.common.prefetch,
+        forward_headers: args.forward_headers,
     };
     crate::name_clusters(&[
         (&lab.src, "bench-source"),
@@ -155,6 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let common = json!({
         "messages": args.common.messages, "body_size": args.common.body_size, "persistent": !args.common.transient,
         "ack_mode": "on-confirm", "prefetch": args.common.prefetch,
+        "forward_headers": args.forward_headers,
     });
     for case in &args.cases {
         let (mode, load, movers) = match case {
@@ -347,7 +353,13 @@ impl Lab {
     async fn start(&self, mover: Mover, wait: bool) -> anyhow::Result<Started> {
         match mover {
             Mover::Plugin => {
-                let def = plugin::definition(&self.src, SRC_Q, &self.dst, DST_Q, self.prefetch);
+                let def = plugin::definition(
+                    &self.src,
+                    SRC_Q,
+                    (&self.dst, DST_Q),
+                    self.prefetch,
+                    self.forward_headers,
+                );
                 plugin::start(&self.dst, PLUGIN_SHOVEL, &def, wait).await?;
                 Ok(Started::Plugin)
             }
@@ -364,6 +376,7 @@ impl Lab {
                     queue: DST_Q,
                     exchange: ORDERS_X,
                     prefetch: self.prefetch,
+                    forward_headers: self.forward_headers,
                 };
                 Ok(Started::Setgate(shovel.start(bin, dest).await?))
             }

@@ -7,14 +7,15 @@ use setgate_testkit::{wait_until, Node};
 use std::time::Duration;
 
 /// A dynamic shovel from `src_queue` at `src` to `dest_queue` at `dst`: on-confirm, persistent
-/// messages kept as they are, `src-prefetch-count` = `prefetch`. The keys are those of the plugin
-/// shipped with Debian's rabbitmq-server (3.10).
+/// messages kept as they are, `src-prefetch-count` = `prefetch`, with `add-forward-headers` if
+/// `forward_headers`. The keys are those of the plugin shipped with Debian's rabbitmq-server
+/// (3.10).
 pub fn definition(
     src: &Node,
     src_queue: &str,
-    dst: &Node,
-    dest_queue: &str,
+    (dst, dest_queue): (&Node, &str),
     prefetch: u32,
+    forward_headers: bool,
 ) -> serde_json::Value {
     json!({
         "src-protocol": "amqp091",
@@ -26,6 +27,7 @@ pub fn definition(
         "dest-queue": dest_queue,
         "ack-mode": "on-confirm",
         "reconnect-delay": 1,
+        "add-forward-headers": forward_headers,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Shovel<'a> {
     /// The destination exchange of the others.
     pub exchange: &'a str,
     pub prefetch: u32,
+    /// `add_forward_headers`.
+    pub forward_headers: bool,
 }
 
 impl Shovel<'_> {
@@ -50,7 +52,8 @@ impl Shovel<'_> {
             destination,
         )
         .ack_mode("on-confirm")
-        .prefetch_count(self.prefetch);
+        .prefetch_count(self.prefetch)
+        .add_forward_headers(self.forward_headers);
         let cfg = Config::new().shovel(shovel);
         match dest {
             Destination::Sets => self.sets(cfg),
