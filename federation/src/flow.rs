@@ -8,8 +8,8 @@
 use crate::config::AckMode;
 use crate::connect::{connect, Endpoint, CLOSE_TIMEOUT};
 use crate::error::{LinkError, Side};
-use crate::forward::{splices, Ended, Events, Forwarder};
-use crate::hops::{HopPolicy, Origin};
+use crate::forward::{Ended, Events, Forwarder};
+use crate::hops::{received_from_elements, HopPolicy, Origin};
 use crate::metrics::FlowMetrics;
 use crate::outlet::{open_wire, Dial, Outlet, OutletEvent, Outlets, WireUse};
 use crate::plan::{hold_queue, Downstream, FlowSpec, Headers};
@@ -341,9 +341,11 @@ async fn connected(
         depth_channel: queue.channel,
         up_status: up.conn.status().clone(),
         outlets,
-        splices: splices(spec, &origin),
+        received_from: match spec.headers {
+            Headers::Federation => received_from_elements(&origin),
+            _ => Default::default(),
+        },
         scratch: Vec::new(),
-        origin,
         policy: HopPolicy {
             max_hops: spec.upstream.max_hops,
             downstream_cluster: down.map_or_else(String::new, |d| d.cluster_name.clone()),

@@ -32,26 +32,21 @@
 use crate::config::AckMode;
 use crate::connect::CLOSE_TIMEOUT;
 use crate::error::{LinkError, Side};
-use crate::hops::{
-    outgoing_properties, with_received_from, HopPolicy, Origin, Verdict, RECEIVED_FROM,
-};
+use crate::hops::{HopPolicy, Verdict, RECEIVED_FROM};
 use crate::metrics::FlowMetrics;
 use crate::outlet::{wire_error, Confirmed, Outlet, OutletEvent, Outlets};
 use crate::plan::{hold_queue, Downstream, FlowSpec, Headers, Target, HOLD_ROUTING_KEY};
-use crate::raw_hops::drop_verdict;
-use crate::raw_props::{splice, Splice};
+use crate::raw_props::{header, long_string_value, splice, unwalkable, Edit};
 use crate::route::Choice;
-use crate::shovelled::Shovelled;
+use crate::shovelled::{timestamp_value, Shovelled, SHOVELLED, SHOVELLED_TIMESTAMP};
 use crate::status::FlowStatus;
 use crate::stop::stopped;
 use crate::tracker::{AckTracker, Outcome, Seq, UpstreamAck};
 use crate::wire::{Delivery, Settled, Wire, WireError, LAZY_ROUND};
-use amq_protocol::frame::WriteContext;
-use amq_protocol::types::generation::gen_field_table;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::FieldTable;
 use lapin::{Channel, ConnectionStatus, Event};
 use std::future::poll_fn;
 use std::sync::atomic::Ordering::Relaxed;
@@ -109,46 +104,16 @@ pub(crate) struct Forwarder {
     pub up_status: ConnectionStatus,
     /// Where messages go: the one destination, or (routed) each cluster then the hold outlet.
     pub outlets: Outlets,
-    pub origin: Origin,
     pub policy: HopPolicy,
     /// A shovel with `add_forward_headers`: the `x-shovelled` entry's fixed part.
     pub shovelled: Option<Shovelled>,
     /// `delete_after`: how many more messages this attempt may take (`None`: no limit).
     pub limit: Option<u64>,
-    /// Where properties can be republished from the bytes read ([`splices`]): how, for a
-    /// first delivery and a redelivery.
-    pub splices: Option<[Splice; 2]>,
-    /// Where a spliced header is written before it is published.
+    /// A federation flow's `x-received-from` entry as bytes, for a first delivery and a
+    /// redelivery ([`crate::hops::received_from_elements`]); empty otherwise.
+    pub received_from: [Vec<u8>; 2],
+    /// Where republished properties are written before they are published.
     pub scratch: Vec<u8>,
-}
-
-/// How a flow republishes properties without parsing them, where it can: headers that gain at
-/// most federation's `x-received-from` entry, the same whichever cluster of a routed
-/// destination the message goes to. Other messages (a held one, a key that cannot be read
-/// unparsed) and flows take the parsing path.
-pub(crate) fn splices(spec: &FlowSpec, origin: &Origin) -> Option<[Splice; 2]> {
-    let keep_user_id = spec.upstream.trust_user_id;
-    let how = |redelivered: bool| -> Option<Splice> {
-        match spec.headers {
-            Headers::Federation => {
-                let table = with_received_from(None, origin, redelivered);
-                let ctx = gen_field_table(&table)(WriteContext::from(Vec::new())).ok()?;
-                let encoded = ctx.into_inner().0;
-                Some(Splice {
-                    // The table's entries, without its size.
-                    entry: encoded.get(4..)?.to_vec(),
-                    key: Some(RECEIVED_FROM),
-                    keep_user_id,
-                })
-            }
-            Headers::Shovel { forward: false } => Some(Splice {
-                keep_user_id,
-                ..Splice::default()
-            }),
-            Headers::Shovel { forward: true } | Headers::Release => None,
-        }
-    };
-    Some([how(false)?, how(true)?])
 }
 
 /// [`Forwarder::named`] for an operation that borrows the forwarder itself.
@@ -508,13 +473,10 @@ impl Forwarder {
         batch: &mut Vec<Delivery>,
         inlet: &mut Wire,
     ) -> Result<(), LinkError> {
-        let counters = &self.status.counters;
         let mode = self.spec.upstream.ack_mode;
-        let mandatory = self.spec.mandatory;
-        let n_outlets = self.outlets.0.len();
-        let mut writes = BatchWrites::new(n_outlets, mode);
+        let mut writes = BatchWrites::new(self.outlets.0.len(), mode);
         let limit = self.limit;
-        let now_ms = std::time::SystemTime::now()
+        let now_secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut unreadable = None;
@@ -530,186 +492,34 @@ impl Forwarder {
                 run.taken += 1;
             }
             if d.redelivered {
-                counters.redelivered.fetch_add(1, Relaxed);
+                self.status.counters.redelivered.fetch_add(1, Relaxed);
                 self.metrics.redelivered.increment(1);
             }
             let seq = (mode != AckMode::NoAck).then(|| run.tracker.push(d.delivery_tag));
-            if let Some(splices) = &self.splices {
-                let how = &splices[usize::from(d.redelivered)];
-                if splice(d.raw_properties(), how, &mut self.scratch) {
-                    if let Some(outlet) = self.spliced_outlet(d) {
-                        let (exchange, routing_key) = match &self.spec.target {
-                            Target::Exchange {
-                                name,
-                                routing_key: Some(k),
-                            } => (name.as_str(), k.as_str()),
-                            Target::Exchange { name, .. } => {
-                                (name.as_str(), d.routing_key.as_str())
-                            }
-                            Target::Queue(q) => ("", q.as_str()),
-                        };
-                        let o = &mut self.outlets.0[outlet];
-                        let Some(wire) = o.wire() else {
-                            unreachable!("messages are only sent to outlets that are up");
-                        };
-                        let published = wire.publish_encoded(
-                            exchange,
-                            routing_key,
-                            mandatory,
-                            &self.scratch,
-                            d.body(),
-                        );
-                        writes.note(o, outlet, seq, published);
-                        continue;
-                    }
-                }
+            if self.republish(run, d, seq, &mut writes, now_secs) {
+                continue;
             }
-            // A message that came in over another link, to be dropped: no parsing for it.
-            if self.spec.headers == Headers::Federation {
-                let cluster = match &self.spec.downstream {
-                    Downstream::Cluster { .. } => Some(self.policy.downstream_cluster.as_str()),
-                    Downstream::Sets { .. } => None,
-                };
-                if let Some(verdict) = drop_verdict(&self.policy, d.raw_properties(), cluster) {
-                    self.drop_message(run, seq, verdict);
-                    continue;
-                }
-            }
-            let (properties, repaired) = match d.properties() {
-                Ok(read) => read,
+            // Properties in a shape no broker sends (RabbitMQ refuses it from publishers).
+            let reason = unwalkable(d.raw_properties());
+            if seq.is_none() {
                 // Without acks the broker let the message go when it delivered it: it cannot
                 // stay upstream, and stopping would only hold up the ones after it.
-                Err(reason) if seq.is_none() => {
-                    tracing::error!(
-                        queue = %self.spec.queue_name(),
-                        reason,
-                        "a message whose properties setgate cannot read was not forwarded \
-                         (ack_mode no-ack: the broker had already let it go)"
-                    );
-                    continue;
-                }
-                // The batch stops here: what came before it is confirmed and acked, it and
-                // what follows stay upstream.
-                Err(reason) => {
-                    unreadable = Some(LinkError::Unreadable {
-                        cluster: self.spec.upstream.name.clone(),
-                        queue: self.spec.queue_name(),
-                        reason,
-                    });
-                    break;
-                }
-            };
-            if repaired {
-                self.metrics.repaired.increment(1);
-                tracing::debug!("a message's short strings made UTF-8 to be forwarded");
+                tracing::error!(
+                    queue = %self.spec.queue_name(),
+                    reason,
+                    "a message whose properties setgate cannot read was not forwarded \
+                     (ack_mode no-ack: the broker had already let it go)"
+                );
+                continue;
             }
-            let headers = properties.headers().as_ref();
-            // Where the message goes: an outlet, and the routing key it is published with.
-            let routing_key: ShortString = match (&self.spec.target, &self.spec.headers) {
-                (_, Headers::Release) => {
-                    match headers.and_then(|h| h.inner().get(HOLD_ROUTING_KEY)) {
-                        Some(AMQPValue::LongString(k)) => {
-                            String::from_utf8_lossy(k.as_bytes()).as_ref().into()
-                        }
-                        _ => d.routing_key.clone(),
-                    }
-                }
-                (
-                    Target::Exchange {
-                        routing_key: Some(k),
-                        ..
-                    },
-                    _,
-                ) => k.as_str().into(),
-                (Target::Exchange { .. }, _) => d.routing_key.clone(),
-                (Target::Queue(q), _) => q.as_str().into(),
-            };
-            let (outlet, hold_for) = match &self.spec.downstream {
-                Downstream::Cluster { .. } => (0, None),
-                Downstream::Sets { routes, .. } => {
-                    let key = routes.key.of(&properties, d.routing_key.as_str());
-                    let home = routes.cluster_of(key.as_deref());
-                    let choice = routes.choose(home, |i| self.outlets.0[i].is_up());
-                    self.count_choice(key.is_some(), home, choice);
-                    match choice {
-                        Choice::Cluster { index, .. } => (index, None),
-                        Choice::Hold(home) => (n_outlets - 1, Some(home)),
-                    }
-                }
-            };
-            let headers = match &self.spec.headers {
-                Headers::Federation => {
-                    let verdict = match &self.spec.downstream {
-                        Downstream::Cluster { .. } => self.policy.verdict(headers),
-                        Downstream::Sets { .. } => {
-                            let o = &self.outlets.0[hold_for.unwrap_or(outlet)];
-                            self.policy.verdict_at(headers, &o.cluster_name)
-                        }
-                    };
-                    if verdict != Verdict::Forward {
-                        self.drop_message(run, seq, verdict);
-                        continue;
-                    }
-                    Some(with_received_from(headers, &self.origin, d.redelivered))
-                }
-                Headers::Shovel { forward: true } => {
-                    let s = self
-                        .shovelled
-                        .as_ref()
-                        .expect("set up with forward headers");
-                    let dest_uri = &self.outlets.0[hold_for.unwrap_or(outlet)].uri;
-                    Some(s.prepend(headers, dest_uri, now_ms))
-                }
-                Headers::Shovel { forward: false } => headers.cloned(),
-                Headers::Release => headers.map(|h| {
-                    // FieldTable has no remove: rebuild it without the parked routing key.
-                    let kept: std::collections::BTreeMap<ShortString, AMQPValue> = h
-                        .inner()
-                        .iter()
-                        .filter(|(k, _)| k.as_str() != HOLD_ROUTING_KEY)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    FieldTable::from(kept)
-                }),
-            };
-            let (exchange, routing_key, headers): (ShortString, ShortString, _) = match hold_for {
-                None => {
-                    let exchange = match &self.spec.target {
-                        Target::Exchange { name, .. } => name.as_str().into(),
-                        Target::Queue(_) => ShortString::from(""),
-                    };
-                    (exchange, routing_key, headers)
-                }
-                Some(home) => {
-                    let Downstream::Sets { hold_prefix, .. } = &self.spec.downstream else {
-                        unreachable!("only routed destinations hold");
-                    };
-                    let mut h = headers.unwrap_or_default();
-                    h.insert(
-                        HOLD_ROUTING_KEY.into(),
-                        AMQPValue::LongString(LongString::from(routing_key.as_str())),
-                    );
-                    let queue = hold_queue(hold_prefix, &self.outlets.0[home].name);
-                    ("".into(), queue.as_str().into(), Some(h))
-                }
-            };
-            let props = outgoing_properties(
-                &properties,
-                headers.unwrap_or_default(),
-                self.spec.upstream.trust_user_id,
-            );
-            let o = &mut self.outlets.0[outlet];
-            let Some(wire) = o.wire() else {
-                unreachable!("messages are only sent to outlets that are up");
-            };
-            let published = wire.publish(
-                exchange.as_str(),
-                routing_key.as_str(),
-                mandatory,
-                &props,
-                d.body(),
-            );
-            writes.note(o, outlet, seq, published);
+            // The batch stops here: what came before it is confirmed and acked, it and what
+            // follows stay upstream.
+            unreadable = Some(LinkError::Unreadable {
+                cluster: self.spec.upstream.name.clone(),
+                queue: self.spec.queue_name(),
+                reason: reason.into(),
+            });
+            break;
         }
         if let Some(limit) = limit {
             if run.taken >= limit && !run.limit_reached {
@@ -847,27 +657,130 @@ impl Forwarder {
         }
     }
 
-    /// The outlet a delivery whose properties were spliced goes to: the one of a plain
-    /// destination, or the cluster of its SET, counted as the parsing path counts it; `None`
-    /// (the parsing path then decides, and counts) when its key cannot be read unparsed or it
-    /// is to be held, which adds headers.
-    fn spliced_outlet(&self, d: &Delivery) -> Option<usize> {
-        let routes = match &self.spec.downstream {
-            Downstream::Cluster { .. } => return Some(0),
-            Downstream::Sets { routes, .. } => routes,
+    /// Forwards, holds or drops a delivery, its properties republished from the bytes they
+    /// arrived as, never parsed ([`crate::raw_props`]); `false`, having done and counted
+    /// nothing, when they cannot be walked (a shape RabbitMQ refuses from publishers).
+    fn republish(
+        &mut self,
+        run: &mut Run,
+        d: &Delivery,
+        seq: Option<Seq>,
+        writes: &mut BatchWrites,
+        now_secs: u64,
+    ) -> bool {
+        let raw = d.raw_properties();
+        let released;
+        let routing_key: &str = match (&self.spec.target, &self.spec.headers) {
+            (_, Headers::Release) => match header(raw, HOLD_ROUTING_KEY) {
+                None => return false,
+                Some(Some((b'S', k))) => {
+                    released = String::from_utf8_lossy(&k[4..]);
+                    &released
+                }
+                Some(_) => d.routing_key.as_str(),
+            },
+            (
+                Target::Exchange {
+                    routing_key: Some(k),
+                    ..
+                },
+                _,
+            ) => k,
+            (Target::Exchange { .. }, _) => d.routing_key.as_str(),
+            (Target::Queue(q), _) => q,
         };
-        let key = routes
-            .key
-            .of_raw(d.raw_properties(), d.routing_key.as_str())?;
-        let home = routes.cluster_of(key.as_deref());
-        let choice = routes.choose(home, |i| self.outlets.0[i].is_up());
-        match choice {
-            Choice::Cluster { index, .. } => {
-                self.count_choice(key.is_some(), home, choice);
-                Some(index)
+        // Where it goes: an outlet, and the SET it is held for.
+        let (outlet, hold_for, routed) = match &self.spec.downstream {
+            Downstream::Cluster { .. } => (0, None, None),
+            Downstream::Sets { routes, .. } => {
+                let Some(key) = routes.key.of_raw(raw, d.routing_key.as_str()) else {
+                    return false;
+                };
+                let home = routes.cluster_of(key.as_deref());
+                let choice = routes.choose(home, |i| self.outlets.0[i].is_up());
+                let routed = Some((key.is_some(), home, choice));
+                match choice {
+                    Choice::Cluster { index, .. } => (index, None, routed),
+                    Choice::Hold(home) => (self.outlets.0.len() - 1, Some(home), routed),
+                }
             }
-            Choice::Hold(_) => None,
+        };
+        let dest = hold_for.unwrap_or(outlet);
+        if self.spec.headers == Headers::Federation {
+            let cluster = match &self.spec.downstream {
+                Downstream::Cluster { .. } => self.policy.downstream_cluster.as_str(),
+                Downstream::Sets { .. } => self.outlets.0[dest].cluster_name.as_str(),
+            };
+            match crate::raw_hops::verdict(&self.policy, raw, cluster) {
+                None => return false,
+                Some(Verdict::Forward) => {}
+                Some(drop) => {
+                    if let Some((keyed, home, choice)) = routed {
+                        self.count_choice(keyed, home, choice);
+                    }
+                    self.drop_message(run, seq, drop);
+                    return true;
+                }
+            }
         }
+        // What its headers gain and lose.
+        let (element, timestamp, held);
+        let mut set: [(&str, &[u8]); 2] = [("", &[]); 2];
+        let mut n_set = 0;
+        let prepend = match &self.spec.headers {
+            Headers::Federation => Some((
+                RECEIVED_FROM,
+                self.received_from[usize::from(d.redelivered)].as_slice(),
+            )),
+            Headers::Shovel { forward: true } => {
+                let s = self
+                    .shovelled
+                    .as_ref()
+                    .expect("set up with forward headers");
+                element = s.element(&self.outlets.0[dest].uri);
+                timestamp = timestamp_value(now_secs);
+                set[n_set] = (SHOVELLED_TIMESTAMP, &timestamp);
+                n_set += 1;
+                Some((SHOVELLED, element.as_slice()))
+            }
+            Headers::Shovel { forward: false } | Headers::Release => None,
+        };
+        if hold_for.is_some() {
+            held = long_string_value(routing_key.as_bytes());
+            set[n_set] = (HOLD_ROUTING_KEY, &held);
+            n_set += 1;
+        }
+        let edit = Edit {
+            prepend,
+            set: &set[..n_set],
+            remove: (self.spec.headers == Headers::Release).then_some(HOLD_ROUTING_KEY),
+            keep_user_id: self.spec.upstream.trust_user_id,
+        };
+        let mut props = std::mem::take(&mut self.scratch);
+        if !splice(raw, &edit, &mut props) {
+            self.scratch = props;
+            return false;
+        }
+        if let Some((keyed, home, choice)) = routed {
+            self.count_choice(keyed, home, choice);
+        }
+        let hold;
+        let (exchange, routing_key) = match (hold_for, &self.spec.downstream, &self.spec.target) {
+            (Some(home), Downstream::Sets { hold_prefix, .. }, _) => {
+                hold = hold_queue(hold_prefix, &self.outlets.0[home].name);
+                ("", hold.as_str())
+            }
+            (_, _, Target::Exchange { name, .. }) => (name.as_str(), routing_key),
+            (_, _, Target::Queue(_)) => ("", routing_key),
+        };
+        let o = &mut self.outlets.0[outlet];
+        let Some(wire) = o.wire() else {
+            unreachable!("messages are only sent to outlets that are up");
+        };
+        let published = wire.publish(exchange, routing_key, self.spec.mandatory, &props, d.body());
+        writes.note(o, outlet, seq, published);
+        self.scratch = props;
+        true
     }
 
     /// Counts where a routed delivery went: without a key, to its SET's failover, or held.

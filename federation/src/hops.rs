@@ -6,8 +6,7 @@
 //! cluster the message was taken *from*. A message is not forwarded when its entries already
 //! number `max_hops`, or when one of them names the downstream cluster: it came from there.
 
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
 
 /// The header that records the clusters a message crossed, newest first.
 pub const RECEIVED_FROM: &str = "x-received-from";
@@ -55,138 +54,174 @@ impl Verdict {
     }
 }
 
-impl HopPolicy {
-    /// Decides from the message's headers.
-    pub fn verdict(&self, headers: Option<&FieldTable>) -> Verdict {
-        self.verdict_at(headers, &self.downstream_cluster)
-    }
-
-    /// Decides from the message's headers, for a message going to `downstream_cluster` (one
-    /// of the clusters of a routed destination, or the downstream's).
-    pub fn verdict_at(&self, headers: Option<&FieldTable>, downstream_cluster: &str) -> Verdict {
-        let entries = received_from(headers);
-        if entries.len() >= self.max_hops as usize {
-            return Verdict::MaxHops;
-        }
-        let seen = entries.iter().any(|e| {
-            let Some(t) = e.as_field_table() else {
-                return false;
-            };
-            let name_matches =
-                str_field(t, "cluster-name").is_some_and(|n| n == downstream_cluster);
-            // Entries written before the plugin recorded a vhost match on the cluster alone.
-            let vhost_matches = str_field(t, "vhost").is_none_or(|v| v == self.downstream_vhost);
-            name_matches && vhost_matches
-        });
-        if seen {
-            Verdict::Cycle
-        } else {
-            Verdict::Forward
-        }
-    }
-}
-
-/// The entries of `x-received-from`, or none when it is absent or not an array.
-pub(crate) fn received_from(headers: Option<&FieldTable>) -> &[AMQPValue] {
-    match headers.and_then(|h| h.inner().get(RECEIVED_FROM)) {
-        Some(AMQPValue::FieldArray(a)) => a.as_slice(),
-        _ => &[],
-    }
-}
-
-fn str_field<'a>(t: &'a FieldTable, key: &str) -> Option<&'a str> {
-    match t.inner().get(key)? {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-        AMQPValue::ShortString(s) => Some(s.as_str()),
-        _ => None,
-    }
-}
-
-/// The headers with this hop's entry prepended to `x-received-from` (a malformed header is
-/// replaced).
-pub(crate) fn with_received_from(
-    headers: Option<&FieldTable>,
-    origin: &Origin,
-    redelivered: bool,
-) -> FieldTable {
+/// This hop's `x-received-from` entry.
+fn received_from_entry(origin: &Origin, redelivered: bool) -> AMQPValue {
     let mut entry = FieldTable::default();
     entry.insert("uri".into(), long(&origin.uri));
     entry.insert("exchange".into(), long(&origin.exchange));
     entry.insert("redelivered".into(), AMQPValue::Boolean(redelivered));
     entry.insert("cluster-name".into(), long(&origin.cluster_name));
     entry.insert("vhost".into(), long(&origin.vhost));
-    let old = received_from(headers);
-    let mut entries = Vec::with_capacity(old.len() + 1);
-    entries.push(AMQPValue::FieldTable(entry));
-    entries.extend_from_slice(old);
-    let mut out = headers.cloned().unwrap_or_default();
-    out.insert(
-        RECEIVED_FROM.into(),
-        AMQPValue::FieldArray(FieldArray::from(entries)),
-    );
-    out
+    AMQPValue::FieldTable(entry)
+}
+
+/// This hop's `x-received-from` entry as an array element (type octet and value), for a
+/// first delivery and a redelivery: what [`crate::raw_props::Edit::prepend`] takes.
+pub(crate) fn received_from_elements(origin: &Origin) -> [Vec<u8>; 2] {
+    [false, true].map(|redelivered| encoded_value(&received_from_entry(origin, redelivered)))
+}
+
+/// A field value as encoded: its type octet, then its value.
+pub(crate) fn encoded_value(v: &AMQPValue) -> Vec<u8> {
+    use amq_protocol::frame::WriteContext;
+    amq_protocol::types::generation::gen_value(v)(WriteContext::from(Vec::new()))
+        .map(|ctx| ctx.into_inner().0)
+        .expect("encoding into a Vec does not fail")
 }
 
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-/// The properties to republish with: all of the original's, `headers` replaced, and `user_id`
-/// kept only when the upstream is trusted (the downstream would reject a foreign `user_id`).
-pub(crate) fn outgoing_properties(
-    p: &BasicProperties,
-    headers: FieldTable,
-    keep_user_id: bool,
-) -> BasicProperties {
-    let mut out = BasicProperties::default().with_headers(headers);
-    let s = |v: &Option<ShortString>| v.clone();
-    if let Some(v) = s(p.content_type()) {
-        out = out.with_content_type(v);
-    }
-    if let Some(v) = s(p.content_encoding()) {
-        out = out.with_content_encoding(v);
-    }
-    if let Some(v) = *p.delivery_mode() {
-        out = out.with_delivery_mode(v);
-    }
-    if let Some(v) = *p.priority() {
-        out = out.with_priority(v);
-    }
-    if let Some(v) = s(p.correlation_id()) {
-        out = out.with_correlation_id(v);
-    }
-    if let Some(v) = s(p.reply_to()) {
-        out = out.with_reply_to(v);
-    }
-    if let Some(v) = s(p.expiration()) {
-        out = out.with_expiration(v);
-    }
-    if let Some(v) = s(p.message_id()) {
-        out = out.with_message_id(v);
-    }
-    if let Some(v) = *p.timestamp() {
-        out = out.with_timestamp(v);
-    }
-    if let Some(v) = s(p.kind()) {
-        out = out.with_type(v);
-    }
-    if keep_user_id {
-        if let Some(v) = s(p.user_id()) {
-            out = out.with_user_id(v);
+/// The parsed model of loop prevention and of a republished message's properties: what the
+/// flow does on the bytes ([`crate::raw_hops`], [`crate::raw_props`]) is checked against it,
+/// on every shape of header the tests make.
+#[cfg(test)]
+pub(crate) mod model {
+    use super::*;
+    use lapin::types::{FieldArray, ShortString};
+    use lapin::BasicProperties;
+
+    impl HopPolicy {
+        /// Decides from the message's headers.
+        pub fn verdict(&self, headers: Option<&FieldTable>) -> Verdict {
+            self.verdict_at(headers, &self.downstream_cluster)
+        }
+
+        /// Decides from the message's headers, for a message going to `downstream_cluster` (one
+        /// of the clusters of a routed destination, or the downstream's).
+        pub fn verdict_at(
+            &self,
+            headers: Option<&FieldTable>,
+            downstream_cluster: &str,
+        ) -> Verdict {
+            let entries = received_from(headers);
+            if entries.len() >= self.max_hops as usize {
+                return Verdict::MaxHops;
+            }
+            let seen = entries.iter().any(|e| {
+                let Some(t) = e.as_field_table() else {
+                    return false;
+                };
+                let name_matches =
+                    str_field(t, "cluster-name").is_some_and(|n| n == downstream_cluster);
+                // Entries written before the plugin recorded a vhost match on the cluster alone.
+                let vhost_matches =
+                    str_field(t, "vhost").is_none_or(|v| v == self.downstream_vhost);
+                name_matches && vhost_matches
+            });
+            if seen {
+                Verdict::Cycle
+            } else {
+                Verdict::Forward
+            }
         }
     }
-    if let Some(v) = s(p.app_id()) {
-        out = out.with_app_id(v);
+
+    /// The entries of `x-received-from`, or none when it is absent or not an array.
+    pub(crate) fn received_from(headers: Option<&FieldTable>) -> &[AMQPValue] {
+        match headers.and_then(|h| h.inner().get(RECEIVED_FROM)) {
+            Some(AMQPValue::FieldArray(a)) => a.as_slice(),
+            _ => &[],
+        }
     }
-    if let Some(v) = s(p.cluster_id()) {
-        out = out.with_cluster_id(v);
+
+    pub(crate) fn str_field<'a>(t: &'a FieldTable, key: &str) -> Option<&'a str> {
+        match t.inner().get(key)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
     }
-    out
+
+    /// The headers with this hop's entry prepended to `x-received-from` (a malformed header is
+    /// replaced).
+    pub(crate) fn with_received_from(
+        headers: Option<&FieldTable>,
+        origin: &Origin,
+        redelivered: bool,
+    ) -> FieldTable {
+        let old = received_from(headers);
+        let mut entries = Vec::with_capacity(old.len() + 1);
+        entries.push(received_from_entry(origin, redelivered));
+        entries.extend_from_slice(old);
+        let mut out = headers.cloned().unwrap_or_default();
+        out.insert(
+            RECEIVED_FROM.into(),
+            AMQPValue::FieldArray(FieldArray::from(entries)),
+        );
+        out
+    }
+
+    /// The properties to republish with: all of the original's, `headers` replaced, and `user_id`
+    /// kept only when the upstream is trusted (the downstream would reject a foreign `user_id`).
+    pub(crate) fn outgoing_properties(
+        p: &BasicProperties,
+        headers: FieldTable,
+        keep_user_id: bool,
+    ) -> BasicProperties {
+        let mut out = BasicProperties::default().with_headers(headers);
+        let s = |v: &Option<ShortString>| v.clone();
+        if let Some(v) = s(p.content_type()) {
+            out = out.with_content_type(v);
+        }
+        if let Some(v) = s(p.content_encoding()) {
+            out = out.with_content_encoding(v);
+        }
+        if let Some(v) = *p.delivery_mode() {
+            out = out.with_delivery_mode(v);
+        }
+        if let Some(v) = *p.priority() {
+            out = out.with_priority(v);
+        }
+        if let Some(v) = s(p.correlation_id()) {
+            out = out.with_correlation_id(v);
+        }
+        if let Some(v) = s(p.reply_to()) {
+            out = out.with_reply_to(v);
+        }
+        if let Some(v) = s(p.expiration()) {
+            out = out.with_expiration(v);
+        }
+        if let Some(v) = s(p.message_id()) {
+            out = out.with_message_id(v);
+        }
+        if let Some(v) = *p.timestamp() {
+            out = out.with_timestamp(v);
+        }
+        if let Some(v) = s(p.kind()) {
+            out = out.with_type(v);
+        }
+        if keep_user_id {
+            if let Some(v) = s(p.user_id()) {
+                out = out.with_user_id(v);
+            }
+        }
+        if let Some(v) = s(p.app_id()) {
+            out = out.with_app_id(v);
+        }
+        if let Some(v) = s(p.cluster_id()) {
+            out = out.with_cluster_id(v);
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::model::*;
     use super::*;
+    use lapin::BasicProperties;
 
     fn origin(cluster: &str) -> Origin {
         Origin {

@@ -17,8 +17,6 @@ pub(crate) struct FlowMetrics {
     pub dropped_max_hops: Counter,
     pub dropped_cycle: Counter,
     pub redelivered: Counter,
-    /// Messages whose properties were read with their short strings made UTF-8.
-    pub repaired: Counter,
     pub nacked: Counter,
     pub returned: Counter,
     pub reconnects: Counter,
@@ -56,7 +54,6 @@ impl FlowMetrics {
             dropped_max_hops: dropped("max_hops"),
             dropped_cycle: dropped("cycle"),
             redelivered: counter!("setgate_federation_redelivered_total", &labels),
-            repaired: counter!("setgate_federation_repaired_total", &labels),
             nacked: counter!("setgate_federation_nacked_total", &labels),
             returned: counter!("setgate_federation_returned_total", &labels),
             reconnects: counter!("setgate_federation_reconnects_total", &labels),
@@ -104,11 +101,6 @@ fn describe() {
         describe_counter!(
             "setgate_federation_redelivered_total",
             "Upstream deliveries flagged redelivered."
-        );
-        describe_counter!(
-            "setgate_federation_repaired_total",
-            "Messages that had to be parsed and whose property short strings (not UTF-8) were \
-             forwarded made UTF-8."
         );
         describe_counter!(
             "setgate_federation_nacked_total",

@@ -1,22 +1,22 @@
 //! Republishing a message's properties from the bytes they arrived as.
 //!
-//! A forwarded message keeps every property but two: its headers gain an entry (federation's
-//! `x-received-from`) and `user_id` goes unless the upstream is trusted. Parsing the content
-//! header into amq-protocol's types and encoding it again was a fifth of setgate's CPU per
-//! forwarded message (every string and header an allocation, both ways). Here the property
-//! fields are walked where they lie and copied, the new entry appended to the headers table as
-//! bytes encoded once per flow.
-//!
-//! It covers what needs no decision about the content: a message whose headers already hold
-//! the entry's key (a second hop, whose hop count and cycle check need the parsed array), or
-//! properties in a shape it does not walk (continued flag words, unknown field types), is left
-//! to the parsing path, which [`splice`] says by returning `false`.
+//! A forwarded message keeps every property but the headers it gains or loses (federation's
+//! `x-received-from`, a shovel's `x-shovelled`, the routing key of a message held for a SET)
+//! and `user_id`, which goes unless the upstream is trusted. Parsing the content header into
+//! amq-protocol's types and encoding it again was a fifth of setgate's CPU per forwarded
+//! message (every string and header an allocation, both ways); and what amq-protocol refuses
+//! and RabbitMQ takes had to be repaired (a short string that is not UTF-8) or stopped the
+//! flow (headers nested deeper than it parses). Here the property fields are walked where they lie and copied, and the headers
+//! table is edited as bytes ([`Edit`]): nested values are skipped by their size, never parsed.
+//! Properties in a shape it does not walk (continued flag words, a field of an unknown type:
+//! shapes RabbitMQ refuses from publishers) are not forwarded: [`splice`] returns `false` and
+//! the flow stops at the message, naming it ([`unwalkable`]). The tests check every edit
+//! against the same edit of the parsed properties.
 //!
 //! A routed destination reads each message's key the same way, where it lies
 //! ([`short_string`], [`header`]), so that choosing a SET parses nothing either.
 
 use setgate_amqp::field::value_len;
-use setgate_amqp::nesting::MAX_DEPTH;
 
 /// Property flags, in the order their fields follow (AMQP 0-9-1, class basic).
 const CONTENT_TYPE: u16 = 1 << 15;
@@ -33,40 +33,63 @@ pub(crate) const TYPE: u16 = 1 << 5;
 pub(crate) const USER_ID: u16 = 1 << 4;
 pub(crate) const APP_ID: u16 = 1 << 3;
 const CLUSTER_ID: u16 = 1 << 2;
-/// Bit 0 says another flag word follows; bit 1 is unused in class basic.
-const UNWALKED: u16 = 0b11;
+/// Bit 0 says another flag word follows, which class basic never needs. (Bit 1 is unused:
+/// RabbitMQ takes and delivers it set, and so it is copied as it came.)
+const CONTINUED: u16 = 1;
 
-/// How to republish: what to add to the headers, and when to leave it to the parsing path.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Splice {
-    /// A headers table entry (key, type, value) to append, as encoded; empty for none.
-    pub entry: Vec<u8>,
-    /// The entry's key: a message whose headers already hold it is not spliced.
-    pub key: Option<&'static str>,
+/// How a forwarded message's headers change, as bytes. Entries keep their place except those
+/// an edit names, which are written after the others (a table's order means nothing; the
+/// amq-protocol writes every table sorted by key).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Edit<'a> {
+    /// An element (its type octet and value, as encoded) to put first in the array under this
+    /// key: federation's `x-received-from`, a shovel's `x-shovelled`. The array is made when
+    /// the headers have none, and replaces a value that is not an array.
+    pub prepend: Option<(&'a str, &'a [u8])>,
+    /// Entries to set: key, then type octet and value as encoded; an entry with the same key
+    /// is replaced.
+    pub set: &'a [(&'a str, &'a [u8])],
+    /// A key whose entries are removed.
+    pub remove: Option<&'a str>,
     /// Keep `user_id` (a trusted upstream); otherwise it is dropped.
     pub keep_user_id: bool,
 }
 
+impl Edit<'_> {
+    /// It adds entries (so the message gets a headers table if it has none).
+    fn adds(&self) -> bool {
+        self.prepend.is_some() || !self.set.is_empty()
+    }
+
+    /// It touches the entries with key `key`.
+    fn names(&self, key: &[u8]) -> bool {
+        self.prepend.is_some_and(|(k, _)| k.as_bytes() == key)
+            || self.remove.is_some_and(|k| k.as_bytes() == key)
+            || self.set.iter().any(|(k, _)| k.as_bytes() == key)
+    }
+}
+
 /// Writes to `out` the republished form of `raw` (a content header's property flags and
-/// fields, as read). `false`, with `out` unspecified, when the parsing path must do it.
-pub(crate) fn splice(raw: &[u8], how: &Splice, out: &mut Vec<u8>) -> bool {
+/// fields, as read), changed by `edit`. `false`, with `out` unspecified, when `raw` cannot be
+/// walked (continued flag words, a field of an unknown type, cut short; see [`unwalkable`]). Nested tables are skipped by their size, never descended into, so no depth of
+/// nesting stops it.
+pub(crate) fn splice(raw: &[u8], edit: &Edit, out: &mut Vec<u8>) -> bool {
     out.clear();
     let Some(flags) = raw.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
         return false;
     };
-    if flags & UNWALKED != 0 {
+    if flags & CONTINUED != 0 {
         return false;
     }
     let mut out_flags = flags;
-    if !how.entry.is_empty() {
+    if edit.adds() {
         out_flags |= HEADERS;
     }
-    if !how.keep_user_id {
+    if !edit.keep_user_id {
         out_flags &= !USER_ID;
     }
     out.extend_from_slice(&out_flags.to_be_bytes());
     let mut at = 2;
-    let mut headers_done = false;
     for bit in [
         CONTENT_TYPE,
         CONTENT_ENCODING,
@@ -83,10 +106,12 @@ pub(crate) fn splice(raw: &[u8], how: &Splice, out: &mut Vec<u8>) -> bool {
         APP_ID,
         CLUSTER_ID,
     ] {
-        if bit == HEADERS && !how.entry.is_empty() && flags & HEADERS == 0 {
-            out.extend_from_slice(&(how.entry.len() as u32).to_be_bytes());
-            out.extend_from_slice(&how.entry);
-            headers_done = true;
+        if bit == HEADERS
+            && flags & HEADERS == 0
+            && edit.adds()
+            && edit_table(&[], edit, out).is_none()
+        {
+            return false;
         }
         if flags & bit == 0 {
             continue;
@@ -96,35 +121,81 @@ pub(crate) fn splice(raw: &[u8], how: &Splice, out: &mut Vec<u8>) -> bool {
         };
         at += field.len();
         match bit {
-            HEADERS if !how.entry.is_empty() => {
-                let table = &field[4..];
-                if how.key.is_some_and(|k| has_key(table, k) != Some(false)) {
+            HEADERS if edit.adds() || edit.remove.is_some() => {
+                if edit_table(&field[4..], edit, out).is_none() {
                     return false;
                 }
-                let size = table.len() + how.entry.len();
-                let Ok(size) = u32::try_from(size) else {
-                    return false;
-                };
-                out.extend_from_slice(&size.to_be_bytes());
-                out.extend_from_slice(table);
-                out.extend_from_slice(&how.entry);
-                headers_done = true;
             }
-            HEADERS => {
-                if how
-                    .key
-                    .is_some_and(|k| has_key(&field[4..], k) != Some(false))
-                {
-                    return false;
-                }
-                out.extend_from_slice(field);
-            }
-            USER_ID if !how.keep_user_id => {}
+            USER_ID if !edit.keep_user_id => {}
             _ => out.extend_from_slice(field),
         }
     }
-    debug_assert!(headers_done || how.entry.is_empty());
     at == raw.len()
+}
+
+/// Writes the field table `table` (its entries, without its size) changed by `edit`, with its
+/// size prefix. `None` when the table cannot be walked or grows past a table's size.
+fn edit_table(table: &[u8], edit: &Edit, out: &mut Vec<u8>) -> Option<()> {
+    let size_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    // The array an element is prepended to: the last entry with the key, as a parsed table
+    // keeps it.
+    let old: &[u8] = match edit.prepend {
+        Some((key, _)) => match table_entry(table, key)? {
+            Some((b'A', value)) => value.get(4..)?,
+            _ => &[],
+        },
+        None => &[],
+    };
+    // Entries the edit does not name are copied in runs.
+    let (mut at, mut run) = (0, 0);
+    while at < table.len() {
+        let n = usize::from(*table.get(at)?);
+        let key = table.get(at + 1..at + 1 + n)?;
+        let kind = *table.get(at + 1 + n)?;
+        let len = value_len(kind, table.get(at + 2 + n..)?)?;
+        let end = at + 2 + n + len;
+        if end > table.len() {
+            return None;
+        }
+        if edit.names(key) {
+            out.extend_from_slice(&table[run..at]);
+            run = end;
+        }
+        at = end;
+    }
+    out.extend_from_slice(&table[run..]);
+    if let Some((key, element)) = edit.prepend {
+        push_key(key, out);
+        out.push(b'A');
+        let size = u32::try_from(element.len() + old.len()).ok()?;
+        out.extend_from_slice(&size.to_be_bytes());
+        out.extend_from_slice(element);
+        out.extend_from_slice(old);
+    }
+    for (key, value) in edit.set {
+        push_key(key, out);
+        out.extend_from_slice(value);
+    }
+    let size = u32::try_from(out.len() - size_at - 4).ok()?;
+    out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    Some(())
+}
+
+/// Writes a table key (at most 255 bytes: the keys setgate writes are its own constants).
+fn push_key(key: &str, out: &mut Vec<u8>) {
+    debug_assert!(key.len() <= 255);
+    out.push(key.len() as u8);
+    out.extend_from_slice(key.as_bytes());
+}
+
+/// A long string value (type octet `S`, size, bytes), as [`Edit::set`] takes it.
+pub(crate) fn long_string_value(s: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + s.len());
+    v.push(b'S');
+    v.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    v.extend_from_slice(s);
+    v
 }
 
 /// The property `bit`'s field as encoded (with its size prefix, if it has one), where it
@@ -145,7 +216,7 @@ fn field_at(raw: &[u8], at: usize, bit: u16) -> Option<&[u8]> {
 /// before it cannot be walked.
 fn field(raw: &[u8], want: u16) -> Option<Option<&[u8]>> {
     let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
-    if flags & UNWALKED != 0 {
+    if flags & CONTINUED != 0 {
         return None;
     }
     if flags & want == 0 {
@@ -200,77 +271,15 @@ pub(crate) fn table_entry<'a>(table: &'a [u8], key: &str) -> Option<Option<(u8, 
     Some(found)
 }
 
-/// The properties `raw` with every short string made UTF-8: property values and the keys of
-/// the headers table and of the tables nested in it, each invalid sequence replaced by U+FFFD
-/// (and cut to 255 bytes on a character boundary). amq-protocol refuses a short string that
-/// is not UTF-8; RabbitMQ, whose strings are bytes, accepts and delivers it, so a message with
-/// one would otherwise stop every flow that must parse it, at each redelivery. Long strings
-/// are bytes to amq-protocol too and are kept as they are. `None` when the properties cannot
-/// be walked (continued flag words, an unknown field type, cut short).
-pub(crate) fn utf8_lossy(raw: &[u8]) -> Option<Vec<u8>> {
-    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
-    if flags & UNWALKED != 0 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(raw.len() + 16);
-    out.extend_from_slice(&raw[..2]);
-    let mut at = 2;
-    let mut bit = CONTENT_TYPE;
-    while bit >= CLUSTER_ID {
-        if flags & bit != 0 {
-            let field = field_at(raw, at, bit)?;
-            at += field.len();
-            match bit {
-                DELIVERY_MODE | PRIORITY | TIMESTAMP => out.extend_from_slice(field),
-                HEADERS => lossy_entries(&field[4..], true, 1, &mut out)?,
-                _ => push_short_lossy(&field[1..], &mut out),
-            }
+/// Why [`splice`] cannot walk properties `raw`, in words for the operator who finds such a
+/// message in a queue.
+pub(crate) fn unwalkable(raw: &[u8]) -> &'static str {
+    match raw.get(..2) {
+        Some([_, low]) if u16::from(*low) & CONTINUED != 0 => {
+            "property flags that continue into another word (class basic has 14 properties)"
         }
-        bit >>= 1;
+        _ => "a field of a type AMQP 0-9-1 does not define, or fields cut short",
     }
-    (at == raw.len()).then_some(out)
-}
-
-/// Writes a field table's (`keyed`) or array's entries with their size prefix, keys made
-/// UTF-8; nested tables and arrays likewise, down to nesting level `depth` (the headers table
-/// is 1) of at most [`MAX_DEPTH`].
-fn lossy_entries(entries: &[u8], keyed: bool, depth: usize, out: &mut Vec<u8>) -> Option<()> {
-    if depth > MAX_DEPTH {
-        return None;
-    }
-    let size_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let mut at = 0;
-    while at < entries.len() {
-        if keyed {
-            let n = usize::from(*entries.get(at)?);
-            push_short_lossy(entries.get(at + 1..at + 1 + n)?, out);
-            at += 1 + n;
-        }
-        let kind = *entries.get(at)?;
-        let rest = entries.get(at + 1..)?;
-        let len = value_len(kind, rest)?;
-        out.push(kind);
-        match kind {
-            b'F' | b'A' => lossy_entries(rest.get(4..len)?, kind == b'F', depth + 1, out)?,
-            _ => out.extend_from_slice(rest.get(..len)?),
-        }
-        at += 1 + len;
-    }
-    let size = u32::try_from(out.len() - size_at - 4).ok()?;
-    out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
-    Some(())
-}
-
-/// Writes `s` as a short string (size octet, then bytes), made UTF-8 and kept within 255 bytes.
-fn push_short_lossy(s: &[u8], out: &mut Vec<u8>) {
-    let text = String::from_utf8_lossy(s);
-    let mut end = text.len().min(255);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.push(end as u8);
-    out.extend_from_slice(&text.as_bytes()[..end]);
 }
 
 /// The length a long (u32) size prefix announces.
@@ -279,19 +288,13 @@ fn long_len(b: &[u8]) -> Option<usize> {
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
 }
 
-/// Whether a field table's entries (`table`, without its size) hold `key`; `None` when they
-/// cannot be walked.
-fn has_key(table: &[u8], key: &str) -> Option<bool> {
-    table_entry(table, key).map(|e| e.is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hops::{outgoing_properties, with_received_from, Origin};
+    use crate::hops::model::{outgoing_properties, with_received_from};
+    use crate::hops::{encoded_value, received_from_elements, Origin};
     use amq_protocol::frame::WriteContext;
     use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
-    use amq_protocol::types::generation::gen_field_table;
     use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 
     fn encode(p: &AMQPProperties) -> Vec<u8> {
@@ -310,22 +313,16 @@ mod tests {
         }
     }
 
-    /// Federation's splice: the `x-received-from` table for a message with no headers, less
-    /// its size prefix, is the entry appended.
-    fn federation(keep_user_id: bool, redelivered: bool) -> Splice {
-        let table = with_received_from(None, &origin(), redelivered);
-        let bytes = gen_field_table(&table)(WriteContext::from(Vec::new()))
-            .unwrap()
-            .into_inner()
-            .0;
-        Splice {
-            entry: bytes[4..].to_vec(),
-            key: Some("x-received-from"),
+    /// Federation's edit: this hop's `x-received-from` entry prepended.
+    fn federation(elements: &[Vec<u8>; 2], keep_user_id: bool, redelivered: bool) -> Edit<'_> {
+        Edit {
+            prepend: Some(("x-received-from", &elements[usize::from(redelivered)])),
             keep_user_id,
+            ..Edit::default()
         }
     }
 
-    /// The parsing path's answer, to compare with.
+    /// The parsed model's answer, to compare with.
     fn parsed(p: &AMQPProperties, keep_user_id: bool, redelivered: bool) -> AMQPProperties {
         let headers = with_received_from(p.headers().as_ref(), &origin(), redelivered);
         outgoing_properties(p, headers, keep_user_id)
@@ -383,16 +380,31 @@ mod tests {
         ]
     }
 
+    /// The first and second hops of [`cases`]: each case, and each with a hop already
+    /// recorded (one entry, then a header that is not an array, which is replaced).
+    fn hops() -> Vec<AMQPProperties> {
+        let mut out = cases();
+        for p in cases() {
+            let mut h = with_received_from(p.headers().as_ref(), &origin(), true);
+            out.push(p.clone().with_headers(h.clone()));
+            h.insert(
+                "x-received-from".into(),
+                AMQPValue::LongString("dc0".into()),
+            );
+            out.push(p.with_headers(h));
+        }
+        out
+    }
+
     #[test]
     fn a_spliced_header_reads_as_the_parsing_path_writes_it() {
-        for (i, p) in cases().iter().enumerate() {
+        let elements = received_from_elements(&origin());
+        for (i, p) in hops().iter().enumerate() {
             for keep in [false, true] {
                 for redelivered in [false, true] {
                     let mut out = Vec::new();
-                    assert!(
-                        splice(&encode(p), &federation(keep, redelivered), &mut out),
-                        "{i}"
-                    );
+                    let edit = federation(&elements, keep, redelivered);
+                    assert!(splice(&encode(p), &edit, &mut out), "{i}");
                     let (rest, got) = parse_properties(out.as_slice()).expect("parses");
                     assert!(rest.is_empty(), "case {i}: {} bytes left", rest.len());
                     assert_eq!(got, parsed(p, keep, redelivered), "case {i} keep {keep}");
@@ -401,12 +413,85 @@ mod tests {
         }
     }
 
+    /// What an edit does to a parsed table: the model of [`edit_table`].
+    fn edited(
+        headers: Option<&FieldTable>,
+        prepend: Option<(&str, &AMQPValue)>,
+        set: &[(&str, AMQPValue)],
+        remove: Option<&str>,
+    ) -> FieldTable {
+        let mut out = headers.cloned().unwrap_or_default();
+        if let Some((key, element)) = prepend {
+            let mut entries = vec![element.clone()];
+            if let Some(AMQPValue::FieldArray(old)) = out.inner().get(key) {
+                entries.extend_from_slice(old.as_slice());
+            }
+            out.insert(key.into(), AMQPValue::FieldArray(FieldArray::from(entries)));
+        }
+        for (key, value) in set {
+            out.insert((*key).into(), value.clone());
+        }
+        let kept: std::collections::BTreeMap<_, _> = out
+            .inner()
+            .iter()
+            .filter(|(k, _)| Some(k.as_str()) != remove)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        FieldTable::from(kept)
+    }
+
     #[test]
-    fn without_an_entry_only_user_id_changes() {
+    fn every_edit_reads_as_the_same_edit_of_the_parsed_headers() {
+        let element = AMQPValue::FieldTable(headers());
+        let element_bytes = encoded_value(&element);
+        let stamp = AMQPValue::LongLongInt(1_700_000_000);
+        let key = AMQPValue::LongString("orders.eu".into());
+        let (stamp_bytes, key_bytes) = (encoded_value(&stamp), encoded_value(&key));
+        let mut checked = 0;
+        for (i, p) in hops().iter().enumerate() {
+            for prepend in [None, Some("x-shovelled"), Some("x-user-id")] {
+                for (n_set, remove) in [(0, None), (1, None), (2, Some("ts_ns")), (0, Some("x"))] {
+                    let set_bytes = [("ts", &stamp_bytes[..]), ("text", &key_bytes[..])];
+                    let set = [("ts", stamp.clone()), ("text", key.clone())];
+                    let edit = Edit {
+                        prepend: prepend.map(|k| (k, element_bytes.as_slice())),
+                        set: &set_bytes[..n_set],
+                        remove,
+                        keep_user_id: true,
+                    };
+                    let mut out = Vec::new();
+                    assert!(splice(&encode(p), &edit, &mut out), "{i}");
+                    let (rest, got) = parse_properties(out.as_slice()).expect("parses");
+                    assert!(rest.is_empty(), "case {i}: {} bytes left", rest.len());
+                    let want = edited(
+                        p.headers().as_ref(),
+                        prepend.map(|k| (k, &element)),
+                        &set[..n_set],
+                        remove,
+                    );
+                    let adds = prepend.is_some() || n_set > 0;
+                    if p.headers().is_some() || adds {
+                        assert_eq!(got.headers().as_ref(), Some(&want), "case {i} {edit:?}");
+                    } else {
+                        assert_eq!(got.headers(), &None, "case {i}: no headers made");
+                    }
+                    assert_eq!(
+                        got.clone().with_headers(FieldTable::default()),
+                        p.clone().with_headers(FieldTable::default()),
+                        "case {i}: the rest kept"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, hops().len() * 12);
+    }
+
+    #[test]
+    fn without_an_edit_only_user_id_changes() {
         for (i, p) in cases().iter().enumerate() {
             let mut out = Vec::new();
-            let plain = Splice::default();
-            assert!(splice(&encode(p), &plain, &mut out), "{i}");
+            assert!(splice(&encode(p), &Edit::default(), &mut out), "{i}");
             let (_, got) = parse_properties(out.as_slice()).unwrap();
             let want = match p.headers() {
                 Some(h) => outgoing_properties(p, h.clone(), false),
@@ -419,13 +504,100 @@ mod tests {
         }
     }
 
+    /// Headers `{deep: {a: {a: ... }}}` nested `depth` tables deep, then `x-user-id`, as bytes.
+    fn deep_properties(depth: usize) -> Vec<u8> {
+        let mut value = vec![b'F', 0, 0, 0, 0];
+        for _ in 1..depth {
+            let mut outer = vec![b'F'];
+            outer.extend_from_slice(&((2 + value.len()) as u32).to_be_bytes());
+            outer.extend_from_slice(&[1, b'a']);
+            outer.extend_from_slice(&value);
+            value = outer;
+        }
+        let mut table = vec![4];
+        table.extend_from_slice(b"deep");
+        table.extend_from_slice(&value);
+        table.push(9);
+        table.extend_from_slice(b"x-user-id");
+        table.extend_from_slice(&long_string_value(b"user-7"));
+        let mut raw = HEADERS.to_be_bytes().to_vec();
+        raw.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        raw.extend_from_slice(&table);
+        raw
+    }
+
     #[test]
-    fn a_second_hop_and_unknown_shapes_are_left_to_the_parsing_path() {
-        let how = federation(false, false);
-        let hopped = with_received_from(None, &origin(), false);
-        let p = AMQPProperties::default().with_headers(hopped);
+    fn nesting_of_any_depth_is_copied_without_being_descended_into() {
+        let raw = deep_properties(10_000);
+        let elements = received_from_elements(&origin());
+        let held = long_string_value(b"k");
+        let edit = Edit {
+            set: &[("x-setgate-routing-key", &held)],
+            ..federation(&elements, false, false)
+        };
         let mut out = Vec::new();
-        assert!(!splice(&encode(&p), &how, &mut out), "a second hop");
+        assert!(splice(&raw, &edit, &mut out));
+        let deep = &raw[6..raw.len() - 21];
+        assert!(out.windows(deep.len()).any(|w| w == deep), "copied whole");
+        assert_eq!(
+            header(&out, "x-user-id"),
+            Some(Some((b'S', &b"\0\0\0\x06user-7"[..])))
+        );
+        let (kind, _) = header(&out, "x-received-from").unwrap().unwrap();
+        assert_eq!(kind, b'A');
+        assert_eq!(
+            header(&out, "x-setgate-routing-key"),
+            Some(Some((b'S', &held[1..])))
+        );
+        // And taken back off, as a release does.
+        let mut back = Vec::new();
+        let release = Edit {
+            remove: Some("x-setgate-routing-key"),
+            ..Edit::default()
+        };
+        assert!(splice(&out, &release, &mut back));
+        assert_eq!(header(&back, "x-setgate-routing-key"), Some(None));
+        assert_eq!(back.len(), out.len() - (1 + 21 + held.len()));
+    }
+
+    #[test]
+    fn a_key_repeated_in_the_table_is_edited_as_its_last_value() {
+        // {x-shovelled: [1], x-shovelled: [2]}: the parsed table keeps [2].
+        let entry = |n: u8| {
+            let mut e = vec![11];
+            e.extend_from_slice(b"x-shovelled");
+            e.extend_from_slice(&[b'A', 0, 0, 0, 2, b'b', n]);
+            e
+        };
+        let table = [entry(1), entry(2)].concat();
+        let mut raw = HEADERS.to_be_bytes().to_vec();
+        raw.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        raw.extend_from_slice(&table);
+        let edit = Edit {
+            prepend: Some(("x-shovelled", &[b'b', 0])),
+            ..Edit::default()
+        };
+        let mut out = Vec::new();
+        assert!(splice(&raw, &edit, &mut out));
+        let (_, got) = parse_properties(out.as_slice()).unwrap();
+        let array = |v: &[i8]| {
+            AMQPValue::FieldArray(FieldArray::from(
+                v.iter()
+                    .map(|&n| AMQPValue::ShortShortInt(n))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let mut want = FieldTable::default();
+        want.insert("x-shovelled".into(), array(&[0, 2]));
+        assert_eq!(got.headers().as_ref(), Some(&want));
+        assert_eq!(out.len(), 2 + 4 + 1 + 11 + 1 + 4 + 4, "one entry left");
+    }
+
+    #[test]
+    fn shapes_it_does_not_walk_are_left_to_the_parsing_path() {
+        let elements = received_from_elements(&origin());
+        let how = federation(&elements, false, false);
+        let mut out = Vec::new();
         // A flag word that says another follows.
         assert!(!splice(&[0, 1, 0, 0], &how, &mut out));
         // Cut short, and an unknown field type in the headers.
@@ -436,6 +608,9 @@ mod tests {
         assert!(!splice(&odd, &how, &mut out));
         odd[8] = b'V';
         assert!(splice(&odd, &how, &mut out), "void is a type");
+        // A nested size that runs past the table.
+        let over = vec![0x20, 0, 0, 0, 0, 8, 1, b'k', b'F', 0, 0, 0, 9, 0];
+        assert!(!splice(&over, &how, &mut out));
     }
 
     /// `encoded` with every occurrence of `from` (a placeholder amq-protocol wrote) replaced by
@@ -459,111 +634,56 @@ mod tests {
     }
 
     #[test]
-    fn properties_already_utf8_come_out_of_the_repair_unchanged() {
-        for (i, p) in cases().iter().enumerate() {
-            let raw = encode(p);
-            assert_eq!(
-                utf8_lossy(&raw).as_deref(),
-                Some(raw.as_slice()),
-                "case {i}"
-            );
-        }
-    }
-
-    #[test]
-    fn short_strings_that_are_not_utf8_are_made_utf8_and_all_else_kept() {
-        // A property, a header key, a key in a table inside an array inside the headers, and a
-        // long string (bytes to amq-protocol, kept as they are).
-        let mut inner = FieldTable::default();
-        inner.insert("KKKK".into(), AMQPValue::LongInt(7));
+    fn short_strings_that_are_not_utf8_are_forwarded_byte_for_byte() {
+        // A property and a header key amq-protocol would refuse to parse; RabbitMQ, whose
+        // strings are bytes, takes and delivers both.
         let mut h = headers();
-        h.insert("KKKK".into(), AMQPValue::LongString("LLLL".into()));
-        h.insert(
-            "deep".into(),
-            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(inner)])),
-        );
+        h.insert("KKKK".into(), AMQPValue::LongString("v".into()));
         let p = AMQPProperties::default()
-            .with_content_type("text/plain".into())
             .with_headers(h)
-            .with_delivery_mode(2)
-            .with_message_id("ZZZZ".into())
-            .with_timestamp(1_700_000_000)
-            .with_app_id("app".into());
+            .with_message_id("ZZZZ".into());
         let raw = patched(&encode(&p), b"ZZZZ", &[0xFF, b'a', 0xC3, b'b']);
         let raw = patched(&raw, b"KKKK", &[b'k', 0x80, 0x80, b'!']);
-        let raw = patched(&raw, b"LLLL", &[0xFF, 0xFF, 0xFF, 0xFF]);
         assert!(
             parse_properties(raw.as_slice()).is_err(),
             "amq-protocol refuses it"
         );
-        let repaired = utf8_lossy(&raw).expect("walked");
-        let (rest, got) = parse_properties(repaired.as_slice()).expect("parses once repaired");
-        assert!(rest.is_empty());
+        let elements = received_from_elements(&origin());
+        let mut out = Vec::new();
+        assert!(splice(&raw, &federation(&elements, false, false), &mut out));
         assert_eq!(
-            got.message_id().as_ref().map(|m| m.as_str()),
-            Some("\u{FFFD}a\u{FFFD}b")
+            short_string(&out, MESSAGE_ID),
+            Some(Some(&[0xFF, b'a', 0xC3, b'b'][..]))
         );
-        let key = "k\u{FFFD}\u{FFFD}!";
-        let gh = got.headers().as_ref().unwrap().inner();
+        let key = String::from_utf8_lossy(&[b'k', 0x80, 0x80, b'!']).into_owned();
         assert_eq!(
-            gh.get(key),
-            Some(&AMQPValue::LongString(vec![0xFF; 4].into()))
+            header(&out, &key),
+            Some(None),
+            "the key is not read as UTF-8"
         );
-        let AMQPValue::FieldArray(deep) = &gh["deep"] else {
-            panic!("deep: {:?}", gh["deep"]);
-        };
-        let AMQPValue::FieldTable(t) = &deep.as_slice()[0] else {
-            panic!("{deep:?}");
-        };
-        assert_eq!(t.inner().get(key), Some(&AMQPValue::LongInt(7)));
-        // Everything else as it was.
-        let mut want = headers();
-        for (k, v) in want.inner().iter() {
-            assert_eq!(gh.get(k.as_str()), Some(v), "header {k}");
-        }
-        want.insert(key.into(), AMQPValue::Void);
-        assert_eq!(gh.len(), want.inner().len() + 1, "plus deep");
-        assert_eq!(got.content_type(), p.content_type());
-        assert_eq!(got.delivery_mode(), p.delivery_mode());
-        assert_eq!(got.timestamp(), p.timestamp());
-        assert_eq!(got.app_id(), p.app_id());
+        assert!(out
+            .windows(7)
+            .any(|w| w == [4, b'k', 0x80, 0x80, b'!', b'S', 0]));
+        assert!(matches!(
+            header(&out, "x-received-from"),
+            Some(Some((b'A', _)))
+        ));
     }
 
     #[test]
-    fn a_repaired_short_string_stays_within_255_bytes_on_a_character_boundary() {
-        // 255 invalid bytes become 255 replacement characters of 3 bytes each: cut to 85.
-        let p = AMQPProperties::default().with_correlation_id("Z".repeat(255).as_str().into());
-        let raw = patched(&encode(&p), &[b'Z'; 255], &[0xFF; 255]);
-        let (_, got) = parse_properties(utf8_lossy(&raw).unwrap().as_slice()).unwrap();
-        let id = got.correlation_id().as_ref().unwrap().as_str().to_string();
-        assert_eq!(id, "\u{FFFD}".repeat(85));
-    }
-
-    #[test]
-    fn what_cannot_be_walked_is_not_repaired() {
-        // A continued flag word; an unknown field type; cut short.
-        assert_eq!(utf8_lossy(&[0, 1, 0, 0]), None);
-        assert_eq!(utf8_lossy(&[0x20, 0, 0, 0, 0, 3, 1, b'k', b'?']), None);
-        let full = encode(&cases()[5]);
-        assert_eq!(utf8_lossy(&full[..full.len() - 1]), None);
-        // Nested past the limit: the headers table, then MAX_DEPTH tables each inside the last
-        // (built as bytes).
-        let mut table: Vec<u8> = Vec::new();
-        for _ in 0..MAX_DEPTH {
-            let mut outer = vec![1u8, b'a', b'F'];
-            outer.extend_from_slice(&(table.len() as u32).to_be_bytes());
-            outer.extend_from_slice(&table);
-            table = outer;
-        }
-        let mut raw = vec![0x20, 0];
-        raw.extend_from_slice(&(table.len() as u32).to_be_bytes());
-        raw.extend_from_slice(&table);
-        assert_eq!(utf8_lossy(&raw), None);
-        // One level less is walked: the innermost table is at the limit.
-        let inner = &table[7..];
-        let mut raw = vec![0x20, 0];
-        raw.extend_from_slice(&(inner.len() as u32).to_be_bytes());
-        raw.extend_from_slice(inner);
-        assert!(utf8_lossy(&raw).is_some());
+    fn the_unused_flag_bit_is_walked_and_kept_and_a_continued_word_is_named() {
+        let mut raw = encode(&cases()[2]);
+        raw[1] |= 0b10;
+        let mut out = Vec::new();
+        assert!(splice(&raw, &Edit::default(), &mut out));
+        assert_eq!(out, raw, "RabbitMQ delivers bit 1 set: copied as it came");
+        raw[1] |= 0b01;
+        assert!(!splice(&raw, &Edit::default(), &mut out));
+        assert!(
+            unwalkable(&raw).contains("continue"),
+            "{}",
+            unwalkable(&raw)
+        );
+        assert!(unwalkable(&[0x20, 0, 0, 0, 0, 3, 1, b'k', b'?']).contains("type"));
     }
 }

@@ -5,8 +5,11 @@
 
 use crate::raw_props;
 use crate::uri::AmqpUri;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::BasicProperties;
+#[cfg(test)]
+use lapin::{
+    types::{AMQPValue, FieldTable},
+    BasicProperties,
+};
 use serde::Deserialize;
 use setgate_router::{Router, RoutingConfig};
 use std::borrow::Cow;
@@ -108,9 +111,9 @@ impl MessageKey {
         ))
     }
 
-    /// The key of one message, if it has one. Header values that are strings are taken as
-    /// UTF-8; integers in decimal (a numeric user id routes as its digits, as the router's
-    /// buckets expect). Anything else, or an empty value, is no key.
+    /// The key of one message's parsed properties: the model [`MessageKey::of_raw`], which
+    /// the flow uses, is checked against.
+    #[cfg(test)]
     pub fn of<'a>(&self, props: &'a BasicProperties, routing_key: &'a str) -> Option<Cow<'a, str>> {
         let key: Option<Cow<'a, str>> = match self {
             MessageKey::RoutingKey => Some(Cow::Borrowed(routing_key)),
@@ -132,9 +135,11 @@ impl MessageKey {
         key.filter(|k| !k.is_empty())
     }
 
-    /// [`MessageKey::of`] read from the properties as they arrived (a content header's flags
-    /// and fields, unparsed), with the same answer wherever the parsing path has one; `None`
-    /// when they cannot be walked here (the parsing path then decides).
+    /// The key of one message, if it has one, read from its properties as they arrived (a
+    /// content header's flags and fields, unparsed). Header values that are strings are taken
+    /// as UTF-8 (each invalid sequence replaced); integers in decimal (a numeric user id routes
+    /// as its digits, as the router's buckets expect). Anything else, or an empty value, is no
+    /// key. `None` when the properties cannot be walked.
     pub(crate) fn of_raw<'a>(
         &self,
         raw: &'a [u8],
@@ -156,7 +161,7 @@ impl MessageKey {
                     Property::ReplyTo => raw_props::REPLY_TO,
                 };
                 // Not UTF-8 (which brokers let through): read as a header's long string is,
-                // where the parsing path refuses the whole message, and the flow with it.
+                // where a parser would refuse the whole message.
                 raw_props::short_string(raw, bit)?.map(String::from_utf8_lossy)
             }
         };
@@ -197,6 +202,7 @@ fn raw_header_value(kind: u8, value: &[u8]) -> Option<Option<Cow<'_, str>>> {
     }))
 }
 
+#[cfg(test)]
 fn header_value<'a>(h: &'a FieldTable, name: &str) -> Option<Cow<'a, str>> {
     Some(match h.inner().get(name)? {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()),

@@ -3,7 +3,7 @@
 //! prepended to the `x-shovelled` array, and `x-shovelled-timestamp` (seconds since the epoch).
 
 use crate::plan::{FlowSpec, Source, Target};
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 
 /// The header names.
 pub const SHOVELLED: &str = "x-shovelled";
@@ -59,30 +59,20 @@ impl Shovelled {
         Shovelled { entry: e }
     }
 
-    /// `headers` with this hop's entry prepended to `x-shovelled` and the timestamp set.
-    pub fn prepend(
-        &self,
-        headers: Option<&FieldTable>,
-        dest_uri: &str,
-        now_secs: u64,
-    ) -> FieldTable {
+    /// The entry for destination `dest_uri` as an array element (type octet and value), for
+    /// [`crate::raw_props::Edit::prepend`].
+    pub fn element(&self, dest_uri: &str) -> Vec<u8> {
         let mut entry = self.entry.clone();
         entry.insert("dest-uri".into(), long(dest_uri));
-        let mut out = headers.cloned().unwrap_or_default();
-        let mut entries = vec![AMQPValue::FieldTable(entry)];
-        if let Some(AMQPValue::FieldArray(old)) = out.inner().get(SHOVELLED) {
-            entries.extend_from_slice(old.as_slice());
-        }
-        out.insert(
-            SHOVELLED.into(),
-            AMQPValue::FieldArray(FieldArray::from(entries)),
-        );
-        out.insert(
-            SHOVELLED_TIMESTAMP.into(),
-            AMQPValue::LongLongInt(i64::try_from(now_secs).unwrap_or(i64::MAX)),
-        );
-        out
+        crate::hops::encoded_value(&AMQPValue::FieldTable(entry))
     }
+}
+
+/// `x-shovelled-timestamp`'s value (type octet and value) at `now_secs`.
+pub(crate) fn timestamp_value(now_secs: u64) -> [u8; 9] {
+    let mut v = [b'l'; 9];
+    v[1..].copy_from_slice(&i64::try_from(now_secs).unwrap_or(i64::MAX).to_be_bytes());
+    v
 }
 
 fn long(s: &str) -> AMQPValue {
@@ -94,7 +84,9 @@ mod tests {
     use super::*;
     use crate::config::{AckMode, QueueType, UpstreamConfig};
     use crate::plan::{Downstream, Headers};
+    use crate::raw_props::{splice, Edit};
     use crate::shovel::DeleteAfter;
+    use amq_protocol::protocol::basic::parse_properties;
     use std::time::Duration;
 
     fn spec(source: Source, target: Target) -> FlowSpec {
@@ -123,6 +115,22 @@ mod tests {
             mandatory: false,
             delete_after: DeleteAfter::Never,
         }
+    }
+
+    /// Properties `raw` as a shovel with forward headers republishes them (the flow's edit),
+    /// and their headers, parsed.
+    fn shovelled(s: &Shovelled, raw: &[u8], dest_uri: &str, now: u64) -> (Vec<u8>, FieldTable) {
+        let (element, stamp) = (s.element(dest_uri), timestamp_value(now));
+        let edit = Edit {
+            prepend: Some((SHOVELLED, &element)),
+            set: &[(SHOVELLED_TIMESTAMP, &stamp)],
+            ..Edit::default()
+        };
+        let mut out = Vec::new();
+        assert!(splice(raw, &edit, &mut out));
+        let (rest, p) = parse_properties(out.as_slice()).expect("parses");
+        assert!(rest.is_empty());
+        (out, p.headers().clone().expect("headers"))
     }
 
     fn entry(h: &FieldTable, i: usize) -> Vec<(String, String)> {
@@ -156,7 +164,7 @@ mod tests {
             "amqp://src:5672/%2f",
             "/",
         );
-        let first = s.prepend(None, "amqp://dst:5672/%2f", 1_700_000_000);
+        let (raw, first) = shovelled(&s, &[0, 0], "amqp://dst:5672/%2f", 1_700_000_000);
         let keys: Vec<String> = entry(&first, 0).into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             keys,
@@ -192,11 +200,16 @@ mod tests {
             "amqp://b:5672/%2f",
             "/",
         );
-        let second = x.prepend(Some(&first), "amqp://c:5672/%2f", 1_700_000_001);
+        let (_, second) = shovelled(&x, &raw, "amqp://c:5672/%2f", 1_700_000_001);
         let newest = entry(&second, 0);
         assert!(newest.contains(&("src-exchange".into(), "orders".into())));
         assert!(newest.contains(&("src-exchange-key".into(), "order.#".into())));
         assert!(newest.contains(&("dest-exchange-key".into(), "k".into())));
         assert!(entry(&second, 1).contains(&("src-queue".into(), "orders.dlq".into())));
+        assert_eq!(
+            second.inner().get(SHOVELLED_TIMESTAMP),
+            Some(&AMQPValue::LongLongInt(1_700_000_001)),
+            "the timestamp replaced"
+        );
     }
 }

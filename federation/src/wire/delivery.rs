@@ -1,14 +1,11 @@
 //! A message delivered to a wire's consumer, read in place.
 
 use super::error::WireError;
-use crate::raw_props::utf8_lossy;
-use amq_protocol::protocol::basic::{parse_properties, AMQPProperties};
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
-use setgate_amqp::nesting::{properties_nest_within, MAX_DEPTH};
 
 /// A message delivered to the wire's consumer: what the flow needs of it, its properties and
-/// body as read (parsed only when asked for: republishing them mostly needs no parsing).
+/// body as read (the flow republishes them without parsing them, see `crate::raw_props`).
 ///
 /// Properties and body are slices of the buffer they were read into, not copies: a delivery
 /// holds a reference to that read, and the read's memory goes when its last delivery does
@@ -33,27 +30,6 @@ impl Delivery {
     /// The body, shared with the buffer it was read into (cloning it copies nothing).
     pub fn body(&self) -> &Bytes {
         &self.body
-    }
-
-    /// The properties, parsed, and whether a short string in them had to be made UTF-8 to
-    /// parse ([`utf8_lossy`]). An error says why they cannot be read.
-    ///
-    /// Headers nested past [`MAX_DEPTH`] are not parsed at all: amq-protocol's parser recurses
-    /// once a level and would overflow the stack (see `setgate_amqp::nesting`).
-    pub fn properties(&self) -> Result<(AMQPProperties, bool), String> {
-        let raw = self.raw_properties();
-        if !properties_nest_within(raw) {
-            return Err(format!("headers nested more than {MAX_DEPTH} levels deep"));
-        }
-        if let Ok(([], p)) = parse_properties(raw) {
-            return Ok((p, false));
-        }
-        if let Some(repaired) = utf8_lossy(raw) {
-            if let Ok(([], p)) = parse_properties(repaired.as_slice()) {
-                return Ok((p, true));
-            }
-        }
-        Err("a field of an unknown type, or fields cut short".into())
     }
 }
 

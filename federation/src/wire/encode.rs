@@ -1,8 +1,6 @@
 //! Frames a wire writes, encoded by hand where amq-protocol's generators allocate.
 
 use super::outgoing::Outgoing;
-use amq_protocol::frame::WriteContext;
-use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use bytes::Bytes;
 use setgate_amqp::frame::FRAME_END;
 
@@ -11,23 +9,16 @@ pub(super) const CHANNEL: u16 = 1;
 /// Frame header (type, channel, size) and frame end around a payload.
 pub(super) const FRAME_OVERHEAD: usize = 8;
 
-/// A publish's properties: to encode, or encoded.
-pub(super) enum Props<'a> {
-    Parsed(&'a AMQPProperties),
-    Encoded(&'a [u8]),
-}
-
 /// Appends a publish: Basic.Publish (written by hand: amq-protocol's generator allocates its
 /// flag names), the content header, the body in frames of at most `chunk` bytes (long parts of
-/// it written from where they lie, see [`Outgoing::body`]). Returns where the encoded
-/// properties are in `out.buf`.
+/// it written from where they lie, see [`Outgoing::body`]).
 pub(super) fn encode_publish(
     out: &mut Outgoing,
     chunk: usize,
     (exchange, routing_key, mandatory): (&str, &str, bool),
-    properties: Props<'_>,
+    properties: &[u8],
     body: &Bytes,
-) -> std::ops::Range<usize> {
+) {
     let wr = &mut out.buf;
     let at = begin_frame(wr, 1);
     wr.extend_from_slice(&[0, 60, 0, 40, 0, 0]);
@@ -38,17 +29,7 @@ pub(super) fn encode_publish(
     let at = begin_frame(wr, 2);
     wr.extend_from_slice(&[0, 60, 0, 0]);
     wr.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    let props_at = wr.len();
-    match properties {
-        Props::Parsed(p) => {
-            let buf = std::mem::take(wr);
-            let ctx = gen_properties(p)(WriteContext::from(buf))
-                .expect("serialising into a Vec cannot fail");
-            *wr = ctx.into_inner().0;
-        }
-        Props::Encoded(p) => wr.extend_from_slice(p),
-    }
-    let props = props_at..wr.len();
+    wr.extend_from_slice(properties);
     end_frame(wr, at);
     let mut from = 0;
     while from < body.len() {
@@ -61,7 +42,6 @@ pub(super) fn encode_publish(
         out.buf.push(FRAME_END);
         from = to;
     }
-    props
 }
 
 /// What identifies a publish's content: its exchange, routing key, encoded properties and body.

@@ -22,7 +22,6 @@
 
 use crate::connect::Io;
 use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
 use bytes::Bytes;
@@ -47,7 +46,7 @@ mod reads;
 pub(crate) use delivery::Delivery;
 use delivery::Incoming;
 pub(crate) use encode::fingerprint;
-use encode::{begin_frame, encode_publish, end_frame, frame_len, Props, CHANNEL, FRAME_OVERHEAD};
+use encode::{begin_frame, encode_publish, end_frame, frame_len, CHANNEL, FRAME_OVERHEAD};
 pub(crate) use error::WireError;
 use lazy::LazyReads;
 pub(crate) use lazy::ROUND as LAZY_ROUND;
@@ -90,7 +89,7 @@ pub(crate) enum Said {
 struct Returning {
     exchange: String,
     routing_key: String,
-    /// The properties as re-encoded (amq-protocol encodes a table the same way every time).
+    /// The properties, as the broker sent them.
     properties: Option<Vec<u8>>,
     body: Vec<u8>,
     left: u64,
@@ -183,36 +182,12 @@ impl Wire {
         self.unblocked_at
     }
 
-    /// Queues a publish; returns its delivery tag (meaningful in confirm mode) and, with
-    /// `mandatory`, its [`fingerprint`] (0 without). Nothing is written until
+    /// Queues a publish with its properties as encoded (flags and fields, see
+    /// [`crate::raw_props`]); returns its delivery tag (meaningful in confirm mode) and, with
+    /// `mandatory`, its [`fingerprint`] (0 without), which a return of it carries too: the
+    /// broker sends back the properties as they were published. Nothing is written until
     /// [`Wire::poll_flush`].
     pub fn publish(
-        &mut self,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
-        properties: &AMQPProperties,
-        body: &Bytes,
-    ) -> (u64, u64) {
-        let props = encode_publish(
-            &mut self.wr,
-            self.chunk,
-            (exchange, routing_key, mandatory),
-            Props::Parsed(properties),
-            body,
-        );
-        let fp = if mandatory {
-            fingerprint(exchange, routing_key, &self.wr.buf[props], body)
-        } else {
-            0
-        };
-        (self.queued(), fp)
-    }
-
-    /// [`Wire::publish`] with the properties already encoded (flags and fields, see
-    /// [`crate::raw_props`]). A return carries the properties as they were published, so its
-    /// fingerprint is taken over these bytes as over amq-protocol's.
-    pub fn publish_encoded(
         &mut self,
         exchange: &str,
         routing_key: &str,
@@ -224,7 +199,7 @@ impl Wire {
             &mut self.wr,
             self.chunk,
             (exchange, routing_key, mandatory),
-            Props::Encoded(properties),
+            properties,
             body,
         );
         let fp = if mandatory {
@@ -612,6 +587,22 @@ impl Wire {
                     self.delivered_if_complete();
                     continue;
                 }
+                // A return's properties, as bytes: the broker sends them back as they were
+                // published, which is what its publish's fingerprint was taken over.
+                match &mut self.returning {
+                    Some(r) if r.properties.is_none() => {
+                        let header = &read[payload];
+                        let (Some(size), Some(properties)) = (header.get(4..12), header.get(12..))
+                        else {
+                            return Err(WireError::Protocol("a content header cut short".into()));
+                        };
+                        r.left = u64::from_be_bytes(size.try_into().expect("8 bytes"));
+                        r.properties = Some(properties.to_vec());
+                        self.returned_if_complete();
+                        continue;
+                    }
+                    _ => return Err(WireError::Protocol("a content header out of place".into())),
+                }
             }
             if frame[0] == 1 && frame.get(7..11) == Some(&[0, 60, 0, 60]) {
                 let incoming = Incoming::begin(&frame[11..len - 1])?;
@@ -632,17 +623,6 @@ impl Wire {
     fn on_frame(&mut self, frame: AMQPFrame) -> Result<(), WireError> {
         let method = match frame {
             AMQPFrame::Heartbeat => return Ok(()),
-            AMQPFrame::Header(_, h) => match &mut self.returning {
-                Some(r) if r.properties.is_none() => {
-                    let ctx = gen_properties(&h.properties)(WriteContext::from(Vec::new()))
-                        .expect("serialising into a Vec cannot fail");
-                    r.properties = Some(ctx.into_inner().0);
-                    r.left = h.body_size;
-                    self.returned_if_complete();
-                    return Ok(());
-                }
-                _ => return Err(WireError::Protocol("a content header out of place".into())),
-            },
             AMQPFrame::Method(_, m) => m,
             other => {
                 return Err(WireError::Protocol(format!(
@@ -756,6 +736,7 @@ mod tests {
     use super::*;
     use amq_protocol::frame::parsing::parse_frame;
     use amq_protocol::frame::AMQPContentHeader;
+    use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
     use amq_protocol::types::AMQPValue;
     use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -820,6 +801,14 @@ mod tests {
         out
     }
 
+    /// Properties as the flow publishes them: encoded.
+    fn encoded(p: &AMQPProperties) -> Vec<u8> {
+        gen_properties(p)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .into_inner()
+            .0
+    }
+
     #[test]
     fn a_publish_is_the_method_the_header_and_the_body_in_chunks() {
         let mut wr = Outgoing::default();
@@ -828,7 +817,7 @@ mod tests {
             &mut wr,
             4,
             ("x", "rk", true),
-            Props::Parsed(&props),
+            &encoded(&props),
             &Bytes::from_static(&[7; 10]),
         );
         let got = frames(&wr.joined());
@@ -864,13 +853,7 @@ mod tests {
     fn an_empty_body_has_no_body_frame() {
         let mut wr = Outgoing::default();
         let empty = Bytes::new();
-        encode_publish(
-            &mut wr,
-            4,
-            ("", "q", false),
-            Props::Encoded(&[0, 0]),
-            &empty,
-        );
+        encode_publish(&mut wr, 4, ("", "q", false), &[0, 0], &empty);
         assert_eq!(frames(&wr.joined()).len(), 2);
     }
 
@@ -885,7 +868,7 @@ mod tests {
             Bytes::new(),
         ];
         for body in &bodies {
-            w.publish("x", "k", false, &props, body);
+            w.publish("x", "k", false, &encoded(&props), body);
         }
         w.flush().await.unwrap();
         drop(w);
@@ -914,7 +897,13 @@ mod tests {
             .with_message_id("42".into())
             .with_headers(headers);
         let body = b"for u7".to_vec();
-        let (tag, fp) = w.publish("x", "k1", true, &props, &Bytes::from(body.clone()));
+        let (tag, fp) = w.publish(
+            "x",
+            "k1",
+            true,
+            &encoded(&props),
+            &Bytes::from(body.clone()),
+        );
         assert_eq!(tag, 1);
         // What RabbitMQ sends back: the return, the content as published, then the confirm.
         let mut bytes = method(basic::AMQPMethod::Return(basic::Return {
@@ -952,22 +941,24 @@ mod tests {
             ]
         );
         let other = w
-            .publish("x", "k1", true, &props, &Bytes::from_static(b"for u8"))
+            .publish(
+                "x",
+                "k1",
+                true,
+                &encoded(&props),
+                &Bytes::from_static(b"for u8"),
+            )
             .1;
         assert_ne!(other, fp, "another body, another fingerprint");
-        // Published from its encoded properties (a spliced header): the return above is known
-        // by the same fingerprint.
-        let encoded = amq_protocol::protocol::basic::gen_properties(&props)(
-            amq_protocol::frame::WriteContext::from(Vec::new()),
-        )
-        .unwrap()
-        .into_inner()
-        .0;
-        let spliced = w.publish_encoded("x", "k1", true, &encoded, &Bytes::from(body.clone()));
-        assert_eq!(spliced.1, fp);
         assert_eq!(
-            w.publish("x", "k1", false, &props, &Bytes::from(body.clone()))
-                .1,
+            w.publish(
+                "x",
+                "k1",
+                false,
+                &encoded(&props),
+                &Bytes::from(body.clone())
+            )
+            .1,
             0,
             "not mandatory"
         );
@@ -1094,17 +1085,10 @@ mod tests {
         assert_eq!(got[0].delivery_tag, 7);
         assert!(!got[0].redelivered);
         assert_eq!(got[0].routing_key.as_str(), "user.42");
-        assert_eq!(got[0].properties().unwrap().0.delivery_mode(), &Some(2));
-        assert_eq!(
-            got[0]
-                .properties()
-                .unwrap()
-                .0
-                .message_id()
-                .as_ref()
-                .map(|m| m.as_str()),
-            Some("m-1")
-        );
+        let props = AMQPProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id("m-1".into());
+        assert_eq!(got[0].raw_properties(), encoded(&props), "as sent");
         assert_eq!(got[0].body()[..], body);
         assert_eq!((got[1].delivery_tag, got[1].redelivered), (8, true));
         assert!(
@@ -1311,7 +1295,7 @@ mod tests {
     async fn publishing_over_tcp(n: usize) -> (Wire, tokio::net::TcpStream) {
         let (mut w, broker) = over_tcp(true).await;
         for _ in 0..n {
-            w.publish_encoded("x", "k", false, &[0, 0], &Bytes::from_static(b"m"));
+            w.publish("x", "k", false, &[0, 0], &Bytes::from_static(b"m"));
         }
         w.flush().await.unwrap();
         (w, broker)
