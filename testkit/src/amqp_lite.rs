@@ -21,6 +21,22 @@ use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// The one channel this client opens (and closes) for an operation.
+const CH: u16 = 1;
+
+fn channel_open() -> AMQPClass {
+    AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))
+}
+
+fn channel_close() -> AMQPClass {
+    AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+        reply_code: 200,
+        reply_text: "done".into(),
+        class_id: 0,
+        method_id: 0,
+    }))
+}
+
 /// Largest frame this client reads: the handshake's frames and a Connection.Close are small.
 const FRAME_MAX: usize = 128 * 1024;
 
@@ -154,20 +170,11 @@ impl LiteConnection {
         properties: &[u8],
         body: &[u8],
     ) -> anyhow::Result<()> {
-        const CH: u16 = 1;
         let send = |class: AMQPClass| encode(&AMQPFrame::Method(CH, class));
-        self.stream
-            .write_all(&send(AMQPClass::Channel(channel::AMQPMethod::Open(
-                channel::Open {},
-            ))))
+        self.call(channel_open(), "Channel.OpenOk").await?;
+        let select = confirm::AMQPMethod::Select(confirm::Select { nowait: false });
+        self.call(AMQPClass::Confirm(select), "Confirm.SelectOk")
             .await?;
-        self.expect_on_channel(CH, "Channel.OpenOk").await?;
-        self.stream
-            .write_all(&send(AMQPClass::Confirm(confirm::AMQPMethod::Select(
-                confirm::Select { nowait: false },
-            ))))
-            .await?;
-        self.expect_on_channel(CH, "Confirm.SelectOk").await?;
         self.stream
             .write_all(&send(AMQPClass::Basic(basic::AMQPMethod::Publish(
                 basic::Publish {
@@ -197,17 +204,7 @@ impl LiteConnection {
                 method_name(&other)
             ),
         }
-        self.stream
-            .write_all(&send(AMQPClass::Channel(channel::AMQPMethod::Close(
-                channel::Close {
-                    reply_code: 200,
-                    reply_text: "done".into(),
-                    class_id: 0,
-                    method_id: 0,
-                },
-            ))))
-            .await?;
-        self.expect_on_channel(CH, "Channel.CloseOk").await?;
+        self.call(channel_close(), "Channel.CloseOk").await?;
         Ok(())
     }
 
@@ -215,41 +212,26 @@ impl LiteConnection {
     /// properties as they came: bytes amq-protocol (and so lapin) may refuse to parse.
     /// `None` when the queue is empty.
     pub async fn get_raw(&mut self, queue: &str) -> anyhow::Result<Option<RawMessage>> {
-        const CH: u16 = 1;
-        let send = |class: AMQPClass| encode(&AMQPFrame::Method(CH, class));
+        self.call(channel_open(), "Channel.OpenOk").await?;
+        let get = basic::Get {
+            queue: queue.into(),
+            no_ack: true,
+        };
         self.stream
-            .write_all(&send(AMQPClass::Channel(channel::AMQPMethod::Open(
-                channel::Open {},
-            ))))
-            .await?;
-        self.expect_on_channel(CH, "Channel.OpenOk").await?;
-        self.stream
-            .write_all(&send(AMQPClass::Basic(basic::AMQPMethod::Get(
-                basic::Get {
-                    queue: queue.into(),
-                    no_ack: true,
-                },
-            ))))
+            .write_all(&encode(&AMQPFrame::Method(
+                CH,
+                AMQPClass::Basic(basic::AMQPMethod::Get(get)),
+            )))
             .await?;
         let got = self.raw_get_answer().await?;
-        self.stream
-            .write_all(&send(AMQPClass::Channel(channel::AMQPMethod::Close(
-                channel::Close {
-                    reply_code: 200,
-                    reply_text: "done".into(),
-                    class_id: 0,
-                    method_id: 0,
-                },
-            ))))
-            .await?;
-        self.expect_on_channel(CH, "Channel.CloseOk").await?;
+        self.call(channel_close(), "Channel.CloseOk").await?;
         Ok(got)
     }
 
     /// Basic.GetEmpty, or Basic.GetOk and the message's content frames, kept as bytes.
     async fn raw_get_answer(&mut self) -> anyhow::Result<Option<RawMessage>> {
         let routing_key = match self
-            .expect_on_channel(1, "Basic.GetOk or Basic.GetEmpty")
+            .expect_on_channel(CH, "Basic.GetOk or Basic.GetEmpty")
             .await?
         {
             AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)) => ok.routing_key.to_string(),
@@ -296,6 +278,15 @@ impl LiteConnection {
                 k => bail!("expected a frame of type {kind}, got type {k}"),
             }
         }
+    }
+
+    /// Sends `method` on the channel and waits for its answer `what` (see
+    /// [`LiteConnection::expect_on_channel`]).
+    async fn call(&mut self, method: AMQPClass, what: &str) -> anyhow::Result<AMQPClass> {
+        self.stream
+            .write_all(&encode(&AMQPFrame::Method(CH, method)))
+            .await?;
+        self.expect_on_channel(CH, what).await
     }
 
     /// The next method on channel `ch` (heartbeats skipped): `what` (names joined by " or "),
