@@ -427,7 +427,8 @@ impl Forwarder {
                 cluster,
                 reason: e.to_string(),
             },
-            WireError::Lost(_) | WireError::Protocol(_) => LinkError::Broker {
+            // (Blocked: only a SET's outlet says it, never the inlet.)
+            WireError::Lost(_) | WireError::Protocol(_) | WireError::Blocked => LinkError::Broker {
                 what: "connection".into(),
                 side: Side::Upstream,
                 cluster,
@@ -578,7 +579,8 @@ impl Forwarder {
     /// which stops reading (no reset, no heartbeat missed yet) would hold the loop here, and
     /// with it the watchdog: the wait is bounded too, and names only the destinations still
     /// writing. Only a resource alarm the broker announced (connection.blocked) is waited out,
-    /// and only by a flow with a single destination: a SET's is that SET down.
+    /// and only by a flow with a single destination: a SET's is that SET down, as soon as its
+    /// write waits ([`Outlets::flush`]).
     async fn flush(
         &mut self,
         run: &mut Run,

@@ -312,6 +312,14 @@ impl Outlet {
         OutletEvent::ConnectFailed(i, err)
     }
 
+    /// Reads what its broker sent and sends heartbeats, whatever its state; a failure is kept
+    /// by the wire, for [`Outlet::poll_event`] to take.
+    fn keep_alive(&mut self, cx: &mut Context<'_>) {
+        if let State::Up(wire) | State::Blocked(wire) = &mut self.state {
+            let _ = wire.poll_alive(cx);
+        }
+    }
+
     /// Closes the outlet's connection.
     pub async fn close(self) {
         if let State::Up(wire) | State::Blocked(wire) = self.state {
@@ -412,6 +420,9 @@ pub(crate) fn wire_error(side: Side, cluster: &str, e: &WireError) -> LinkError 
             side,
             cluster: cluster.to_string(),
             reason: e.to_string(),
+        },
+        WireError::Blocked => LinkError::Blocked {
+            cluster: cluster.to_string(),
         },
         WireError::Lost(_) | WireError::Protocol(_) | WireError::Cancelled => LinkError::Broker {
             what: "connection".into(),
@@ -528,7 +539,10 @@ impl Outlets {
         self.0.iter().all(|o| o.confirms.is_empty())
     }
 
-    /// Writes what was published to the outlets `which`, all at once: each one's result.
+    /// Writes what was published to the outlets `which`, all at once: each one's result. A
+    /// SET's outlet is not waited for: once its write would wait, it is done, as
+    /// [`WireError::Blocked`] if its broker blocked publishing, or (with confirms) `Ok`, the
+    /// rest written in the background.
     pub async fn flush(&mut self, which: &[usize]) -> Vec<(usize, Result<(), WireError>)> {
         let mut done: Vec<Option<Result<(), WireError>>> = vec![None; which.len()];
         std::future::poll_fn(|cx| {
@@ -537,19 +551,38 @@ impl Outlets {
                 if done[k].is_some() {
                     continue;
                 }
+                let fatal = self.0[i].fatal;
                 match self.0[i].wire() {
                     Some(w) => match w.poll_flush(cx) {
                         Poll::Ready(r) => done[k] = Some(r),
+                        // A SET is not waited for: one slow to take a large message, or
+                        // gone, must not hold the others. What its broker said is read now:
+                        // a broker that stops reading under a resource alarm says so first
+                        // (Connection.Blocked), and the SET is down. Otherwise, with
+                        // confirms, the rest is written in the background (its upkeep,
+                        // `Outlet::poll_event`), and a broker that takes none of it is found
+                        // out by the confirm deadline.
+                        Poll::Pending if !fatal => match w.poll_alive(cx) {
+                            Poll::Ready(e) => done[k] = Some(Err(e)),
+                            Poll::Pending if w.blocked() => done[k] = Some(Err(WireError::Blocked)),
+                            Poll::Pending if w.confirms() => done[k] = Some(Ok(())),
+                            Poll::Pending => all = false,
+                        },
                         Poll::Pending => all = false,
                     },
                     None => done[k] = Some(Err(WireError::Lost("down".into()))),
                 }
             }
             if all {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+                return Poll::Ready(());
             }
+            // While a write waits, every connection is kept alive: what its broker sends is
+            // read (confirms are kept for later) and heartbeats go out, or a long wait on one
+            // broker would have the others close the connections as dead.
+            for o in &mut self.0 {
+                o.keep_alive(cx);
+            }
+            Poll::Pending
         })
         .await;
         which
@@ -586,6 +619,32 @@ impl Outlets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn while_a_write_waits_the_other_connections_are_kept_alive() {
+        let every = Duration::from_secs(5);
+        // A destination that takes nothing: its pipe holds 64 bytes, and nobody reads them.
+        let (stuck_io, _stuck_broker) = tokio::io::duplex(64);
+        let (live_io, mut live_broker) = tokio::io::duplex(1 << 16);
+        let mut stuck = Wire::for_test(Box::new(stuck_io), true, None);
+        let live = Wire::for_test(Box::new(live_io), true, Some(every));
+        stuck.publish("x", "k", false, &[0, 0], &Bytes::from(vec![0u8; 4096]));
+        let mut outlets = Outlets(vec![
+            Outlet::fixed("stuck", Side::Downstream, stuck),
+            Outlet::fixed("live", Side::Downstream, live),
+        ]);
+        let waited = tokio::time::timeout(3 * every, outlets.flush(&[0])).await;
+        assert!(waited.is_err(), "the write to the stuck destination waits");
+        // Meanwhile the live connection sent its heartbeats (its broker would otherwise
+        // close it as dead after two intervals).
+        let mut got = vec![0u8; 64];
+        let read = tokio::time::timeout(Duration::from_millis(1), live_broker.read(&mut got)).await;
+        let n = read.map_or(0, |r| r.unwrap());
+        assert!(n >= 8, "no heartbeat sent while the write waited");
+        assert_eq!(got[..8], [8, 0, 0, 0, 0, 0, 0, 0xCE]);
+    }
 
     fn ack(tag: u64, multiple: bool) -> Said {
         Said::Confirm {

@@ -13,6 +13,10 @@ pub(crate) enum WireError {
     Protocol(String),
     /// The broker cancelled the wire's consumer (its queue was deleted, or its node stopping).
     Cancelled,
+    /// The broker blocked publishing (Connection.Blocked: a resource alarm) and stopped reading
+    /// what was being written to it. Only a SET's outlet takes that as its end: see
+    /// [`crate::outlet::Outlets::flush`].
+    Blocked,
 }
 
 impl std::fmt::Display for WireError {
@@ -23,6 +27,7 @@ impl std::fmt::Display for WireError {
             WireError::Silent => f.write_str("nothing received for two heartbeat intervals"),
             WireError::Protocol(e) => write!(f, "protocol error: {e}"),
             WireError::Cancelled => f.write_str("the broker cancelled the consumer"),
+            WireError::Blocked => f.write_str("the broker blocked publishing (a resource alarm)"),
         }
     }
 }

@@ -172,6 +172,21 @@ impl Wire {
         }
     }
 
+    /// A wire over `io` as a handshake leaves it, sending and expecting heartbeats `every`
+    /// (tests of what drives wires).
+    #[cfg(test)]
+    pub fn for_test(io: Box<dyn Io>, confirm: bool, every: Option<Duration>) -> Wire {
+        let mut w = Wire::new(io, confirm);
+        w.heartbeat = every;
+        w.tick = every.map(|e| Box::pin(tokio::time::sleep(e / 2)));
+        w
+    }
+
+    /// Publishes are confirmed (confirm mode).
+    pub fn confirms(&self) -> bool {
+        self.confirm
+    }
+
     /// The broker announced a resource alarm (Connection.Blocked) and has not lifted it.
     pub fn blocked(&self) -> bool {
         self.blocked
@@ -345,29 +360,33 @@ impl Wire {
         if let Some(l) = &mut self.lazy {
             l.poll_round(cx);
         }
+        // Frames read already (by the heartbeat's check) are handled before reading more.
+        let mut read = !self.rd.buf.is_empty();
         loop {
+            if read {
+                if let Err(e) = self.take_frames() {
+                    // Best effort: the CloseOk answering a Close, if that is what ended it.
+                    let _ = self.poll_flush(cx);
+                    return Poll::Ready(Err(self.fail(e)));
+                }
+                // A Close answered, a heartbeat to send: written now.
+                if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                if let Some(e) = &self.failed {
+                    return Poll::Ready(Err(e.clone()));
+                }
+                if let Some(c) = take(self) {
+                    return Poll::Ready(Ok(c));
+                }
+            }
             match self.poll_read(cx) {
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => read = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     self.next_round(cx);
                     return Poll::Pending;
                 }
-            }
-            if let Err(e) = self.take_frames() {
-                // Best effort: the CloseOk answering a Close, if that is what ended it.
-                let _ = self.poll_flush(cx);
-                return Poll::Ready(Err(self.fail(e)));
-            }
-            // A Close answered, a heartbeat to send: written now.
-            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
-                return Poll::Ready(Err(e));
-            }
-            if let Some(e) = &self.failed {
-                return Poll::Ready(Err(e.clone()));
-            }
-            if let Some(c) = take(self) {
-                return Poll::Ready(Ok(c));
             }
         }
     }
@@ -497,7 +516,14 @@ impl Wire {
             let now = Instant::now();
             tick.as_mut().reset(now + every / 2);
             if now.duration_since(self.last_read) >= 2 * every {
-                return Err(self.fail(WireError::Silent));
+                // Only a wire with nothing to read is silent: one its task did not poll for a
+                // while (busy writing to another broker) has the broker's bytes waiting, taken
+                // in here and handled with the rest ([`Wire::poll_next`]).
+                match self.poll_read(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Err(self.fail(WireError::Silent)),
+                }
             }
             if now.duration_since(self.last_write) >= every / 2 && self.wr.is_empty() {
                 self.wr
@@ -855,6 +881,33 @@ mod tests {
         let empty = Bytes::new();
         encode_publish(&mut wr, 4, ("", "q", false), &[0, 0], &empty);
         assert_eq!(frames(&wr.joined()).len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wire_left_unpolled_reads_what_waits_before_it_calls_the_broker_silent() {
+        let (mut w, mut broker) = wire();
+        let every = Duration::from_secs(5);
+        w.heartbeat = Some(every);
+        w.tick = Some(Box::pin(tokio::time::sleep(every / 2)));
+        let props = encoded(&AMQPProperties::default());
+        w.publish("x", "k", false, &props, &Bytes::from_static(b"m"));
+        w.flush().await.unwrap();
+        // The broker confirms while the wire's task is busy elsewhere for longer than two
+        // heartbeat intervals (writing a large message to another broker, say).
+        broker.write_all(&ack(1, false)).await.unwrap();
+        tokio::time::advance(3 * every).await;
+        let confirm = Said::Confirm {
+            tag: 1,
+            multiple: false,
+            settled: Settled::Ack,
+        };
+        assert_eq!(said(&mut w, 1).await, vec![confirm], "read, not a silence");
+        // A broker that truly sends nothing is silent after two intervals.
+        tokio::time::advance(3 * every).await;
+        let e = std::future::poll_fn(|cx| w.poll_said(cx))
+            .await
+            .unwrap_err();
+        assert_eq!(e, WireError::Silent);
     }
 
     #[tokio::test]
