@@ -112,7 +112,8 @@ pub fn process_cpu_seconds(pid: i32) -> f64 {
     cpu_of_pid(pid)
 }
 
-fn cpu_of_pid(pid: i32) -> f64 {
+/// CPU seconds (user + system, all threads) used so far by process `pid`.
+pub fn cpu_of_pid(pid: i32) -> f64 {
     proc_stat(&pid.to_string()).map_or(0.0, |s| s.1)
 }
 

@@ -14,6 +14,14 @@
 //! - `idle_rss`: resident memory of the proxy per idle proxied TCP connection, with `--idle`
 //!   connections held open to a sink that accepts and stays silent (memory is the proxy's alone;
 //!   the broker is not involved).
+//!
+//! For `publish_confirms` and `publish_and_consume` each proxy's CPU time (user + system, all its
+//! threads, from `/proc`) is also printed per message (`..._proxy_cpu_us_per_msg`): what the edge
+//! spends, which on a machine shared with the brokers is what they do not get.
+//!
+//! With `--tls` every client speaks TLS: setgate's listeners and HAProxy's frontend terminate it
+//! (plain TCP on to the broker, as at an edge that offloads TLS), and `direct` is the broker's own
+//! TLS listener. The idle case stays plain TCP.
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -56,6 +64,9 @@ pub struct Args {
     /// Which cases to run: throughput, latency, setup, idle (default: all).
     #[arg(long, value_delimiter = ',', default_values_t = ["throughput".to_string(), "latency".to_string(), "setup".to_string(), "idle".to_string()])]
     cases: Vec<String>,
+    /// Clients speak TLS to every path (see the module's documentation).
+    #[arg(long)]
+    tls: bool,
     /// Environment for the setgate process, e.g. `TOKIO_WORKER_THREADS=1` (repeatable).
     #[arg(long = "setgate-env", value_parser = parse_env)]
     setgate_env: Vec<(String, String)>,
@@ -72,16 +83,54 @@ struct Path {
     port: u16,
 }
 
+/// How a client reaches a path: plain AMQP, or TLS trusting the bench's CA.
+struct Client {
+    /// The CA's PEM with `--tls`.
+    ca: Option<String>,
+}
+
+impl Client {
+    fn uri(&self, port: u16) -> String {
+        let scheme = if self.ca.is_some() { "amqps" } else { "amqp" };
+        format!("{scheme}://guest:guest@127.0.0.1:{port}/%2f")
+    }
+
+    async fn connect(&self, port: u16) -> anyhow::Result<lapin::Connection> {
+        match &self.ca {
+            Some(ca) => amqp::connect_tls(&self.uri(port), ca, None).await,
+            None => amqp::connect(&self.uri(port)).await,
+        }
+    }
+}
+
 /// Runs every case and prints one JSON line per case and path.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     setgate_testkit::raise_fd_limit();
     let bin = crate::setgate_binary(args.setgate.clone())?;
+    let pki = if args.tls {
+        let dir = setgate_testkit::unique_dir("bench-proxy-tls");
+        Some(setgate_testkit::pki::Pki::generate(&dir)?)
+    } else {
+        None
+    };
+    let broker_tls_port = free_port();
     eprintln!("starting a RabbitMQ node...");
-    let node = Node::start().await?;
+    let node = Node::start_with(setgate_testkit::node::NodeOptions {
+        extra_config: pki
+            .as_ref()
+            .map(|p| p.rabbitmq_listener(broker_tls_port, false))
+            .unwrap_or_default(),
+        ..Default::default()
+    })
+    .await?;
     let sink = Sink::start().await?;
+    let with_tls = |l: Listener| match &pki {
+        Some(p) => l.tls(&p.server_cert, &p.server_key),
+        None => l,
+    };
     let cfg = Config::new()
-        .listener(Listener::tcp("tcp", "rabbit"))
-        .listener(Listener::set("set"))
+        .listener(with_tls(Listener::tcp("tcp", "rabbit")))
+        .listener(with_tls(Listener::set("set")))
         .listener(Listener::tcp("idle", "sink"))
         .pool(
             Pool::new("rabbit")
@@ -106,11 +155,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sg.port("set").await?,
         sg.port("idle").await?,
     );
-    let haproxy = Haproxy::start(node.amqp_port, sink.port).await?;
+    let haproxy = Haproxy::start(node.amqp_port, sink.port, pki.as_ref()).await?;
+    let client = Client {
+        ca: match &pki {
+            Some(p) => Some(std::fs::read_to_string(&p.ca)?),
+            None => None,
+        },
+    };
     let mut paths = vec![
         Path {
             name: "direct",
-            port: node.amqp_port,
+            port: if pki.is_some() {
+                broker_tls_port
+            } else {
+                node.amqp_port
+            },
         },
         Path {
             name: "setgate-tcp",
@@ -129,7 +188,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         eprintln!("haproxy is not installed: measuring without it (apt-get install haproxy)");
     }
-    let uri = |port: u16| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
 
     for c in &args.cases {
         anyhow::ensure!(
@@ -138,9 +196,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let case = |c: &str| args.cases.iter().any(|x| x == c);
+    let setgate_pid = sg.pid().context("setgate pid")?;
+    let haproxy_pid = haproxy.as_ref().map(Haproxy::pid);
+    let proxy_pid = |path: &str| match path {
+        "setgate-tcp" | "setgate-set" => Some(setgate_pid),
+        "haproxy" => haproxy_pid,
+        _ => None,
+    };
     // Warm up every path (broker JIT, connection caches) before measuring.
     for p in &paths {
-        publish_confirms(&uri(p.port), 2_000, args.window).await?;
+        publish_confirms(&client, p.port, 2_000, args.window).await?;
     }
 
     let mut results: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
@@ -156,24 +221,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Each run starts with another path, so no path is always measured first or last.
         paths.rotate_left(1);
         for p in paths.iter().filter(|_| case("throughput")) {
-            let rate = publish_confirms(&uri(p.port), args.messages, args.window).await?;
+            let cpu = ProcessCpu::start(proxy_pid(p.name));
+            let rate = publish_confirms(&client, p.port, args.messages, args.window).await?;
             record("publish_confirms_msgs_per_s", p.name, rate);
+            if let Some(us) = cpu.us_per(args.messages) {
+                record("publish_confirms_proxy_cpu_us_per_msg", p.name, us);
+            }
         }
         for p in paths.iter().filter(|_| case("throughput")) {
-            let rate = consume_acks(&uri(p.port), args.messages).await?;
+            let rate = consume_acks(&client, p.port, args.messages).await?;
             record("consume_acks_msgs_per_s", p.name, rate);
         }
         for p in paths.iter().filter(|_| case("throughput")) {
-            let rate = publish_and_consume(&uri(p.port), args.messages, args.window).await?;
+            let cpu = ProcessCpu::start(proxy_pid(p.name));
+            let rate = publish_and_consume(&client, p.port, args.messages, args.window).await?;
             record("publish_and_consume_msgs_per_s", p.name, rate);
+            // Each message crosses the proxy twice: in from the publisher, out to the consumer.
+            if let Some(us) = cpu.us_per(args.messages) {
+                record("publish_and_consume_proxy_cpu_us_per_msg", p.name, us);
+            }
         }
         for p in paths.iter().filter(|_| case("latency")) {
-            let (p50, p99) = latency(&uri(p.port), args.round_trips).await?;
+            let (p50, p99) = latency(&client, p.port, args.round_trips).await?;
             record("end_to_end_latency_p50_us", p.name, p50);
             record("end_to_end_latency_p99_us", p.name, p99);
         }
         for p in paths.iter().filter(|_| case("setup")) {
-            let (rate, p50) = setup(&uri(p.port), args.connections).await?;
+            let (rate, p50) = setup(&client, p.port, args.connections).await?;
             record("connection_setup_per_s", p.name, rate);
             record("handshake_p50_us", p.name, p50);
         }
@@ -189,7 +263,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map(|r| median(&r.2));
         let m = median(runs);
         let mut line = json!({
-            "bench": "proxy", "case": case, "path": path, "median": round(m), "runs": runs.iter().map(|v| round(*v)).collect::<Vec<_>>(),
+            "bench": "proxy", "case": case, "path": path, "tls": args.tls, "median": round(m), "runs": runs.iter().map(|v| round(*v)).collect::<Vec<_>>(),
         });
         if let Some(d) = direct {
             line["ratio_to_direct"] = json!(round3(m / d));
@@ -204,7 +278,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Memory: idle proxied connections through setgate and through HAProxy.
-    let mut rss_paths = vec![("setgate-tcp", sg.pid().context("setgate pid")?, idle_port)];
+    let mut rss_paths = vec![("setgate-tcp", setgate_pid, idle_port)];
     if let Some(h) = &haproxy {
         rss_paths.push(("haproxy", h.pid(), h.sink_port));
     }
@@ -222,6 +296,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CPU a proxy process uses over one measurement (its setup included: a queue declared and
+/// purged, two connections opened and closed, which a 50,000-message run dwarfs).
+struct ProcessCpu(Option<(i32, f64)>);
+
+impl ProcessCpu {
+    fn start(pid: Option<i32>) -> ProcessCpu {
+        ProcessCpu(pid.map(|p| (p, crate::cpu::cpu_of_pid(p))))
+    }
+
+    /// Microseconds of the process's CPU per message since `start`; `None` for `direct`.
+    fn us_per(&self, messages: usize) -> Option<f64> {
+        let (pid, before) = self.0?;
+        Some((crate::cpu::cpu_of_pid(pid) - before) * 1e6 / messages as f64)
+    }
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -235,8 +325,12 @@ fn round3(v: f64) -> f64 {
 }
 
 /// A fresh (purged) queue called `name` on a new connection, with a confirm channel.
-async fn fresh_queue(uri: &str, name: &str) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
-    let conn = amqp::connect(uri).await?;
+async fn fresh_queue(
+    client: &Client,
+    port: u16,
+    name: &str,
+) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
+    let conn = client.connect(port).await?;
     let ch = amqp::confirm_channel(&conn).await?;
     ch.queue_declare(
         name.into(),
@@ -282,9 +376,14 @@ async fn publish_window(
 }
 
 /// Publishes `n` messages keeping `window` unconfirmed; returns confirmed messages per second.
-async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<f64> {
+async fn publish_confirms(
+    client: &Client,
+    port: u16,
+    n: usize,
+    window: usize,
+) -> anyhow::Result<f64> {
     let q = "bench-throughput";
-    let (conn, ch) = fresh_queue(uri, q).await?;
+    let (conn, ch) = fresh_queue(client, port, q).await?;
     let start = Instant::now();
     publish_window(&ch, q, n, window).await?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
@@ -294,11 +393,11 @@ async fn publish_confirms(uri: &str, n: usize, window: usize) -> anyhow::Result<
     Ok(rate)
 }
 
-/// Fills a queue with `n` messages (not timed), then consumes them through `uri` with a
+/// Fills a queue with `n` messages (not timed), then consumes them through `port` with a
 /// prefetch of 1000 and an ack (`multiple`) every 100 messages; returns messages per second.
-async fn consume_acks(uri: &str, n: usize) -> anyhow::Result<f64> {
+async fn consume_acks(client: &Client, port: u16, n: usize) -> anyhow::Result<f64> {
     let q = "bench-consume";
-    let (conn, ch) = fresh_queue(uri, q).await?;
+    let (conn, ch) = fresh_queue(client, port, q).await?;
     publish_window(&ch, q, n, 1000).await?;
     let cch = conn.create_channel().await?;
     cch.basic_qos(1000, lapin::options::BasicQosOptions::default())
@@ -333,12 +432,17 @@ async fn take_acking(consumer: &mut lapin::Consumer, n: usize) -> anyhow::Result
 }
 
 /// A publisher (confirms, `window` in flight) and a consumer (prefetch 1000, an ack every 100) on
-/// two connections at once, through `uri`: the way most applications use a broker. Returns
+/// two connections at once, through `port`: the way most applications use a broker. Returns
 /// messages per second from the first publish to the last delivery.
-async fn publish_and_consume(uri: &str, n: usize, window: usize) -> anyhow::Result<f64> {
+async fn publish_and_consume(
+    client: &Client,
+    port: u16,
+    n: usize,
+    window: usize,
+) -> anyhow::Result<f64> {
     let q = "bench-pubsub";
-    let (pconn, pch) = fresh_queue(uri, q).await?;
-    let cconn = amqp::connect(uri).await?;
+    let (pconn, pch) = fresh_queue(client, port, q).await?;
+    let cconn = client.connect(port).await?;
     let cch = cconn.create_channel().await?;
     cch.basic_qos(1000, lapin::options::BasicQosOptions::default())
         .await?;
@@ -362,8 +466,8 @@ async fn publish_and_consume(uri: &str, n: usize, window: usize) -> anyhow::Resu
 }
 
 /// One message at a time, publisher and consumer on separate connections; returns (p50, p99) µs.
-async fn latency(uri: &str, n: usize) -> anyhow::Result<(f64, f64)> {
-    let (pc, cc) = (amqp::connect(uri).await?, amqp::connect(uri).await?);
+async fn latency(client: &Client, port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
+    let (pc, cc) = (client.connect(port).await?, client.connect(port).await?);
     let (pch, cch) = (pc.create_channel().await?, cc.create_channel().await?);
     let q = "bench-latency";
     cch.queue_declare(
@@ -409,12 +513,12 @@ async fn latency(uri: &str, n: usize) -> anyhow::Result<(f64, f64)> {
 }
 
 /// Opens and closes `n` connections in turn; returns (connections/s, p50 handshake µs).
-async fn setup(uri: &str, n: usize) -> anyhow::Result<(f64, f64)> {
+async fn setup(client: &Client, port: u16, n: usize) -> anyhow::Result<(f64, f64)> {
     let mut samples = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        let c = amqp::connect(uri).await?;
+        let c = client.connect(port).await?;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
         c.close(200, "done".into()).await?;
     }
@@ -497,7 +601,8 @@ impl Sink {
     }
 }
 
-/// HAProxy 2.x in tcp mode in front of the same broker (and the sink), as people run it today.
+/// HAProxy 2.x in tcp mode in front of the same broker (and the sink), as people run it today;
+/// with a PKI its AMQP frontend terminates TLS (`bind ... ssl crt`).
 struct Haproxy {
     process: crate::haproxy::Haproxy,
     amqp_port: u16,
@@ -505,14 +610,29 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    async fn start(broker: u16, sink: u16) -> anyhow::Result<Option<Haproxy>> {
+    async fn start(
+        broker: u16,
+        sink: u16,
+        pki: Option<&setgate_testkit::pki::Pki>,
+    ) -> anyhow::Result<Option<Haproxy>> {
         if !crate::haproxy::installed() {
             return Ok(None);
         }
         let (amqp_port, sink_port) = (free_port(), free_port());
+        // HAProxy takes the certificate and its key in one file.
+        let ssl = match pki {
+            Some(p) => {
+                let crt = p.server_cert.with_extension("haproxy.pem");
+                let pem = std::fs::read_to_string(&p.server_cert)?
+                    + &std::fs::read_to_string(&p.server_key)?;
+                std::fs::write(&crt, pem)?;
+                format!(" ssl crt {}", crt.display())
+            }
+            None => String::new(),
+        };
         let cfg = format!(
             "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n\
-             frontend amqp\n  bind 127.0.0.1:{amqp_port}\n  default_backend rabbit\n\
+             frontend amqp\n  bind 127.0.0.1:{amqp_port}{ssl}\n  default_backend rabbit\n\
              backend rabbit\n  server n 127.0.0.1:{broker} check\n\
              frontend idle\n  bind 127.0.0.1:{sink_port}\n  default_backend sink\n\
              backend sink\n  server s 127.0.0.1:{sink}\n"
