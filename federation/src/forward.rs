@@ -726,7 +726,7 @@ impl Forwarder {
             }
         }
         // What its headers gain and lose.
-        let (element, timestamp, held);
+        let (timestamp, held);
         let mut set: [(&str, &[u8]); 2] = [("", &[]); 2];
         let mut n_set = 0;
         let prepend = match &self.spec.headers {
@@ -737,13 +737,12 @@ impl Forwarder {
             Headers::Shovel { forward: true } => {
                 let s = self
                     .shovelled
-                    .as_ref()
+                    .as_mut()
                     .expect("set up with forward headers");
-                element = s.element(&self.outlets.0[dest].uri);
                 timestamp = timestamp_value(now_secs);
                 set[n_set] = (SHOVELLED_TIMESTAMP, &timestamp);
                 n_set += 1;
-                Some((SHOVELLED, element.as_slice()))
+                Some((SHOVELLED, s.element(dest, &self.outlets.0[dest].uri)))
             }
             Headers::Shovel { forward: false } | Headers::Release => None,
         };

@@ -11,10 +11,14 @@ pub const SHOVELLED: &str = "x-shovelled";
 pub const SHOVELLED_TIMESTAMP: &str = "x-shovelled-timestamp";
 
 /// The fixed part of one flow attempt's entry (everything but the destination URI, which a
-/// routed destination knows per message).
+/// routed destination knows per message), and the entry encoded for each destination.
 #[derive(Debug, Clone)]
 pub(crate) struct Shovelled {
     entry: FieldTable,
+    /// By destination outlet: the encoded entry and the URI it names. Kept, not made per message
+    /// (a clone of the table, an insert and an encoding); made again when the outlet's URI
+    /// changes (it fails over to another of its URIs).
+    encoded: Vec<Option<(String, Vec<u8>)>>,
 }
 
 impl Shovelled {
@@ -56,15 +60,26 @@ impl Shovelled {
                 e.insert("dest-queue".into(), long(q));
             }
         }
-        Shovelled { entry: e }
+        Shovelled {
+            entry: e,
+            encoded: Vec::new(),
+        }
     }
 
-    /// The entry for destination `dest_uri` as an array element (type octet and value), for
-    /// [`crate::raw_props::Edit::prepend`].
-    pub fn element(&self, dest_uri: &str) -> Vec<u8> {
-        let mut entry = self.entry.clone();
-        entry.insert("dest-uri".into(), long(dest_uri));
-        crate::hops::encoded_value(&AMQPValue::FieldTable(entry))
+    /// The entry for destination outlet `dest`, now at `dest_uri`, as an array element (type
+    /// octet and value), for [`crate::raw_props::Edit::prepend`].
+    pub fn element(&mut self, dest: usize, dest_uri: &str) -> &[u8] {
+        if self.encoded.len() <= dest {
+            self.encoded.resize(dest + 1, None);
+        }
+        let slot = &mut self.encoded[dest];
+        if !matches!(slot, Some((uri, _)) if uri == dest_uri) {
+            let mut entry = self.entry.clone();
+            entry.insert("dest-uri".into(), long(dest_uri));
+            let element = crate::hops::encoded_value(&AMQPValue::FieldTable(entry));
+            *slot = Some((dest_uri.to_string(), element));
+        }
+        &slot.as_ref().expect("just made").1
     }
 }
 
@@ -119,10 +134,10 @@ mod tests {
 
     /// Properties `raw` as a shovel with forward headers republishes them (the flow's edit),
     /// and their headers, parsed.
-    fn shovelled(s: &Shovelled, raw: &[u8], dest_uri: &str, now: u64) -> (Vec<u8>, FieldTable) {
-        let (element, stamp) = (s.element(dest_uri), timestamp_value(now));
+    fn shovelled(s: &mut Shovelled, raw: &[u8], dest_uri: &str, now: u64) -> (Vec<u8>, FieldTable) {
+        let stamp = timestamp_value(now);
         let edit = Edit {
-            prepend: Some((SHOVELLED, &element)),
+            prepend: Some((SHOVELLED, s.element(0, dest_uri))),
             set: &[(SHOVELLED_TIMESTAMP, &stamp)],
             ..Edit::default()
         };
@@ -153,7 +168,7 @@ mod tests {
 
     #[test]
     fn the_entry_has_the_plugins_keys_and_is_prepended() {
-        let s = Shovelled::new(
+        let mut s = Shovelled::new(
             &spec(
                 Source::Existing {
                     queue: "orders.dlq".into(),
@@ -164,7 +179,7 @@ mod tests {
             "amqp://src:5672/%2f",
             "/",
         );
-        let (raw, first) = shovelled(&s, &[0, 0], "amqp://dst:5672/%2f", 1_700_000_000);
+        let (raw, first) = shovelled(&mut s, &[0, 0], "amqp://dst:5672/%2f", 1_700_000_000);
         let keys: Vec<String> = entry(&first, 0).into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             keys,
@@ -184,7 +199,7 @@ mod tests {
             first.inner().get(SHOVELLED_TIMESTAMP),
             Some(&AMQPValue::LongLongInt(1_700_000_000))
         );
-        let x = Shovelled::new(
+        let mut x = Shovelled::new(
             &spec(
                 Source::Own {
                     queue: "shovel: replay".into(),
@@ -200,7 +215,7 @@ mod tests {
             "amqp://b:5672/%2f",
             "/",
         );
-        let (_, second) = shovelled(&x, &raw, "amqp://c:5672/%2f", 1_700_000_001);
+        let (_, second) = shovelled(&mut x, &raw, "amqp://c:5672/%2f", 1_700_000_001);
         let newest = entry(&second, 0);
         assert!(newest.contains(&("src-exchange".into(), "orders".into())));
         assert!(newest.contains(&("src-exchange-key".into(), "order.#".into())));
@@ -211,5 +226,60 @@ mod tests {
             Some(&AMQPValue::LongLongInt(1_700_000_001)),
             "the timestamp replaced"
         );
+    }
+
+    #[test]
+    fn each_destination_keeps_its_entry_and_a_failover_changes_it() {
+        let mut s = Shovelled::new(
+            &spec(
+                Source::Existing {
+                    queue: "orders".into(),
+                    declare: true,
+                },
+                Target::Queue("orders".into()),
+            ),
+            "amqp://src:5672/%2f",
+            "/",
+        );
+        let dest_uri = |s: &mut Shovelled, dest: usize, uri: &str| {
+            let (_, h) = shovelled_at(s, dest, uri);
+            entry(&h, 0)
+                .into_iter()
+                .find(|(k, _)| k == "dest-uri")
+                .expect("dest-uri")
+                .1
+        };
+        assert_eq!(
+            dest_uri(&mut s, 1, "amqp://set-b:5672/%2f"),
+            "amqp://set-b:5672/%2f"
+        );
+        assert_eq!(
+            dest_uri(&mut s, 0, "amqp://set-a:5672/%2f"),
+            "amqp://set-a:5672/%2f"
+        );
+        assert_eq!(
+            dest_uri(&mut s, 1, "amqp://set-b:5672/%2f"),
+            "amqp://set-b:5672/%2f"
+        );
+        // set-a's outlet failed over to its second URI.
+        assert_eq!(
+            dest_uri(&mut s, 0, "amqp://set-a-2:5672/%2f"),
+            "amqp://set-a-2:5672/%2f"
+        );
+        assert_eq!(
+            dest_uri(&mut s, 1, "amqp://set-b:5672/%2f"),
+            "amqp://set-b:5672/%2f"
+        );
+    }
+
+    fn shovelled_at(s: &mut Shovelled, dest: usize, dest_uri: &str) -> (Vec<u8>, FieldTable) {
+        let edit = Edit {
+            prepend: Some((SHOVELLED, s.element(dest, dest_uri))),
+            ..Edit::default()
+        };
+        let mut out = Vec::new();
+        assert!(splice(&[0, 0], &edit, &mut out));
+        let (_, p) = parse_properties(out.as_slice()).expect("parses");
+        (out, p.headers().clone().expect("headers"))
     }
 }
