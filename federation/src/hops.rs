@@ -11,6 +11,13 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 /// The header that records the clusters a message crossed, newest first.
 pub const RECEIVED_FROM: &str = "x-received-from";
 
+/// Where a header a flow prepends to (`x-received-from`, a shovel's `x-shovelled`) holds
+/// something other than an array, RabbitMQ's plugins keep that value under this header
+/// (`rabbit_basic:prepend_table_header`): a table of the header's name to an array of the
+/// values it held, newest first. setgate keeps it the same way, so nothing a publisher sent is
+/// dropped and tools that read the plugins' header read setgate's.
+pub const INVALID_HEADERS: &str = "x-invalid-headers";
+
 /// Where a flow takes its messages from: the content of the entry it prepends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Origin {
@@ -144,23 +151,56 @@ pub(crate) mod model {
         }
     }
 
-    /// The headers with this hop's entry prepended to `x-received-from` (a malformed header is
-    /// replaced).
+    /// The headers with this hop's entry prepended to `x-received-from` (a value that is not
+    /// an array moved to `x-invalid-headers`).
     pub(crate) fn with_received_from(
         headers: Option<&FieldTable>,
         origin: &Origin,
         redelivered: bool,
     ) -> FieldTable {
-        let old = received_from(headers);
-        let mut entries = Vec::with_capacity(old.len() + 1);
-        entries.push(received_from_entry(origin, redelivered));
-        entries.extend_from_slice(old);
         let mut out = headers.cloned().unwrap_or_default();
-        out.insert(
-            RECEIVED_FROM.into(),
-            AMQPValue::FieldArray(FieldArray::from(entries)),
+        prepend_table_header(
+            &mut out,
+            RECEIVED_FROM,
+            received_from_entry(origin, redelivered),
         );
         out
+    }
+
+    /// RabbitMQ's `rabbit_basic:prepend_table_header` on a parsed table: `element` first in
+    /// the array under `key`; a value there that is not an array is prepended to the array
+    /// under `key` in the table `x-invalid-headers` (made if absent; one that is not a table is
+    /// kept in the new one under its own name).
+    pub(crate) fn prepend_table_header(headers: &mut FieldTable, key: &str, element: AMQPValue) {
+        let (old, invalid) = match headers.inner().get(key) {
+            Some(AMQPValue::FieldArray(a)) => (a.as_slice().to_vec(), None),
+            Some(other) => (Vec::new(), Some(other.clone())),
+            None => (Vec::new(), None),
+        };
+        let array = |first: AMQPValue, rest: &[AMQPValue]| {
+            let mut v = vec![first];
+            v.extend_from_slice(rest);
+            AMQPValue::FieldArray(FieldArray::from(v))
+        };
+        headers.insert(key.into(), array(element, &old));
+        let Some(value) = invalid else {
+            return;
+        };
+        let mut table = match headers.inner().get(INVALID_HEADERS) {
+            Some(AMQPValue::FieldTable(t)) => t.clone(),
+            Some(other) => {
+                let mut t = FieldTable::default();
+                t.insert(INVALID_HEADERS.into(), array(other.clone(), &[]));
+                t
+            }
+            None => FieldTable::default(),
+        };
+        let prev = match table.inner().get(key) {
+            Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+            _ => Vec::new(),
+        };
+        table.insert(key.into(), array(value, &prev));
+        headers.insert(INVALID_HEADERS.into(), AMQPValue::FieldTable(table));
     }
 
     /// The properties to republish with: all of the original's, `headers` replaced, and `user_id`

@@ -16,6 +16,7 @@
 //! A routed destination reads each message's key the same way, where it lies
 //! ([`short_string`], [`header`]), so that choosing a SET parses nothing either.
 
+use crate::hops::INVALID_HEADERS;
 use setgate_amqp::field::value_len;
 
 /// Property flags, in the order their fields follow (AMQP 0-9-1, class basic).
@@ -44,7 +45,7 @@ const CONTINUED: u16 = 1;
 pub(crate) struct Edit<'a> {
     /// An element (its type octet and value, as encoded) to put first in the array under this
     /// key: federation's `x-received-from`, a shovel's `x-shovelled`. The array is made when
-    /// the headers have none, and replaces a value that is not an array.
+    /// the headers have none; a value that is not an array is moved to [`INVALID_HEADERS`].
     pub prepend: Option<(&'a str, &'a [u8])>,
     /// Entries to set: key, then type octet and value as encoded; an entry with the same key
     /// is replaced.
@@ -109,7 +110,7 @@ pub(crate) fn splice(raw: &[u8], edit: &Edit, out: &mut Vec<u8>) -> bool {
         if bit == HEADERS
             && flags & HEADERS == 0
             && edit.adds()
-            && edit_table(&[], edit, out).is_none()
+            && edit_table(&[], edit, true, out).is_none()
         {
             return false;
         }
@@ -122,7 +123,7 @@ pub(crate) fn splice(raw: &[u8], edit: &Edit, out: &mut Vec<u8>) -> bool {
         at += field.len();
         match bit {
             HEADERS if edit.adds() || edit.remove.is_some() => {
-                if edit_table(&field[4..], edit, out).is_none() {
+                if edit_table(&field[4..], edit, true, out).is_none() {
                     return false;
                 }
             }
@@ -134,19 +135,24 @@ pub(crate) fn splice(raw: &[u8], edit: &Edit, out: &mut Vec<u8>) -> bool {
 }
 
 /// Writes the field table `table` (its entries, without its size) changed by `edit`, with its
-/// size prefix. `None` when the table cannot be walked or grows past a table's size.
-fn edit_table(table: &[u8], edit: &Edit, out: &mut Vec<u8>) -> Option<()> {
+/// size prefix. `None` when the table cannot be walked or grows past a table's size. With
+/// `keep_invalid`, a value that is not an array where `edit` prepends goes to
+/// [`INVALID_HEADERS`]; without (the edit of that table itself), it is replaced.
+fn edit_table(table: &[u8], edit: &Edit, keep_invalid: bool, out: &mut Vec<u8>) -> Option<()> {
     let size_at = out.len();
     out.extend_from_slice(&[0; 4]);
     // The array an element is prepended to: the last entry with the key, as a parsed table
-    // keeps it.
-    let old: &[u8] = match edit.prepend {
-        Some((key, _)) => match table_entry(table, key)? {
-            Some((b'A', value)) => value.get(4..)?,
-            _ => &[],
-        },
-        None => &[],
-    };
+    // keeps it (its elements, after the type octet and the size). A value of another type is
+    // kept as an element of its own.
+    let (mut old, mut invalid): (&[u8], Option<&[u8]>) = (&[], None);
+    if let Some((key, _)) = edit.prepend {
+        match table_element(table, key)? {
+            Some(e) if e[0] == b'A' => old = e.get(5..)?,
+            Some(e) if keep_invalid => invalid = Some(e),
+            _ => {}
+        }
+    }
+    let moves_invalid = |key: &[u8]| invalid.is_some() && key == INVALID_HEADERS.as_bytes();
     // Entries the edit does not name are copied in runs.
     let (mut at, mut run) = (0, 0);
     while at < table.len() {
@@ -158,7 +164,7 @@ fn edit_table(table: &[u8], edit: &Edit, out: &mut Vec<u8>) -> Option<()> {
         if end > table.len() {
             return None;
         }
-        if edit.names(key) {
+        if edit.names(key) || moves_invalid(key) {
             out.extend_from_slice(&table[run..at]);
             run = end;
         }
@@ -167,11 +173,12 @@ fn edit_table(table: &[u8], edit: &Edit, out: &mut Vec<u8>) -> Option<()> {
     out.extend_from_slice(&table[run..]);
     if let Some((key, element)) = edit.prepend {
         push_key(key, out);
-        out.push(b'A');
-        let size = u32::try_from(element.len() + old.len()).ok()?;
-        out.extend_from_slice(&size.to_be_bytes());
-        out.extend_from_slice(element);
-        out.extend_from_slice(old);
+        push_array(&[element, old], out)?;
+        if let Some(value) = invalid {
+            push_key(INVALID_HEADERS, out);
+            out.push(b'F');
+            keep_invalid_value(table_element(table, INVALID_HEADERS)?, key, value, out)?;
+        }
     }
     for (key, value) in edit.set {
         push_key(key, out);
@@ -179,6 +186,50 @@ fn edit_table(table: &[u8], edit: &Edit, out: &mut Vec<u8>) -> Option<()> {
     }
     let size = u32::try_from(out.len() - size_at - 4).ok()?;
     out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    Some(())
+}
+
+/// Writes the `x-invalid-headers` table (size and entries) that keeps `value` (an element: type
+/// octet and value), the value `key` held that was not an array, given the message's own
+/// `x-invalid-headers` (`existing`, an element): `value` is prepended to the array under `key`
+/// there. An `x-invalid-headers` that is not a table is itself kept in the new one, under its
+/// own name, as RabbitMQ does.
+fn keep_invalid_value(
+    existing: Option<&[u8]>,
+    key: &str,
+    value: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let mut not_a_table = Vec::new();
+    let entries: &[u8] = match existing {
+        Some(e) if e[0] == b'F' => e.get(5..)?,
+        Some(e) => {
+            push_array(&[e], &mut not_a_table)?;
+            &[]
+        }
+        None => &[],
+    };
+    let set = [(INVALID_HEADERS, not_a_table.as_slice())];
+    let edit = Edit {
+        prepend: Some((key, value)),
+        set: if existing.is_some_and(|e| e[0] != b'F') {
+            &set
+        } else {
+            &[]
+        },
+        ..Edit::default()
+    };
+    edit_table(entries, &edit, false, out)
+}
+
+/// Writes an array (type octet `A`, size, then `parts`, each one or more elements as encoded).
+fn push_array(parts: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
+    out.push(b'A');
+    let size = u32::try_from(parts.iter().map(|p| p.len()).sum::<usize>()).ok()?;
+    out.extend_from_slice(&size.to_be_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
     Some(())
 }
 
@@ -254,6 +305,12 @@ pub(crate) fn header<'a>(raw: &'a [u8], name: &str) -> Option<Option<(u8, &'a [u
 /// The last entry of a field table's entries (`table`, without its size) with key `key`: its
 /// type and value bytes; `None` when the table cannot be walked.
 pub(crate) fn table_entry<'a>(table: &'a [u8], key: &str) -> Option<Option<(u8, &'a [u8])>> {
+    Some(table_element(table, key)?.map(|e| (e[0], &e[1..])))
+}
+
+/// The last entry with key `key` of a field table's entries (`table`, without its size), as an
+/// element (type octet and value); `None` when the table cannot be walked.
+fn table_element<'a>(table: &'a [u8], key: &str) -> Option<Option<&'a [u8]>> {
     let mut at = 0;
     let mut found = None;
     while at < table.len() {
@@ -262,9 +319,9 @@ pub(crate) fn table_entry<'a>(table: &'a [u8], key: &str) -> Option<Option<(u8, 
         at += 1 + n;
         let kind = *table.get(at)?;
         let len = value_len(kind, table.get(at + 1..)?)?;
-        let value = table.get(at + 1..at + 1 + len)?;
+        let element = table.get(at..at + 1 + len)?;
         if k == key.as_bytes() {
-            found = Some((kind, value));
+            found = Some(element);
         }
         at += 1 + len;
     }
@@ -291,7 +348,7 @@ fn long_len(b: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hops::model::{outgoing_properties, with_received_from};
+    use crate::hops::model::{outgoing_properties, prepend_table_header, with_received_from};
     use crate::hops::{encoded_value, received_from_elements, Origin};
     use amq_protocol::frame::WriteContext;
     use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
@@ -381,9 +438,19 @@ mod tests {
     }
 
     /// The first and second hops of [`cases`]: each case, and each with a hop already
-    /// recorded (one entry, then a header that is not an array, which is replaced).
+    /// recorded (one entry); then with a header that is not an array (kept in
+    /// `x-invalid-headers`), without and with an `x-invalid-headers` of its own: a table that
+    /// holds the key already, one that does not, and a value that is not a table.
     fn hops() -> Vec<AMQPProperties> {
         let mut out = cases();
+        let table = |key: &str| {
+            let mut t = FieldTable::default();
+            t.insert(
+                key.into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(7)])),
+            );
+            AMQPValue::FieldTable(t)
+        };
         for p in cases() {
             let mut h = with_received_from(p.headers().as_ref(), &origin(), true);
             out.push(p.clone().with_headers(h.clone()));
@@ -391,7 +458,15 @@ mod tests {
                 "x-received-from".into(),
                 AMQPValue::LongString("dc0".into()),
             );
-            out.push(p.with_headers(h));
+            out.push(p.clone().with_headers(h.clone()));
+            for invalid in [
+                table("x-received-from"),
+                table("x-shovelled"),
+                AMQPValue::Boolean(true),
+            ] {
+                h.insert(INVALID_HEADERS.into(), invalid);
+                out.push(p.clone().with_headers(h.clone()));
+            }
         }
         out
     }
@@ -422,11 +497,7 @@ mod tests {
     ) -> FieldTable {
         let mut out = headers.cloned().unwrap_or_default();
         if let Some((key, element)) = prepend {
-            let mut entries = vec![element.clone()];
-            if let Some(AMQPValue::FieldArray(old)) = out.inner().get(key) {
-                entries.extend_from_slice(old.as_slice());
-            }
-            out.insert(key.into(), AMQPValue::FieldArray(FieldArray::from(entries)));
+            prepend_table_header(&mut out, key, element.clone());
         }
         for (key, value) in set {
             out.insert((*key).into(), value.clone());

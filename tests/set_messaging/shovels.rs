@@ -409,3 +409,145 @@ async fn add_forward_headers_writes_x_shovelled_as_the_rabbitmq_plugin_does() ->
     );
     Ok(())
 }
+
+/// A publisher's `x-shovelled` that is not an array, in three shapes: alone; beside an
+/// `x-invalid-headers` table that already holds an older one; beside an `x-invalid-headers`
+/// that is not a table. The plugin's shovel and setgate's take the same messages; what each
+/// delivers must keep the publisher's value under `x-invalid-headers` alike, and start a new
+/// `x-shovelled` array with the one entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x_shovelled_that_is_not_an_array_is_kept_in_x_invalid_headers_as_the_plugin_keeps_it(
+) -> anyhow::Result<()> {
+    let s = steady().await;
+    let (hq, center) = (&s.hq, &s.clusters.center);
+    // hq: tih.entry (fanout) -> tih.plugin-in -(plugin shovel)-> tih.mid -> tih.plugin-out
+    //                        -> tih.setgate-in -(setgate)-> center's tih.out -> tih.sink
+    declare_exchange(&hq.amqp_uri(), "tih.entry", "fanout").await?;
+    declare_bound_queue(&hq.amqp_uri(), "tih.plugin-in", "tih.entry").await?;
+    declare_bound_queue(&hq.amqp_uri(), "tih.setgate-in", "tih.entry").await?;
+    declare_exchange(&hq.amqp_uri(), "tih.mid", "fanout").await?;
+    declare_bound_queue(&hq.amqp_uri(), "tih.plugin-out", "tih.mid").await?;
+    declare_exchange(&center.amqp_uri(), "tih.out", "fanout").await?;
+    declare_bound_queue(&center.amqp_uri(), "tih.sink", "tih.out").await?;
+
+    let long = |s: &str| AMQPValue::LongString(s.into());
+    let older = {
+        let mut t = FieldTable::default();
+        t.insert(
+            "x-shovelled".into(),
+            AMQPValue::FieldArray(vec![long("older")].into()),
+        );
+        AMQPValue::FieldTable(t)
+    };
+    let shapes: [Vec<(&str, AMQPValue)>; 3] = [
+        vec![("x-shovelled", long("not an array"))],
+        vec![
+            ("x-shovelled", AMQPValue::LongInt(7)),
+            ("x-invalid-headers", older),
+        ],
+        vec![
+            ("x-shovelled", AMQPValue::Boolean(true)),
+            ("x-invalid-headers", long("not a table")),
+        ],
+    ];
+    let conn = setgate_testkit::amqp::connect(&hq.amqp_uri()).await?;
+    let ch = setgate_testkit::amqp::confirm_channel(&conn).await?;
+    for (id, shape) in shapes.iter().enumerate() {
+        let props = setgate_testkit::fed::message_properties(id as u64);
+        let mut headers = props.headers().clone().unwrap_or_default();
+        for (k, v) in shape {
+            headers.insert((*k).into(), v.clone());
+        }
+        let props = props.with_headers(headers);
+        let confirm = ch
+            .basic_publish(
+                "tih.entry".into(),
+                "".into(),
+                Default::default(),
+                &setgate_testkit::fed::body(id as u64, 16),
+                props,
+            )
+            .await?
+            .await?;
+        assert!(confirm.is_ack(), "message {id} not confirmed");
+    }
+    conn.close(200, "done".into()).await?;
+    let want: BTreeSet<u64> = (0..shapes.len() as u64).collect();
+
+    let plugin_out = Collector::start(&hq.amqp_uri(), "tih.plugin-out");
+    let r = hq
+        .mgmt(
+            "PUT",
+            "/api/parameters/shovel/%2f/tih-plugin",
+            Some(serde_json::json!({"value": {
+                "src-uri": hq.amqp_uri(), "src-queue": "tih.plugin-in",
+                "dest-uri": hq.amqp_uri(), "dest-exchange": "tih.mid",
+                "add-forward-headers": true, "ack-mode": "on-confirm",
+            }})),
+        )
+        .await?;
+    assert!(
+        (200..300).contains(&r.status),
+        "creating the plugin's shovel: {} {}",
+        r.status,
+        r.body
+    );
+    let missing = plugin_out.wait_for(&want, Duration::from_secs(30)).await;
+    let _ = hq
+        .mgmt("DELETE", "/api/parameters/shovel/%2f/tih-plugin", None)
+        .await;
+    assert!(
+        missing.is_empty(),
+        "the plugin's shovel did not deliver {missing:?}"
+    );
+
+    let sink = Collector::start(&center.amqp_uri(), "tih.sink");
+    let cfg = Config::new().shutdown_grace("2s").shovel(
+        Shovel::new(
+            "tih",
+            Source::queue(&[hq.amqp_uri()], "tih.setgate-in"),
+            Destination::exchange(&[center.amqp_uri()], "tih.out"),
+        )
+        .add_forward_headers(true),
+    );
+    let sg = Setgate::start(BIN, &cfg).await?;
+    wait_shovel_state(&sg, "tih", "running").await?;
+    let missing = sink.wait_for(&want, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "setgate's shovel did not deliver {missing:?}"
+    );
+
+    let by_id = |c: &Collector, id: u64| c.received().into_iter().find(|r| r.id == id).unwrap();
+    for id in want {
+        let (theirs, ours) = (by_id(&plugin_out, id), by_id(&sink, id));
+        let invalid = |r: &Received| header(r, "x-invalid-headers").cloned();
+        println!(
+            "message {id}: the plugin's x-invalid-headers {:?}",
+            invalid(&theirs)
+        );
+        assert!(
+            invalid(&theirs).is_some(),
+            "message {id}: the plugin kept nothing in x-invalid-headers: {:?}",
+            theirs.properties.headers()
+        );
+        assert_eq!(
+            invalid(&ours),
+            invalid(&theirs),
+            "message {id}: x-invalid-headers should be the plugin's"
+        );
+        for (who, r) in [("the plugin", &theirs), ("setgate", &ours)] {
+            assert_eq!(
+                shovelled(r).len(),
+                1,
+                "message {id}: {who} should start a new x-shovelled array"
+            );
+            assert_eq!(
+                header(r, "seq"),
+                Some(&AMQPValue::LongLongInt(id as i64)),
+                "message {id}: {who} kept the other headers"
+            );
+        }
+    }
+    Ok(())
+}
