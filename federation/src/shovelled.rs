@@ -249,27 +249,16 @@ mod tests {
                 .expect("dest-uri")
                 .1
         };
-        assert_eq!(
-            dest_uri(&mut s, 1, "amqp://set-b:5672/%2f"),
-            "amqp://set-b:5672/%2f"
-        );
-        assert_eq!(
-            dest_uri(&mut s, 0, "amqp://set-a:5672/%2f"),
-            "amqp://set-a:5672/%2f"
-        );
-        assert_eq!(
-            dest_uri(&mut s, 1, "amqp://set-b:5672/%2f"),
-            "amqp://set-b:5672/%2f"
-        );
-        // set-a's outlet failed over to its second URI.
-        assert_eq!(
-            dest_uri(&mut s, 0, "amqp://set-a-2:5672/%2f"),
-            "amqp://set-a-2:5672/%2f"
-        );
-        assert_eq!(
-            dest_uri(&mut s, 1, "amqp://set-b:5672/%2f"),
-            "amqp://set-b:5672/%2f"
-        );
+        // set-b, set-a, set-b again; then set-a's outlet fails over to its second URI.
+        for (dest, uri) in [
+            (1, "amqp://set-b:5672/%2f"),
+            (0, "amqp://set-a:5672/%2f"),
+            (1, "amqp://set-b:5672/%2f"),
+            (0, "amqp://set-a-2:5672/%2f"),
+            (1, "amqp://set-b:5672/%2f"),
+        ] {
+            assert_eq!(dest_uri(&mut s, dest, uri), uri, "destination {dest}");
+        }
     }
 
     fn shovelled_at(s: &mut Shovelled, dest: usize, dest_uri: &str) -> (Vec<u8>, FieldTable) {

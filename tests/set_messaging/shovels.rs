@@ -279,37 +279,19 @@ async fn add_forward_headers_writes_x_shovelled_as_the_rabbitmq_plugin_does() ->
     declare_bound_queue(&hq.amqp_uri(), "t4h.setgate-in", "t4h.mid").await?;
     declare_exchange(&center.amqp_uri(), "t4h.out", "topic").await?;
     declare_bound_queue(&center.amqp_uri(), "t4h.sink", "t4h.out").await?;
-    let r = hq
-        .mgmt(
-            "PUT",
-            "/api/parameters/shovel/%2f/t4h-plugin",
-            Some(serde_json::json!({"value": {
-                "src-uri": hq.amqp_uri(), "src-queue": "t4h.in",
-                "dest-uri": hq.amqp_uri(), "dest-exchange": "t4h.mid",
-                "add-forward-headers": true, "add-timestamp-header": true,
-                "ack-mode": "on-confirm",
-            }})),
-        )
-        .await?;
-    assert!(
-        (200..300).contains(&r.status),
-        "creating the plugin's shovel: {} {}",
-        r.status,
-        r.body
-    );
     // The plugin first: its output waits in t4h.setgate-in for setgate's shovel.
     let plugin_out = Collector::start(&hq.amqp_uri(), "t4h.plugin-out");
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let confirmed = publish(&hq.amqp_uri(), 0..3, &PublishOptions::new("t4h.entry")).await?;
-    let missing = plugin_out
-        .wait_for(&confirmed, Duration::from_secs(30))
-        .await;
-    assert!(
-        missing.is_empty(),
-        "the plugin's shovel did not deliver {missing:?}"
-    );
+    let plugin_shovel = serde_json::json!({
+        "src-uri": hq.amqp_uri(), "src-queue": "t4h.in",
+        "dest-uri": hq.amqp_uri(), "dest-exchange": "t4h.mid",
+        "add-forward-headers": true, "add-timestamp-header": true,
+        "ack-mode": "on-confirm",
+    });
+    shovel_with_the_plugin(hq, "t4h-plugin", plugin_shovel, &plugin_out, &confirmed).await?;
     let by_plugin = plugin_out.received().swap_remove(0);
     let plugin_entries = shovelled(&by_plugin);
     assert_eq!(plugin_entries.len(), 1, "{plugin_entries:?}");
@@ -319,26 +301,10 @@ async fn add_forward_headers_writes_x_shovelled_as_the_rabbitmq_plugin_does() ->
         readable(plugin_entry),
         header(&by_plugin, "x-shovelled-timestamp")
     );
-    let _ = hq
-        .mgmt("DELETE", "/api/parameters/shovel/%2f/t4h-plugin", None)
-        .await;
 
     let sink = Collector::start(&center.amqp_uri(), "t4h.sink");
-    let cfg = Config::new().shutdown_grace("2s").shovel(
-        Shovel::new(
-            "t4h",
-            Source::queue(&[hq.amqp_uri()], "t4h.setgate-in"),
-            Destination::exchange(&[center.amqp_uri()], "t4h.out"),
-        )
-        .add_forward_headers(true),
-    );
-    let sg = Setgate::start(BIN, &cfg).await?;
-    wait_shovel_state(&sg, "t4h", "running").await?;
-    let missing = sink.wait_for(&confirmed, Duration::from_secs(30)).await;
-    assert!(
-        missing.is_empty(),
-        "setgate's shovel did not deliver {missing:?}"
-    );
+    let (from, to) = (("t4h.setgate-in", hq), ("t4h.out", center));
+    let _sg = shovel_with_setgate("t4h", from, to, &sink, &confirmed).await?;
 
     let by_setgate = sink
         .received()
@@ -475,48 +441,15 @@ async fn an_x_shovelled_that_is_not_an_array_is_kept_in_x_invalid_headers_as_the
     let want: BTreeSet<u64> = (0..shapes.len() as u64).collect();
 
     let plugin_out = Collector::start(&hq.amqp_uri(), "tih.plugin-out");
-    let r = hq
-        .mgmt(
-            "PUT",
-            "/api/parameters/shovel/%2f/tih-plugin",
-            Some(serde_json::json!({"value": {
-                "src-uri": hq.amqp_uri(), "src-queue": "tih.plugin-in",
-                "dest-uri": hq.amqp_uri(), "dest-exchange": "tih.mid",
-                "add-forward-headers": true, "ack-mode": "on-confirm",
-            }})),
-        )
-        .await?;
-    assert!(
-        (200..300).contains(&r.status),
-        "creating the plugin's shovel: {} {}",
-        r.status,
-        r.body
-    );
-    let missing = plugin_out.wait_for(&want, Duration::from_secs(30)).await;
-    let _ = hq
-        .mgmt("DELETE", "/api/parameters/shovel/%2f/tih-plugin", None)
-        .await;
-    assert!(
-        missing.is_empty(),
-        "the plugin's shovel did not deliver {missing:?}"
-    );
-
+    let plugin_shovel = serde_json::json!({
+        "src-uri": hq.amqp_uri(), "src-queue": "tih.plugin-in",
+        "dest-uri": hq.amqp_uri(), "dest-exchange": "tih.mid",
+        "add-forward-headers": true, "ack-mode": "on-confirm",
+    });
+    shovel_with_the_plugin(hq, "tih-plugin", plugin_shovel, &plugin_out, &want).await?;
     let sink = Collector::start(&center.amqp_uri(), "tih.sink");
-    let cfg = Config::new().shutdown_grace("2s").shovel(
-        Shovel::new(
-            "tih",
-            Source::queue(&[hq.amqp_uri()], "tih.setgate-in"),
-            Destination::exchange(&[center.amqp_uri()], "tih.out"),
-        )
-        .add_forward_headers(true),
-    );
-    let sg = Setgate::start(BIN, &cfg).await?;
-    wait_shovel_state(&sg, "tih", "running").await?;
-    let missing = sink.wait_for(&want, Duration::from_secs(30)).await;
-    assert!(
-        missing.is_empty(),
-        "setgate's shovel did not deliver {missing:?}"
-    );
+    let (from, to) = (("tih.setgate-in", hq), ("tih.out", center));
+    let _sg = shovel_with_setgate("tih", from, to, &sink, &want).await?;
 
     let by_id = |c: &Collector, id: u64| c.received().into_iter().find(|r| r.id == id).unwrap();
     for id in want {
@@ -550,4 +483,59 @@ async fn an_x_shovelled_that_is_not_an_array_is_kept_in_x_invalid_headers_as_the
         }
     }
     Ok(())
+}
+
+/// Runs RabbitMQ's shovel `name` on `hq` (`value`: its parameter, as the management API takes
+/// it) until `out` has every message of `want`, then deletes it.
+async fn shovel_with_the_plugin(
+    hq: &Node,
+    name: &str,
+    value: serde_json::Value,
+    out: &Collector,
+    want: &BTreeSet<u64>,
+) -> anyhow::Result<()> {
+    let path = format!("/api/parameters/shovel/%2f/{name}");
+    let r = hq
+        .mgmt("PUT", &path, Some(serde_json::json!({ "value": value })))
+        .await?;
+    assert!(
+        (200..300).contains(&r.status),
+        "creating the plugin's shovel {name}: {} {}",
+        r.status,
+        r.body
+    );
+    let missing = out.wait_for(want, Duration::from_secs(30)).await;
+    let _ = hq.mgmt("DELETE", &path, None).await;
+    assert!(
+        missing.is_empty(),
+        "the plugin's shovel {name} did not deliver {missing:?}"
+    );
+    Ok(())
+}
+
+/// Runs setgate's shovel `name` with forward headers from a queue to an exchange (each named
+/// with its node) until `sink` has every message of `want`; returns setgate, still running.
+async fn shovel_with_setgate(
+    name: &str,
+    (queue, from): (&str, &Node),
+    (exchange, to): (&str, &Node),
+    sink: &Collector,
+    want: &BTreeSet<u64>,
+) -> anyhow::Result<Setgate> {
+    let cfg = Config::new().shutdown_grace("2s").shovel(
+        Shovel::new(
+            name,
+            Source::queue(&[from.amqp_uri()], queue),
+            Destination::exchange(&[to.amqp_uri()], exchange),
+        )
+        .add_forward_headers(true),
+    );
+    let sg = Setgate::start(BIN, &cfg).await?;
+    wait_shovel_state(&sg, name, "running").await?;
+    let missing = sink.wait_for(want, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "setgate's shovel {name} did not deliver {missing:?}"
+    );
+    Ok(sg)
 }
