@@ -200,23 +200,20 @@ fn keep_invalid_value(
     value: &[u8],
     out: &mut Vec<u8>,
 ) -> Option<()> {
-    let mut not_a_table = Vec::new();
+    // An `x-invalid-headers` that is not a table, as an array of one element.
+    let mut kept = Vec::new();
     let entries: &[u8] = match existing {
         Some(e) if e[0] == b'F' => e.get(5..)?,
         Some(e) => {
-            push_array(&[e], &mut not_a_table)?;
+            push_array(&[e], &mut kept)?;
             &[]
         }
         None => &[],
     };
-    let set = [(INVALID_HEADERS, not_a_table.as_slice())];
+    let set = [(INVALID_HEADERS, kept.as_slice())];
     let edit = Edit {
         prepend: Some((key, value)),
-        set: if existing.is_some_and(|e| e[0] != b'F') {
-            &set
-        } else {
-            &[]
-        },
+        set: if kept.is_empty() { &[] } else { &set },
         ..Edit::default()
     };
     edit_table(entries, &edit, false, out)
